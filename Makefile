@@ -1,0 +1,37 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv and install from
+# this project's own files; torch is pinned by constraints.txt so pip never pulls CUDA.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -q -c constraints.txt
+STAMP := $(VENV)/.installed
+CATALOG ?= ../shared/data/products/catalog.jsonl
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/shopclip build $(CATALOG) --workdir demo-work
+	$(BIN)/shopclip demo demo-work
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/embed.py
+
+clean:
+	rm -rf $(VENV) demo-work .pytest_cache

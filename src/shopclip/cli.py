@@ -1,0 +1,287 @@
+"""The `shopclip` command line: one verb per job, each with an example in its --help."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    help="shopclip: aligned image-text embeddings for product catalogs: validate, embed, index, search.\n\n"
+    "Example: shopclip build ../shared/data/products/catalog.jsonl --workdir demo-work && "
+    "shopclip search demo-work \"red running shoes\"",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+index_app = typer.Typer(help="Build ANN indexes over stored embeddings.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+console = Console()
+err = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def _results_table(title: str, results: list) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("id")
+    table.add_column("title", overflow="fold", max_width=60)
+    table.add_column("category", overflow="fold")
+    table.add_column("score", justify="right")
+    for i, r in enumerate(results, 1):
+        table.add_row(str(i), r.id, r.title, r.category, f"{r.score:.3f}")
+    return table
+
+
+@app.command()
+def validate(
+    catalog: Annotated[Path, typer.Argument(help="Catalog file: .jsonl, .csv or .parquet")],
+    errors: Annotated[Path | None, typer.Option(help="Where to write bad rows (default: <catalog>.errors.jsonl)")] = None,
+    check_images: Annotated[bool, typer.Option(help="Open every image (unreadable, truncated, tiny, non-RGB)")] = True,
+    min_image_size: Annotated[int, typer.Option(help="Smallest accepted image: at least N x N pixels in area, short side at least N/4")] = 32,
+) -> None:
+    """Check a catalog row by row; report each bad row with its line, field and reason.
+
+    Good rows are kept; bad ones go to the errors file (one JSON object per problem).
+    Exit code: 0 all valid, 1 some rows rejected, 2 the file itself cannot be read.
+
+    Example: shopclip validate ../shared/data/products/catalog.jsonl
+    """
+    from shopclip.catalog import CatalogReadError, default_errors_path, validate_catalog, write_errors
+
+    try:
+        report = validate_catalog(catalog, check_images=check_images, min_image_size=min_image_size, progress=True)
+    except CatalogReadError as e:
+        err.print(f"[red]cannot read {catalog}:[/red] {e}")
+        raise typer.Exit(2) from None
+    out = errors or default_errors_path(catalog)
+    for e in report.errors[:20]:
+        err.print(f"line {e.line}: {e.field}: {e.reason}" + (f" (id {e.id})" if e.id else ""))
+    if len(report.errors) > 20:
+        err.print(f"… and {len(report.errors) - 20} more")
+    console.print(report.summary())
+    if report.errors:
+        write_errors(report.errors, out)
+        console.print(f"errors written to {out}")
+        raise typer.Exit(1)
+    if out.exists() and errors is None:
+        out.unlink()  # a stale errors file from an earlier run would mislead
+
+
+@app.command()
+def embed(
+    catalog: Annotated[Path, typer.Argument(help="Catalog file (.jsonl, .csv, .parquet)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Work folder to write embeddings into")],
+    model: Annotated[str, typer.Option(help="Model name, model/run folder, or hub spec (see `shopclip models`)")] = "default",
+    dtype: Annotated[str, typer.Option(help="float16 or float32")] = "float16",
+    sample: Annotated[int | None, typer.Option(help="Embed only a deterministic sample of N products")] = None,
+) -> None:
+    """Embed every valid product's image and text (resumable: unchanged products are skipped).
+
+    Example: shopclip embed ../shared/data/products/catalog.jsonl --out work --model default
+    """
+    from shopclip.pipeline.build import BuildOptions
+
+    _run_build(catalog, out, BuildOptions(model=model, dtype=dtype, sample=sample), only=("validate", "embed"))
+
+
+@index_app.command("build")
+def index_build(
+    workdir: Annotated[Path, typer.Argument(help="Work folder holding embeddings (from `shopclip embed`)")],
+    backend: Annotated[str, typer.Option(help="Index backend")] = "faiss",
+) -> None:
+    """Build image, text and fused product indexes from stored embeddings.
+
+    Example: shopclip index build work
+    """
+    from shopclip.pipeline.indexing import build_indexes
+    from shopclip.pipeline.workdir import WorkDir
+
+    wd = WorkDir(workdir)
+    if not wd.embeddings.exists():
+        err.print(f"[red]{workdir} has no embeddings;[/red] run `shopclip embed CATALOG --out {workdir}` first")
+        raise typer.Exit(2)
+    sizes = build_indexes(wd.embeddings, wd.index, backend=backend)
+    console.print("indexes built: " + ", ".join(f"{k} ({v} products)" for k, v in sizes.items()))
+
+
+def _engine(workdir: Path):
+    from shopclip.search import SearchEngine
+
+    try:
+        return SearchEngine(workdir)
+    except FileNotFoundError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def search(
+    workdir: Annotated[Path, typer.Argument(help="Built work folder")],
+    query: Annotated[str | None, typer.Argument(help="Text query")] = None,
+    image: Annotated[Path | None, typer.Option(help="Search by this image instead of text")] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results")] = 10,
+    category: Annotated[str | None, typer.Option(help="Only products under this category path, e.g. 'Footwear'")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table")] = False,
+) -> None:
+    """Find products by text or by image.
+
+    Examples: shopclip search demo-work "red running shoes" -k 10;
+    shopclip search demo-work --image photo.jpg --category Footwear
+    """
+    _quiet_libraries()
+    if (query is None) == (image is None):
+        err.print("[red]give either a text QUERY or --image PATH[/red]")
+        raise typer.Exit(2)
+    if not 1 <= k <= 1000:
+        err.print("[red]-k must be between 1 and 1000[/red]")
+        raise typer.Exit(2)
+    eng = _engine(workdir)
+    if image is not None:
+        from shopclip.core.images import ImageError
+
+        try:
+            results = eng.search_image(image, k, category)
+        except ImageError as e:
+            err.print(f"[red]{image}: {e}[/red]")
+            raise typer.Exit(2) from None
+        title = f"image: {image}"
+    else:
+        results = eng.search_text(query, k, category)
+        title = f"text: {query!r}" + ("" if eng.aligned else " (matched against product text: model not trained)")
+    _print_results(title, results, as_json)
+
+
+@app.command()
+def similar(
+    workdir: Annotated[Path, typer.Argument(help="Built work folder")],
+    product_id: Annotated[str, typer.Argument(help="A product id in the catalog")],
+    k: Annotated[int, typer.Option("-k", help="Number of results")] = 10,
+    category: Annotated[str | None, typer.Option(help="Only products under this category path")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table")] = False,
+) -> None:
+    """Products most similar to one product (itself excluded).
+
+    Example: shopclip similar demo-work 15970
+    """
+    eng = _engine(workdir)
+    try:
+        p = eng.product(product_id)
+    except KeyError:
+        err.print(f"[red]unknown product id {product_id!r}[/red]")
+        raise typer.Exit(2) from None
+    _print_results(f"similar to {product_id}: {p['title']}", eng.similar(product_id, k, category), as_json)
+
+
+def _print_results(title: str, results: list, as_json: bool) -> None:
+    if as_json:
+        import json
+
+        for r in results:
+            print(json.dumps(r.to_dict(), ensure_ascii=False))
+    else:
+        console.print(_results_table(title, results))
+
+
+def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | None = None) -> None:
+    from shopclip.catalog import CatalogReadError
+    from shopclip.pipeline import build as build_mod
+
+    _quiet_libraries()
+    saved = list(build_mod._STAGES)
+    if only:
+        build_mod._STAGES[:] = [s for s in saved if s.name in only]
+    try:
+        build_mod.build(catalog, workdir, options, on_stage=lambda r: console.print(
+            f"[bold]{r.name:>9}[/bold] {'ran' if r.ran else 'skipped (up to date)'} in {r.seconds:.1f}s: {r.summary}"))
+    except CatalogReadError as e:
+        err.print(f"[red]cannot read {catalog}:[/red] {e}")
+        raise typer.Exit(2) from None
+    finally:
+        build_mod._STAGES[:] = saved
+
+
+@app.command("build")
+def build_cmd(
+    catalog: Annotated[Path, typer.Argument(help="Catalog file (.jsonl, .csv, .parquet)")],
+    workdir: Annotated[Path, typer.Option(help="Work folder for every stage's output")] = Path("work"),
+    model: Annotated[str, typer.Option(help="Model name, model/run folder, or hub spec")] = "default",
+    dtype: Annotated[str, typer.Option(help="Stored embedding precision: float16 or float32")] = "float16",
+    sample: Annotated[int | None, typer.Option(help="Use only a deterministic sample of N valid products")] = None,
+    check_images: Annotated[bool, typer.Option(help="Open every image during validation")] = True,
+    force: Annotated[bool, typer.Option(help="Re-run every stage even when up to date")] = False,
+) -> None:
+    """Run the whole pipeline (validate → embed → index); a re-run does only what changed.
+
+    Example: shopclip build ../shared/data/products/catalog.jsonl --workdir demo-work
+    """
+    from shopclip.pipeline.build import BuildOptions, stages
+
+    console.print(f"stages: {' → '.join(stages())}")
+    _run_build(catalog, workdir, BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images,
+                                              force=force))
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Argument(help="A built work folder")] = Path("demo-work"),
+    k: Annotated[int, typer.Option("-k", help="Results per example")] = 5,
+) -> None:
+    """Print example searches over a built work folder: text, image and similar items.
+
+    Example: shopclip demo demo-work
+    """
+    _quiet_libraries()
+    eng = _engine(workdir)
+    metas = eng.store.meta()
+    note = "" if eng.aligned else " (matched against product text: model not trained)"
+    for q in ("red running shoes", "women's handbag", "analog watch for men"):
+        console.print(_results_table(f"text query {q!r}{note}", eng.search_text(q, k)))
+    probe = next((m for m in metas if m.get("split") == "test"), metas[0])
+    console.print(_results_table(f"image query: photo of {probe['id']} ({probe['title']})", eng.search_image(probe["image"], k)))
+    other = next((m for m in metas if m.get("split") == "test" and m["category"] != probe["category"]), metas[-1])
+    console.print(_results_table(f"similar to {other['id']}: {other['title']}", eng.similar(other["id"], k)))
+
+
+@app.command()
+def models() -> None:
+    """List model names that `--model` and `load_model` accept.
+
+    Example: shopclip models
+    """
+    from shopclip.models import list_models, list_towers
+
+    console.print("models: " + ", ".join(list_models()))
+    console.print("towers: " + ", ".join(list_towers()))
+    console.print("also: a model or run folder, hf-clip:<id>, hf-siglip:<id>, open_clip:<arch>/<tag> (need a model hub)")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Small shared pieces with no shopclip dependencies: image decoding, hashing, atomic IO."""

@@ -1,0 +1,303 @@
+"""The vector-index contract, the backend registry and the pieces every backend shares.
+
+Callers only ever see `VectorIndex`, `create_index` and `load_index`, so a server-backed
+store (pgvector, Milvus) can be registered later under a new name without touching them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shopclip.core.io import atomic_write_json, read_json
+
+INDEX_FORMAT = "shopclip.index/1"
+MANIFEST = "manifest.json"
+CATEGORY_SEP = " > "
+
+CategoryLike = str | Sequence[str] | None
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float  # inner product: cosine similarity when both sides are L2-normalised
+
+
+# --------------------------------------------------------------------------- categories
+
+
+def category_levels(category: CategoryLike) -> tuple[str, ...]:
+    """Lower-cased, stripped levels; accepts "A > B" strings or ["A", "B"] lists (catalog form)."""
+    if category is None:
+        return ()
+    parts = category.split(">") if isinstance(category, str) else [str(c) for c in category]
+    return tuple(p.strip().lower() for p in parts if p.strip())
+
+
+def category_matches(path: CategoryLike, prefix: CategoryLike) -> bool:
+    """Whole-level, case-insensitive prefix match, so "Footwear > Sho" never matches "Shoes"."""
+    want = category_levels(prefix)
+    have = category_levels(path)
+    return bool(have) and have[: len(want)] == want
+
+
+def category_text(category: CategoryLike) -> str | None:
+    """Canonical " > "-joined form kept on disk, whatever shape the caller passed."""
+    if category is None:
+        return None
+    if isinstance(category, str):
+        return CATEGORY_SEP.join(p.strip() for p in category.split(">") if p.strip()) or None
+    return CATEGORY_SEP.join(str(c).strip() for c in category) or None
+
+
+class CategoryTable:
+    """Category per internal row as an int code, so a filter is one `np.isin` over rows.
+
+    Matching is done once per distinct path (a catalog has hundreds), not once per product.
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[str | None] = [None]  # code 0 = no category
+        self._code: dict[str | None, int] = {None: 0}
+        self.codes = np.zeros(0, dtype=np.int32)
+
+    def encode(self, categories: Iterable[CategoryLike]) -> np.ndarray:
+        out = []
+        for c in categories:
+            text = category_text(c)
+            code = self._code.get(text)
+            if code is None:
+                code = self._code[text] = len(self.paths)
+                self.paths.append(text)
+            out.append(code)
+        return np.asarray(out, dtype=np.int32)
+
+    def append(self, categories: Iterable[CategoryLike]) -> None:
+        self.codes = np.concatenate([self.codes, self.encode(categories)])
+
+    def take(self, rows: np.ndarray) -> None:
+        self.codes = self.codes[rows]
+
+    def text(self, row: int) -> str | None:
+        return self.paths[int(self.codes[row])]
+
+    def mask(self, prefix: CategoryLike) -> np.ndarray:
+        want = category_levels(prefix)
+        hits = [code for code, p in enumerate(self.paths) if p is not None and category_matches(p, want)]
+        return np.isin(self.codes, np.asarray(hits, dtype=np.int32))
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def as_matrix(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarray:
+    """float32, C-contiguous (n, dim): what faiss and BLAS want; (dim,) is read as one row."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"{what} must have shape (n, {dim}) or ({dim},), got {np.shape(vectors)}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} contain NaN or inf")
+    return np.ascontiguousarray(arr)
+
+
+def dedupe_last(ids: Sequence[str], n: int) -> tuple[list[str], np.ndarray]:
+    """Keep the last row of an id repeated within one call: later rows are newer data."""
+    ids = [str(i) for i in ids]
+    if len(ids) != n:
+        raise ValueError(f"got {len(ids)} ids for {n} vectors")
+    last = {i: r for r, i in enumerate(ids)}
+    rows = np.fromiter(sorted(last.values()), dtype=np.int64, count=len(last))
+    return [ids[r] for r in rows], rows
+
+
+def id_list(ids: Collection[str] | str) -> list[str]:
+    """A lone string is one id, not a sequence of one-letter ids."""
+    return [ids] if isinstance(ids, str) else [str(i) for i in ids]
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+class VectorIndex(ABC):
+    """Id-keyed inner-product index with upsert, delete, category filter and persistence."""
+
+    backend: str = ""
+    dim: int
+
+    @abstractmethod
+    def add(
+        self, ids: Sequence[str], vectors: np.ndarray, categories: Sequence[CategoryLike] | None = None
+    ) -> None:
+        """Upsert: an id already present is replaced (vector and category)."""
+
+    @abstractmethod
+    def remove(self, ids: Sequence[str]) -> int:
+        """Remove ids; returns how many were present."""
+
+    @abstractmethod
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        category: CategoryLike = None,
+        exclude: Collection[str] = (),
+    ) -> list[list[Hit]]:
+        """Top-k per query row, best first; always one list per row, even for a (dim,) query."""
+
+    @abstractmethod
+    def get_vector(self, id: str) -> np.ndarray: ...
+
+    @abstractmethod
+    def get_category(self, id: str) -> str | None: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __contains__(self, id: object) -> bool: ...
+
+    @property
+    @abstractmethod
+    def ids(self) -> list[str]: ...
+
+    @abstractmethod
+    def save(self, folder: str | Path) -> None:
+        """Persist so that a crash at any moment leaves the previous save readable."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: str | Path) -> VectorIndex: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, n={len(self)})"
+
+
+# --------------------------------------------------------------------------- registry
+
+_BACKENDS: dict[str, type[VectorIndex] | str] = {
+    "faiss": "shopclip.index.faiss_backend:FaissIndex",
+    "numpy": "shopclip.index.numpy_backend:NumpyIndex",
+}
+
+
+def register_backend(name: str, cls: type[VectorIndex] | str) -> None:
+    """Register a backend class, or a "module:Class" string imported on first use.
+
+    The string form lets a server backend (psycopg, pymilvus) stay an optional dependency.
+    """
+    if not isinstance(cls, str) and not (isinstance(cls, type) and issubclass(cls, VectorIndex)):
+        raise TypeError(f"backend {name!r} must be a VectorIndex subclass or 'module:Class', got {cls!r}")
+    _BACKENDS[name] = cls
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str) -> type[VectorIndex]:
+    try:
+        entry = _BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown index backend {name!r}; registered: {available_backends()}") from None
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        _BACKENDS[name] = entry
+    return entry
+
+
+def create_index(backend: str = "faiss", *, dim: int, **options: Any) -> VectorIndex:
+    return get_backend(backend)(dim=dim, **options)
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"no index at {folder}: {MANIFEST} is missing")
+    manifest = read_json(path)
+    if manifest.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {INDEX_FORMAT!r}")
+    return manifest
+
+
+def load_index(folder: str | Path) -> VectorIndex:
+    """Open a saved index with whichever backend its manifest names."""
+    return get_backend(read_manifest(folder)["backend"]).load(folder)
+
+
+# --------------------------------------------------------------------------- atomic folders
+
+
+def save_folder(
+    folder: str | Path, manifest: dict[str, Any], write_data: Callable[[Path], None] | None
+) -> None:
+    """Write data into a fresh sub-folder, then switch `manifest.json` to it.
+
+    The manifest is the single commit point (an atomic file replace), so a crash leaves the
+    previous save intact; a directory cannot be swapped atomically on every platform.
+    Backends that keep their data in a server pass `write_data=None` and save only the manifest.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": INDEX_FORMAT, **manifest}
+    keep = None
+    if write_data is not None:
+        token = uuid.uuid4().hex[:12]
+        tmp = folder / f".tmp-{token}"
+        tmp.mkdir()
+        try:
+            write_data(tmp)
+            for f in tmp.iterdir():
+                _fsync_file(f)
+            keep = f"data-{token}"
+            os.replace(tmp, folder / keep)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        manifest["data"] = keep
+    _fsync_dir(folder)
+    atomic_write_json(folder / MANIFEST, manifest)
+    _fsync_dir(folder)
+    for old in folder.iterdir():  # earlier saves and leftovers of crashed ones
+        if (
+            old.is_dir()
+            and old.name != keep
+            and (old.name.startswith("data-") or old.name.startswith(".tmp-"))
+        ):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def data_folder(folder: str | Path, manifest: dict[str, Any]) -> Path:
+    return Path(folder) / manifest["data"]
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fp:
+        os.fsync(fp.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames durable on power loss; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

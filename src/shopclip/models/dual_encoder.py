@@ -1,0 +1,255 @@
+"""Dual encoder: image tower + text tower + projection heads into one shared space.
+
+LiT / e-CLIP style: the towers are separately pretrained; the heads (and optionally
+the towers' last blocks) are what contrastive training aligns. The numpy-level
+``encode_text`` / ``encode_image`` mirror sentence-transformers' ``encode`` so a
+notebook user never touches batching, threads or normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from shopclip.core.images import open_image
+from shopclip.core.io import atomic_write_json, read_json
+from shopclip.models.towers import ImageTower, TextTower, create_tower, create_tower_pair
+from shopclip.models.transforms import ImageTransform
+
+CONFIG_FILE = "config.json"
+HEADS_FILE = "heads.safetensors"
+TOWERS_FILE = "towers.safetensors"
+FORMAT = "shopclip.dual_encoder/1"
+
+ImageInput = str | Path | bytes | Image.Image
+
+
+@dataclass
+class DualEncoderConfig:
+    name: str = "minilm-efflite0"
+    text_tower: str = "minilm-l6"
+    image_tower: str = "efficientnet-lite0"
+    pair: str | None = None  # "hf-clip:<id>" etc.: both towers from one aligned checkpoint
+    embed_dim: int = 256
+    head: str = "linear"  # "linear" | "mlp" | "identity"
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = math.log(100.0)
+    text_max_length: int = 64
+    image_size: int = 224
+    image_mode: str = "pad"
+    trained: bool = False  # heads aligned by contrastive training (text→image search is meaningful)
+    tower_weights: str = "pretrained"  # "pretrained": towers come from their source; "saved": from towers.safetensors
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: training run, data, metrics
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DualEncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"format"}
+        if unknown:
+            raise ValueError(f"unknown dual-encoder config keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+
+def _make_head(kind: str, in_dim: int, out_dim: int, seed: int) -> nn.Module:
+    if kind == "identity":
+        if in_dim != out_dim:
+            raise ValueError(f"identity head needs in_dim == embed_dim ({in_dim} != {out_dim})")
+        return nn.Identity()
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "linear":
+        lin = nn.Linear(in_dim, out_dim, bias=False)
+        # Semi-orthogonal init: before training, projected cosines ≈ tower cosines,
+        # so image→image and text→text search already work with untrained heads.
+        q, _ = torch.linalg.qr(torch.randn(max(in_dim, out_dim), min(in_dim, out_dim), generator=gen))
+        with torch.no_grad():
+            lin.weight.copy_(q.T if out_dim <= in_dim else q)
+        return lin
+    if kind == "mlp":
+        hidden = max(in_dim, out_dim)
+        mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        return mlp
+    raise ValueError(f"unknown head {kind!r} (linear, mlp, identity)")
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, config: DualEncoderConfig, image_tower: ImageTower, text_tower: TextTower) -> None:
+        super().__init__()
+        self.config = config
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+        self.image_head = _make_head(config.head, image_tower.output_dim, config.embed_dim, seed=0)
+        self.text_head = _make_head(config.head, text_tower.output_dim, config.embed_dim, seed=1)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        tf = image_tower.transform
+        # An aligned hub checkpoint brings its own preprocessing; our towers follow the config.
+        self.transform = tf if config.pair else ImageTransform(size=config.image_size, mean=tf.mean, std=tf.std,
+                                                               mode=config.image_mode)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: DualEncoderConfig) -> DualEncoder:
+        if config.pair:
+            image_tower, text_tower = create_tower_pair(config.pair, max_length=config.text_max_length)
+        else:
+            image_tower = create_tower(config.image_tower, image_size=config.image_size)
+            text_tower = create_tower(config.text_tower, max_length=config.text_max_length)
+        return cls(config, image_tower, text_tower)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    # --------------------------------------------------------------- torch-level API
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_head(features).float(), dim=-1)
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(features).float(), dim=-1)
+
+    def forward_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.project_image(self.image_tower(pixels))
+
+    def forward_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.project_text(self.text_tower(tokens))
+
+    def forward(self, pixels: torch.Tensor, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.forward_image(pixels), self.forward_text(tokens), self.clamped_logit_scale().exp()
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(0.0, self.config.max_logit_scale)
+
+    # --------------------------------------------------------------- numpy-level API
+    def encode_text(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """(n, d) float32, L2-normalised."""
+        if isinstance(texts, str):
+            raise TypeError("encode_text takes a list of strings")
+        return self._encode_batches(
+            (self.text_tower.tokenize(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)),
+            self.forward_text, len(texts), batch_size, progress, "texts",
+        )
+
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        return self.transform(open_image(image))
+
+    def encode_image(self, images: Sequence[ImageInput], batch_size: int = 32, num_workers: int = 4,
+                     progress: bool = False) -> np.ndarray:
+        """(n, d) float32, L2-normalised. Images are decoded in worker threads, one batch ahead."""
+        if isinstance(images, str | Path | bytes | Image.Image):
+            raise TypeError("encode_image takes a list of images or paths")
+        return self._encode_batches(
+            self.iter_pixel_batches(images, batch_size, num_workers),
+            self.forward_image, len(images), batch_size, progress, "images",
+        )
+
+    def iter_pixel_batches(self, images: Sequence[ImageInput], batch_size: int, num_workers: int = 4) -> Iterator[torch.Tensor]:
+        """Decode + transform in threads (PIL releases the GIL), keeping one batch in flight."""
+        batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        if not batches:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+            def submit(batch: Sequence[ImageInput]) -> list[Future[torch.Tensor]]:
+                return [pool.submit(self.preprocess, x) for x in batch]
+
+            pending = submit(batches[0])
+            for nxt in [*batches[1:], None]:
+                following = submit(nxt) if nxt is not None else None
+                yield torch.stack([f.result() for f in pending])
+                if following is None:
+                    break
+                pending = following
+
+    @torch.inference_mode()
+    def _encode_batches(self, batches: Iterator[Any], fn: Any, n: int, batch_size: int, progress: bool, unit: str) -> np.ndarray:
+        was_training = self.training
+        self.eval()
+        out = np.zeros((n, self.embed_dim), dtype=np.float32)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, unit=unit, desc=f"encode {unit}")
+        i = 0
+        dev = self.device
+        try:
+            for batch in batches:
+                if isinstance(batch, dict):
+                    batch = {k: v.to(dev) for k, v in batch.items()}
+                    m = next(iter(batch.values())).shape[0]
+                else:
+                    batch = batch.to(dev)
+                    m = batch.shape[0]
+                out[i : i + m] = fn(batch).cpu().numpy()
+                i += m
+                if bar is not None:
+                    bar.update(m)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.train(was_training)
+        return out
+
+    # ----------------------------------------------------------------- persistence
+    def heads_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("image_tower.", "text_tower."))}
+
+    def save(self, folder: str | Path, *, save_towers: bool | None = None) -> Path:
+        """One folder: config.json + heads.safetensors (+ towers.safetensors when towers were trained)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if save_towers is None:
+            save_towers = self.config.tower_weights == "saved"
+        self.config.tower_weights = "saved" if save_towers else "pretrained"
+        tmp = folder / f".{HEADS_FILE}.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.heads_state().items()}, str(tmp))
+        tmp.replace(folder / HEADS_FILE)
+        if save_towers:
+            towers = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                      if k.startswith(("image_tower.", "text_tower."))}
+            tmp = folder / f".{TOWERS_FILE}.tmp"
+            save_file(towers, str(tmp))
+            tmp.replace(folder / TOWERS_FILE)
+        atomic_write_json(folder / CONFIG_FILE, self.config.to_dict())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str = "cpu") -> DualEncoder:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        cfg_path = folder / CONFIG_FILE
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"{folder} is not a shopclip model folder (no {CONFIG_FILE})")
+        config = DualEncoderConfig.from_dict(read_json(cfg_path))
+        model = cls.from_config(config)
+        state = load_file(str(folder / HEADS_FILE), device=map_location)
+        if config.tower_weights == "saved":
+            state.update(load_file(str(folder / TOWERS_FILE), device=map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if config.tower_weights == "saved" or not k.startswith(("image_tower.", "text_tower."))]
+        if missing or unexpected:
+            raise ValueError(f"model weights in {folder} do not match the config: missing={missing[:5]} unexpected={unexpected[:5]}")
+        model.eval()
+        return model

@@ -1,0 +1,97 @@
+"""One door for every model: registry names, run folders, hub specs and "default".
+
+Architectures are data (JSON files in ``models/configs``), as in open_clip.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shopclip.models.dual_encoder import CONFIG_FILE, DualEncoder, DualEncoderConfig
+from shopclip.models.towers import create_tower_pair
+
+DEFAULT_BASE = "minilm-efflite0"
+_CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def _scan_configs() -> None:
+    root = resources.files("shopclip.models") / "configs"
+    for entry in root.iterdir():
+        if entry.name.endswith(".json"):
+            cfg = json.loads(entry.read_text())
+            _CONFIGS[cfg["name"]] = cfg
+
+
+def add_model_config(path: str | Path) -> str:
+    """Register a dual-encoder architecture from a JSON file; returns its name."""
+    cfg = json.loads(Path(path).read_text())
+    DualEncoderConfig.from_dict(cfg)  # validate
+    _CONFIGS[cfg["name"]] = cfg
+    return cfg["name"]
+
+
+def list_models() -> list[str]:
+    return ["default", *sorted(_CONFIGS)]
+
+
+def pretrained_dir(name: str = "default") -> Path | None:
+    """A trained model shipped inside the package (small: heads only), if present."""
+    folder = Path(str(resources.files("shopclip.models") / "pretrained" / name))
+    return folder if (folder / CONFIG_FILE).exists() else None
+
+
+def create_model(name: str = DEFAULT_BASE, **overrides: Any) -> DualEncoder:
+    """A fresh (untrained-heads) dual encoder from a registered architecture."""
+    if name not in _CONFIGS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    cfg = DualEncoderConfig.from_dict({**_CONFIGS[name], **overrides})
+    return DualEncoder.from_config(cfg)
+
+
+def resolve_model_ref(name_or_path: str | Path) -> str:
+    """A stable string naming what `load_model` will load (stored next to embeddings)."""
+    ref = str(name_or_path)
+    if ref == "default":
+        d = pretrained_dir("default")
+        return str(d) if d else DEFAULT_BASE
+    p = Path(ref)
+    if (p / CONFIG_FILE).exists():
+        return str(p.resolve())
+    return ref
+
+
+def load_model(name_or_path: str | Path = "default", device: str | torch.device | None = None) -> DualEncoder:
+    """`default`, a registered name (`minilm-efflite0`), a saved model or run folder, or a hub
+    spec (`hf-clip:openai/clip-vit-base-patch32`, `hf-siglip:…`, `open_clip:ViT-B-32/laion2b_s34b_b79k`)."""
+    ref = str(name_or_path)
+    p = Path(ref)
+    if ref == "default":
+        d = pretrained_dir("default")
+        model = DualEncoder.load(d) if d else create_model(DEFAULT_BASE)
+    elif (p / CONFIG_FILE).exists():
+        model = DualEncoder.load(p)
+    elif (p / "model" / CONFIG_FILE).exists():  # a training run folder
+        model = DualEncoder.load(p / "model")
+    elif ref in _CONFIGS:
+        model = create_model(ref)
+    elif ":" in ref and ref.split(":", 1)[0] in ("hf-clip", "hf-siglip", "open_clip"):
+        image_tower, text_tower = create_tower_pair(ref)
+        cfg = DualEncoderConfig(name=ref, pair=ref, head="identity", embed_dim=text_tower.output_dim, trained=True)
+        model = DualEncoder(cfg, image_tower, text_tower)
+    elif p.exists():
+        raise FileNotFoundError(f"{p} exists but holds no shopclip model ({CONFIG_FILE} not found)")
+    else:
+        raise KeyError(f"unknown model {ref!r}: not a folder, and not one of {', '.join(list_models())} "
+                       "or hf-clip:/hf-siglip:/open_clip: specs")
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+_scan_configs()

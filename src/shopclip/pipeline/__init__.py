@@ -1,0 +1,1 @@
+"""Pipeline steps over a work folder: validate → (ground, enrich, train) → embed → index."""

@@ -1,0 +1,214 @@
+"""`shopclip build`: run the pipeline's stages in order, each cached and resumable.
+
+A stage is skipped when its fingerprint (its inputs, including upstream stages'
+fingerprints) matches the one recorded in the work folder's manifest. Later
+capabilities (grounding, enrichment, training) add themselves with
+:func:`register_stage` at the right place; callers do not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shopclip.catalog import Catalog, Product, validate_catalog, write_errors
+from shopclip.core.hashing import file_sha1, json_sha1
+from shopclip.core.io import read_jsonl
+from shopclip.models import DualEncoder, load_model
+from shopclip.models.dual_encoder import CONFIG_FILE
+from shopclip.pipeline.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildOptions:
+    model: str = "default"
+    dtype: str = "float16"
+    backend: str = "faiss"
+    check_images: bool = True
+    sample: int | None = None  # embed a deterministic sample of N valid products (demos)
+    progress: bool = True
+    force: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # options of stages added by later issues
+
+
+class BuildContext:
+    """What stages share: paths, options, the validated catalog and the model (loaded once)."""
+
+    def __init__(self, catalog_path: Path, workdir: WorkDir, options: BuildOptions) -> None:
+        self.catalog_path = catalog_path
+        self.workdir = workdir
+        self.options = options
+        self.manifest = workdir.read()
+        self.fingerprints: dict[str, str] = {}
+        self.texts: dict[str, str] = {}  # product id → text override (enrichment)
+        self.images: dict[str, Path] = {}  # product id → image override (grounded crops)
+        self.model_ref = options.model
+        self._catalog: Catalog | None = None
+        self._model: DualEncoder | None = None
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            rows = read_jsonl(self.workdir.catalog)
+            root = Path(self.manifest["catalog_root"])
+            self._catalog = Catalog([Product.from_dict(r, line=i + 1) for i, r in enumerate(rows)], root=root,
+                                    source=self.catalog_path)
+        return self._catalog
+
+    def model(self) -> DualEncoder:
+        if self._model is None:
+            self._model = load_model(self.model_ref)
+        return self._model
+
+    def upstream(self, name: str) -> str:
+        return json_sha1([self.fingerprints[k] for k in sorted(self.fingerprints) if k != name])
+
+
+@dataclass
+class Stage:
+    name: str
+    fingerprint: Callable[[BuildContext], str]
+    run: Callable[[BuildContext], str]  # returns a one-line summary
+    outputs: Callable[[BuildContext], list[Path]] = lambda ctx: []
+    enabled: Callable[[BuildContext], bool] = lambda ctx: True
+    # Runs even when skipped, to restore what later stages read from ctx (e.g. text overrides).
+    restore: Callable[[BuildContext], None] | None = None
+
+
+_STAGES: list[Stage] = []
+
+
+def register_stage(stage: Stage, *, before: str | None = None) -> None:
+    """Insert a stage (replacing one with the same name) before `before`, or at the end."""
+    _STAGES[:] = [s for s in _STAGES if s.name != stage.name]
+    if before is None:
+        _STAGES.append(stage)
+        return
+    names = [s.name for s in _STAGES]
+    _STAGES.insert(names.index(before), stage)
+
+
+def stages() -> list[str]:
+    return [s.name for s in _STAGES]
+
+
+def model_key(ref: str) -> str:
+    """Cheap identity of a model reference: folder contents when it is a folder, else the name."""
+    from shopclip.models.factory import resolve_model_ref
+
+    resolved = resolve_model_ref(ref)
+    folder = Path(resolved)
+    if (folder / CONFIG_FILE).exists():
+        return json_sha1({p.name: file_sha1(p) for p in sorted(folder.iterdir()) if p.is_file()})
+    return resolved
+
+
+def sample_products(products: list[Product], n: int | None) -> list[Product]:
+    """A deterministic uniform sample (by id hash), kept in catalog order."""
+    if n is None or n >= len(products):
+        return products
+    keep = set(sorted((p.id for p in products), key=lambda i: hashlib.sha1(i.encode()).hexdigest())[:n])
+    return [p for p in products if p.id in keep]
+
+
+# ------------------------------------------------------------------------ core stages
+
+
+def _validate_fp(ctx: BuildContext) -> str:
+    o = ctx.options
+    return json_sha1([file_sha1(ctx.catalog_path), o.check_images, o.sample])
+
+
+def _validate_run(ctx: BuildContext) -> str:
+    report = validate_catalog(ctx.catalog_path, check_images=ctx.options.check_images, progress=ctx.options.progress)
+    write_errors(report.errors, ctx.workdir.errors)
+    products = sample_products(report.products, ctx.options.sample)
+    ctx.manifest["catalog"] = str(ctx.catalog_path.resolve())
+    ctx.manifest["catalog_root"] = str(ctx.catalog_path.resolve().parent)
+    cat = Catalog(products, root=ctx.catalog_path.resolve().parent, source=ctx.catalog_path)
+    cat.write_jsonl(ctx.workdir.catalog)
+    ctx._catalog = None
+    msg = report.summary()
+    if ctx.options.sample:
+        msg += f"; sampled {len(products)} products"
+    if report.errors:
+        msg += f"; errors in {ctx.workdir.errors}"
+    return msg
+
+
+def _embed_fp(ctx: BuildContext) -> str:
+    o = ctx.options
+    return json_sha1([ctx.upstream("embed"), model_key(ctx.model_ref), o.dtype,
+                      json_sha1(ctx.texts), json_sha1({k: str(v) for k, v in ctx.images.items()})])
+
+
+def _embed_run(ctx: BuildContext) -> str:
+    from shopclip.pipeline.embed import embed_catalog
+
+    res = embed_catalog(ctx.catalog(), ctx.workdir.embeddings, ctx.model(), texts=ctx.texts, images=ctx.images,
+                        dtype=ctx.options.dtype, progress=ctx.options.progress)
+    ctx.manifest["model"] = ctx.model_ref
+    return res.summary()
+
+
+def _index_fp(ctx: BuildContext) -> str:
+    return json_sha1([ctx.upstream("index"), ctx.options.backend])
+
+
+def _index_run(ctx: BuildContext) -> str:
+    from shopclip.pipeline.indexing import build_indexes
+
+    sizes = build_indexes(ctx.workdir.embeddings, ctx.workdir.index, backend=ctx.options.backend)
+    return "indexes built: " + ", ".join(f"{k} ({v})" for k, v in sizes.items())
+
+
+register_stage(Stage("validate", _validate_fp, _validate_run, lambda c: [c.workdir.catalog]))
+register_stage(Stage("embed", _embed_fp, _embed_run, lambda c: [c.workdir.embeddings]))
+register_stage(Stage("index", _index_fp, _index_run, lambda c: [c.workdir.index]))
+
+
+@dataclass
+class StageResult:
+    name: str
+    ran: bool
+    summary: str
+    seconds: float
+
+
+def build(catalog: str | Path, workdir: str | Path, options: BuildOptions | None = None,
+          on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+    options = options or BuildOptions()
+    ctx = BuildContext(Path(catalog), WorkDir(Path(workdir)), options)
+    ctx.manifest.setdefault("stages", {})
+    ctx.manifest["options"] = asdict(options)
+    results = []
+    for stage in list(_STAGES):
+        if not stage.enabled(ctx):
+            continue
+        t0 = time.perf_counter()
+        fp = stage.fingerprint(ctx)
+        ctx.fingerprints[stage.name] = fp
+        done = ctx.manifest["stages"].get(stage.name, {})
+        outputs_ok = all(p.exists() for p in stage.outputs(ctx))
+        if not options.force and done.get("fingerprint") == fp and outputs_ok:
+            if stage.restore:
+                stage.restore(ctx)
+            res = StageResult(stage.name, False, done.get("summary", "up to date"), time.perf_counter() - t0)
+        else:
+            summary = stage.run(ctx)
+            ctx.manifest["stages"][stage.name] = {"fingerprint": fp, "summary": summary,
+                                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            ctx.workdir.write(ctx.manifest)  # a crash later keeps this stage done
+            res = StageResult(stage.name, True, summary, time.perf_counter() - t0)
+        results.append(res)
+        if on_stage:
+            on_stage(res)
+    ctx.manifest["model"] = ctx.model_ref
+    ctx.workdir.write(ctx.manifest)
+    return results

@@ -1,0 +1,120 @@
+"""Embed a catalog into an EmbeddingStore: batched, threaded decode, resumable by content hash."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shopclip.catalog import Catalog, Product
+from shopclip.core.hashing import file_sha1, json_sha1, sha1_bytes
+from shopclip.index.store import EmbeddingStore
+from shopclip.models import DualEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedResult:
+    total: int
+    embedded: int
+    skipped: int
+    store: Path
+
+    def summary(self) -> str:
+        return f"{self.total} products: {self.embedded} embedded, {self.skipped} already up to date → {self.store}"
+
+
+def model_fingerprint(model: DualEncoder) -> str:
+    """Changes whenever the model's outputs can change (config or any trained weight)."""
+    h = [json_sha1({k: v for k, v in model.config.to_dict().items() if k != "info"})]
+    state = model.heads_state() if model.config.tower_weights == "pretrained" else model.state_dict()
+    for k in sorted(state):
+        h.append(k + sha1_bytes(state[k].detach().cpu().float().numpy().tobytes()))
+    return sha1_bytes("|".join(h).encode())
+
+
+def product_meta(p: Product, catalog: Catalog) -> dict:
+    """What search results and the server show, so they never re-read the catalog."""
+    return {
+        "id": p.id, "title": p.title, "category": p.category_path, "image": str(catalog.image_path(p)),
+        "description": p.description[:500], "attributes": p.attributes, "group": p.group, "split": p.split,
+        "labels": p.labels, "url": p.url, "price": p.price,
+    }
+
+
+def product_hash(p: Product, text: str, image_hash: str, fingerprint: str) -> str:
+    return sha1_bytes("\x1f".join([fingerprint, text, image_hash]).encode())
+
+
+def embed_catalog(
+    catalog: Catalog,
+    out: str | Path,
+    model: DualEncoder,
+    *,
+    texts: dict[str, str] | None = None,
+    images: dict[str, Path] | None = None,
+    dtype: str = "float16",
+    chunk: int = 512,
+    image_batch_size: int = 16,
+    text_batch_size: int = 64,
+    num_workers: int = 4,
+    progress: bool = True,
+) -> EmbedResult:
+    """Embed every product's image and text; products whose content hash is stored are skipped.
+
+    `texts` / `images` override a product's text or image (enriched text, grounded crops);
+    they are part of the content hash, so changing them re-embeds only those products.
+    """
+    out = Path(out)
+    fp = model_fingerprint(model)
+    try:
+        store = EmbeddingStore.create(out, model=fp, dim=model.embed_dim, dtype=dtype,
+                                      model_info={"name": model.name, "config": model.config.to_dict()})
+    except ValueError as e:
+        log.warning("existing embeddings in %s were made by another model (%s); re-embedding", out, e)
+        import shutil
+
+        shutil.rmtree(out)
+        store = EmbeddingStore.create(out, model=fp, dim=model.embed_dim, dtype=dtype,
+                                      model_info={"name": model.name, "config": model.config.to_dict()})
+    texts = texts or {}
+    images = images or {}
+    have = store.hashes()
+    todo: list[tuple[Product, str, Path, str]] = []
+    for p in catalog:
+        text = texts.get(p.id) or p.text()
+        img = Path(images.get(p.id) or catalog.image_path(p))
+        h = product_hash(p, text, file_sha1(img), fp)
+        if have.get(p.id) != h:
+            todo.append((p, text, img, h))
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), unit="product", desc="embed")
+    try:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            img_vecs = model.encode_image([x[2] for x in part], batch_size=image_batch_size, num_workers=num_workers)
+            txt_vecs = model.encode_text([x[1] for x in part], batch_size=text_batch_size)
+            store.append(
+                [x[0].id for x in part], [x[3] for x in part], {"image": img_vecs, "text": txt_vecs},
+                [product_meta(x[0], catalog) | {"text": x[1], "image": str(x[2])} for x in part],
+            )
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
+    store.compact(keep_ids=catalog.ids)
+    return EmbedResult(total=len(catalog), embedded=len(todo), skipped=len(catalog) - len(todo), store=out)
+
+
+def fused_vectors(store: EmbeddingStore) -> np.ndarray:
+    """Mean of the image and text embeddings, re-normalised: a product seen both ways."""
+    v = store.vectors("image") + store.vectors("text")
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+

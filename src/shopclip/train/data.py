@@ -1,0 +1,172 @@
+"""Training pairs from a catalog: texts per template, group-aware split, deterministic order.
+
+Everything random here is a pure function of (seed, epoch, product index): the epoch
+order, which augmented view and which text variant a pair uses. A resumed run and an
+uninterrupted one therefore see exactly the same batches, whatever the number of
+workers, and the rank slices of a global batch concatenate to the single-process batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shopclip.catalog import Catalog, Product
+from shopclip.catalog.splits import ensure_splits, group_key
+from shopclip.core.hashing import file_sha1
+from shopclip.train.augment import AugmentConfig, flip_allowed, view_rng
+from shopclip.train.config import TextConfig, TrainConfig
+from shopclip.train.false_negatives import DuplicateKeys, duplicate_keys, image_signature
+from shopclip.train.features import CLEAN_VIEW, ImageItem
+
+
+# ----------------------------------------------------------------------------- text
+def _squash(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def render_text(p: Product, fields: Sequence[str], cfg: TextConfig) -> str:
+    """The product's text from the chosen fields, in the same shape as `Product.text()`.
+
+    With the default config and all four fields this equals `Product.text()`, the text
+    `shopclip embed` indexes, so training and indexing see the same strings.
+    """
+    parts: list[str] = []
+    title = _squash(p.title)
+    for f in fields:
+        if f == "title":
+            parts.append(title)
+        elif f == "category" and p.category:
+            cats = p.category[-cfg.category_levels :] if cfg.category_levels > 0 else p.category
+            parts.append(" > ".join(cats))
+        elif f == "attributes":
+            items = p.attributes.items() if cfg.attribute_keys is None else (
+                (k, p.attributes[k]) for k in cfg.attribute_keys if k in p.attributes)
+            attrs = "; ".join(f"{k.replace('_', ' ')}: {_squash(v)}" for k, v in items
+                              if str(v).strip() and k not in cfg.attribute_exclude)
+            if attrs:
+                parts.append(attrs)
+        elif f == "description":
+            desc = _squash(p.description)
+            if cfg.description_chars > 0:
+                desc = desc[: cfg.description_chars]
+            if desc and desc != title:
+                parts.append(desc)
+    text = ". ".join(x.rstrip(". ") for x in parts if x)
+    return text + "." if text else title
+
+
+def text_variants(p: Product, cfg: TextConfig) -> list[str]:
+    """[full text, variant 1, …]; index 0 is what validation and indexing use."""
+    return [render_text(p, cfg.fields, cfg), *(render_text(p, v, cfg) for v in cfg.variants)]
+
+
+# ----------------------------------------------------------------------------- splits
+def split_catalog(catalog: Catalog, train: str = "train", val: str = "val") -> tuple[list[Product], list[Product]]:
+    """(train, val) products: the catalog's own `split` where present, else a group-aware hash split.
+
+    Raises if a product group straddles the two sides (that would leak duplicates).
+    """
+    cat = ensure_splits(catalog)
+    tr = [p for p in cat.products if p.split == train]
+    va = [p for p in cat.products if p.split == val]
+    leak = {group_key(p) for p in tr} & {group_key(p) for p in va}
+    if leak:
+        raise ValueError(f"{len(leak)} product groups are in both {train!r} and {val!r} (e.g. {sorted(leak)[:3]})")
+    return tr, va
+
+
+# ----------------------------------------------------------------------------- pairs
+@dataclass
+class PairSet:
+    """Products prepared for training or validation: images, text variants, duplicate keys."""
+
+    products: list[Product]
+    items: list[ImageItem]
+    texts: list[list[str]]  # per product: [full, variant1, …]
+    keys: DuplicateKeys
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+
+def build_pairs(catalog: Catalog, products: list[Product], cfg: TrainConfig, *, with_signatures: bool = True,
+                num_workers: int = 2) -> PairSet:
+    """Hash images, render texts and compute false-negative keys for a list of products."""
+    paths = [str(catalog.image_path(p)) for p in products]
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        shas = list(pool.map(file_sha1, paths))
+        need_sig = with_signatures and "phash" in cfg.fn_signals and cfg.fn_mode != "none"
+        sigs = list(pool.map(image_signature, paths)) if need_sig else None
+    no_flip = AugmentConfig().no_flip
+    items = [ImageItem(path, sha, flip_allowed(f"{p.category_path} {p.title}", no_flip))
+             for p, path, sha in zip(products, paths, shas, strict=True)]
+    signals = [s for s in cfg.fn_signals if s != "phash" or sigs is not None] if cfg.fn_mode != "none" else []
+    keys = duplicate_keys(groups=[p.group for p in products], image_sha1s=shas, titles=[p.title for p in products],
+                          signatures=sigs, signals=signals)
+    return PairSet(products, items, [text_variants(p, cfg.text) for p in products], keys)
+
+
+# ----------------------------------------------------------------------------- order
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The epoch's permutation of product indices (same on every rank and after a resume)."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, 0x5EED, epoch]).permutation(n)
+
+
+def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[np.ndarray]:
+    """Full global batches of the epoch (the ragged tail is dropped: InfoNCE wants equal batches).
+
+    Callers clamp `batch_size` to the data size first (see `effective_batch_size`).
+    """
+    order = epoch_order(seed, epoch, n)
+    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def effective_batch_size(batch_size: int, n: int, world: int) -> int:
+    """The batch actually used: at most the data size, and a multiple of the world size."""
+    b = min(batch_size, n)
+    b -= b % world
+    if b < 2:
+        raise ValueError(f"{n} training pairs cannot make a batch of ≥ 2 across {world} processes")
+    return b
+
+
+def rank_slice(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's contiguous share of a global batch, so gathering in rank order restores it."""
+    if len(batch) % world:
+        raise ValueError(f"global batch {len(batch)} is not divisible by world size {world}")
+    per = len(batch) // world
+    return batch[rank * per : (rank + 1) * per]
+
+
+def pick_views(seed: int, epoch: int, idx: np.ndarray, n_views: int, clean_p: float) -> list[int]:
+    """Per pair: 0 = the clean image, k ≥ 1 = augmented view k."""
+    out = []
+    for i in idx.tolist():
+        rng = view_rng(seed, "view", epoch, i)
+        out.append(0 if n_views == 0 or rng.random() < clean_p else int(rng.integers(1, n_views + 1)))
+    return out
+
+
+def pick_texts(seed: int, epoch: int, idx: np.ndarray, n_variants: int, full_p: float) -> list[int]:
+    """Per pair: 0 = the full text, k ≥ 1 = text variant k."""
+    out = []
+    for i in idx.tolist():
+        rng = view_rng(seed, "text", epoch, i)
+        out.append(0 if n_variants <= 1 or rng.random() < full_p else int(rng.integers(1, n_variants)))
+    return out
+
+
+def view_names(n_views: int, aug: AugmentConfig, seed: int) -> list[str]:
+    """Cache names of [clean, aug1, …, augN]."""
+    from shopclip.train.features import aug_view_name
+
+    return [CLEAN_VIEW, *(aug_view_name(aug, seed, k) for k in range(1, n_views + 1))]
+
+
+def keys_tensor(pairs: PairSet, idx: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pairs.keys.keys[idx]).long()
