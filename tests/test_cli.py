@@ -1,0 +1,83 @@
+"""The `shopclip` command line, run in-process with typer's runner and once as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import pick_rows, write_catalog
+from shopclip.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+COMMANDS = [["validate"], ["embed"], ["index", "build"], ["search"], ["similar"], ["build"], ["demo"], ["models"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_help_with_an_example(cmd):
+    res = run(*cmd, "--help")
+    assert res.exit_code == 0
+    assert "Example" in res.output
+
+
+def test_validate_exit_codes_and_errors_file(tmp_path):
+    rows = pick_rows(6)
+    good = write_catalog(tmp_path / "good", rows)
+    res = run("validate", good)
+    assert res.exit_code == 0, res.output
+    assert not Path(f"{good}.errors.jsonl").exists()
+
+    bad_rows = [dict(r) for r in rows]
+    del bad_rows[2]["title"]
+    bad_rows[4]["id"] = bad_rows[0]["id"]
+    bad = write_catalog(tmp_path / "bad", bad_rows)
+    res = run("validate", bad)
+    assert res.exit_code == 1
+    errors = [json.loads(x) for x in Path(f"{bad}.errors.jsonl").read_text().splitlines()]
+    assert {(e["line"], e["field"]) for e in errors} == {(3, "title"), (5, "id")}
+    assert "4 valid" in res.output.replace("\n", " ") or "4" in res.output
+
+    custom = tmp_path / "errs.jsonl"
+    assert run("validate", bad, "--errors", custom).exit_code == 1 and custom.exists()
+
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    assert run("validate", tmp_path / "junk.parquet").exit_code == 2
+    assert run("validate", tmp_path / "missing.jsonl").exit_code == 2
+
+
+def test_embed_index_search_similar(tmp_path, mini_catalog):
+    wd = tmp_path / "w"
+    res = run("embed", mini_catalog, "--out", wd, "--sample", "12")
+    assert res.exit_code == 0, res.output
+    assert run("search", wd, "shoes").exit_code == 2  # no index yet: a clear error
+    res = run("index", "build", wd)
+    assert res.exit_code == 0 and "image (12" in res.output
+    res = run("search", wd, "black shoes", "-k", "3", "--json")
+    assert res.exit_code == 0
+    hits = [json.loads(x) for x in res.output.strip().splitlines()]
+    assert len(hits) == 3 and {"id", "title", "category", "score", "image"} <= set(hits[0])
+    meta = json.loads((wd / "catalog.valid.jsonl").read_text().splitlines()[0])
+    img = mini_catalog.parent / meta["image"]
+    res = run("search", wd, "--image", img, "-k", "2", "--json")
+    assert json.loads(res.output.splitlines()[0])["id"] == meta["id"]
+    res = run("similar", wd, meta["id"], "-k", "4")
+    assert res.exit_code == 0 and meta["id"] not in res.output.split("similar to", 1)[1].split("\n", 1)[1]
+    assert run("similar", wd, "no-such-id").exit_code == 2
+    assert run("search", wd).exit_code == 2  # neither text nor image
+    assert run("search", wd, "x", "-k", "0").exit_code == 2
+
+
+def test_console_script_runs_as_a_real_process():
+    exe = Path(sys.executable).parent / "shopclip"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "validate" in out.stdout and "search" in out.stdout

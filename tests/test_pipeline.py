@@ -1,0 +1,112 @@
+"""The build pipeline and search over a real (small) work folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_DIR
+from shopclip.catalog import Catalog
+from shopclip.index.store import EmbeddingStore
+from shopclip.models import load_model
+from shopclip.pipeline.build import BuildOptions, build
+from shopclip.pipeline.embed import embed_catalog
+from shopclip.search import SearchEngine
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, mini_catalog):
+    wd = tmp_path_factory.mktemp("work")
+    results = build(mini_catalog, wd, BuildOptions(progress=False))
+    assert [r.name for r in results] == ["validate", "embed", "index"] or results[0].name == "validate"
+    assert all(r.ran for r in results)
+    return wd
+
+
+def test_build_writes_a_self_describing_work_folder(workdir, mini_catalog):
+    manifest = json.loads((workdir / "shopclip.json").read_text())
+    assert set(manifest["stages"]) >= {"validate", "embed", "index"}
+    store = EmbeddingStore.open(workdir / "embeddings")
+    assert len(store) == len(Catalog.load(mini_catalog)) == 40
+    assert store.manifest["dim"] == 256 and store.manifest["dtype"] == "float16"
+    for view in ("image", "text"):
+        v = store.vectors(view)
+        assert v.dtype == np.float32 and v.shape == (40, 256)
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=2e-3)
+
+
+def test_rebuild_skips_every_stage_when_nothing_changed(workdir, mini_catalog):
+    results = build(mini_catalog, workdir, BuildOptions(progress=False))
+    assert not any(r.ran for r in results)
+
+
+def test_image_search_returns_the_query_product_first(workdir):
+    eng = SearchEngine(workdir)
+    for m in eng.store.meta()[:5]:
+        assert eng.search_image(m["image"], k=3)[0].id == m["id"]
+
+
+def test_similar_excludes_itself_and_filters_by_category(workdir):
+    eng = SearchEngine(workdir)
+    pid = eng.store.ids[0]
+    res = eng.similar(pid, k=5)
+    assert len(res) == 5 and pid not in [r.id for r in res]
+    top = eng.product(pid)["category"].split(" > ")[0]
+    filtered = eng.similar(pid, k=5, category=top)
+    assert filtered and all(r.category.startswith(top) for r in filtered)
+
+
+def test_text_search_before_training_matches_product_text(workdir):
+    eng = SearchEngine(workdir)
+    m = eng.store.meta()[7]
+    hits = eng.search_text(m["text"], k=1)
+    assert hits[0].id == m["id"]
+
+
+def test_resumed_embed_computes_only_missing_or_changed_rows(tmp_path, mini_catalog, model):
+    cat = Catalog.load(mini_catalog)
+    out = tmp_path / "emb"
+    first = embed_catalog(cat.subset(cat.ids[:25]), out, model, progress=False)
+    assert first.embedded == 25
+    # "interrupted" after 25 products: the full run embeds only the other 15
+    second = embed_catalog(cat, out, model, progress=False)
+    assert (second.embedded, second.skipped) == (15, 25)
+    # a changed title re-embeds exactly that product
+    p = cat.products[3]
+    p.title = p.title + " (new season)"
+    third = embed_catalog(cat, out, model, progress=False)
+    assert (third.embedded, third.skipped) == (1, 39)
+    # removed products leave the store
+    fourth = embed_catalog(cat.subset(cat.ids[:30]), out, model, progress=False)
+    assert fourth.embedded == 0 and len(EmbeddingStore.open(out)) == 30
+
+
+def test_changed_image_file_is_re_embedded(tmp_path, mini_catalog, model):
+    folder = tmp_path / "cat"
+    shutil.copytree(mini_catalog.parent, folder)
+    cat = Catalog.load(folder / mini_catalog.name)
+    embed_catalog(cat, tmp_path / "emb", model, progress=False)
+    victim, donor = cat.products[0], cat.products[1]
+    shutil.copyfile(SAMPLE_DIR / donor.image, folder / victim.image)
+    res = embed_catalog(cat, tmp_path / "emb", model, progress=False)
+    assert res.embedded == 1
+    store = EmbeddingStore.open(tmp_path / "emb")
+    img = store.vectors("image")
+    i, j = store.ids.index(victim.id), store.ids.index(donor.id)
+    assert float(img[i] @ img[j]) > 0.99
+
+
+def test_sample_option_is_deterministic(tmp_path, mini_catalog):
+    a = build(mini_catalog, tmp_path / "a", BuildOptions(sample=10, progress=False))
+    b = build(mini_catalog, tmp_path / "b", BuildOptions(sample=10, progress=False))
+    assert a[0].ran and b[0].ran
+    assert EmbeddingStore.open(tmp_path / "a" / "embeddings").ids == EmbeddingStore.open(tmp_path / "b" / "embeddings").ids
+    assert len(EmbeddingStore.open(tmp_path / "a" / "embeddings")) == 10
