@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -27,7 +27,11 @@ demo: $(STAMP)
 	$(BIN)/shopclip build $(CATALOG) --workdir demo-work $(if $(SAMPLE),--sample $(SAMPLE))
 	$(BIN)/shopclip demo demo-work
 
-test: $(STAMP)
+# The browser test drives Debian's Chromium; install it where missing (CI runs as root).
+chromium:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "chromium missing: tests/test_serve_browser.py will skip"
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
@@ -36,6 +40,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) demo-work .pytest_cache

@@ -279,6 +279,16 @@ def models() -> None:
     console.print("also: a model or run folder, hf-clip:<id>, hf-siglip:<id>, open_clip:<arch>/<tag> (need a model hub)")
 
 
+def _register_capabilities() -> None:
+    """Commands whose modules import their heavy dependencies only when run."""
+    from shopclip.serve.cli import serve_command
+
+    app.command("serve")(serve_command)
+
+
+_register_capabilities()
+
+
 def main() -> None:  # pragma: no cover
     app()
 

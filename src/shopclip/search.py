@@ -81,8 +81,8 @@ class SearchEngine:
     def search_image(self, image: Any, k: int = 10, category: str | None = None, view: str = "image") -> list[Result]:
         return self.search_vector(self.model.encode_image([image])[0], view, k, category)
 
-    def similar(self, product_id: str, k: int = 10, category: str | None = None, view: str = "image") -> list[Result]:
-        """Products closest to this one (itself excluded)."""
+    def similar(self, product_id: str, k: int = 10, category: str | None = None, view: str = "fused") -> list[Result]:
+        """Products closest to this one (itself excluded); the fused view matched categories best."""
         self.product(product_id)
         vec = self.indexes[view].get_vector(product_id)
         return self.search_vector(vec, view, k, category, exclude=(product_id,))

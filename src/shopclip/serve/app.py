@@ -1,0 +1,549 @@
+"""The HTTP API and web page: `create_app(workdir)` returns a FastAPI app ready for uvicorn.
+
+Routes are plain `def` functions: FastAPI runs them in its thread pool, so searches run
+concurrently (faiss and torch release the GIL) while writes queue on the state's lock.
+Every error a client can cause is an `ApiError` with a 4xx status and one JSON shape,
+and each route documents the codes it sends, so generated clients and schemathesis
+know them.
+"""
+
+
+import hmac
+import json
+import logging
+import mimetypes
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from shopclip.serve.errors import ApiError, responses
+from shopclip.serve.metrics import Metrics
+from shopclip.serve.state import ServeState, public_product
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+View = Literal["image", "text", "fused"]
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+                   Awaitable[None]]
+
+# ---------------------------------------------------------------------- response models
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity to the query")
+    title: str
+    category: str
+    image_url: str
+    interest: int | None = Field(default=None, description="recommendations: which interest it serves")
+
+
+class SearchResponse(BaseModel):
+    view: str = Field(description="which product vectors were searched: image, text or fused")
+    took_ms: float
+    results: list[Hit]
+
+
+class Product(BaseModel):
+    id: str
+    title: str
+    category: str
+    description: str
+    attributes: dict[str, str]
+    group: str | None
+    labels: dict[str, Any]
+    url: str | None
+    price: float | None
+    split: str | None
+    image_url: str
+
+
+class UpsertResponse(BaseModel):
+    created: bool
+    product: Product
+
+
+class DeleteResponse(BaseModel):
+    id: str
+    deleted: bool
+
+
+class Category(BaseModel):
+    path: str
+    depth: int
+    count: int
+
+
+class CategoriesResponse(BaseModel):
+    categories: list[Category]
+
+
+class Interest(BaseModel):
+    members: list[str]
+    share: float = Field(description="fraction of the history's weight in this interest")
+
+
+class RecommendResponse(SearchResponse):
+    threshold: float = Field(description="cosine above which history items were grouped")
+    interests: list[Interest]
+    unknown: list[str] = Field(description="history ids not in the catalog (skipped)")
+
+
+class Health(BaseModel):
+    status: str
+    products: int
+    index: dict[str, int]
+    model_loaded: bool
+    aligned: bool
+    version: int
+    writes_enabled: bool
+
+
+HistoryId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integer includes 10.0; strings and booleans stay errors (no silent coercion)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class HistoryEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    id: HistoryId
+    weight: float = Field(default=1.0, ge=0, le=1e6, description="e.g. 1 for a view, 3 for a purchase")
+    timestamp: float | None = Field(default=None, ge=0, le=1e11, description="unix seconds")
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    history: list[HistoryEvent | HistoryId] = Field(
+        min_length=1, max_length=200, description="viewed/bought products, oldest first: ids or events"
+    )
+    k: WholeNumber = Field(default=10, ge=1, le=100)
+    category: str | None = Field(default=None, min_length=1, max_length=256)
+    view: View | None = None
+    threshold: float | None = Field(default=None, ge=-1, le=1, description="override the interest split")
+    max_interests: WholeNumber = Field(default=4, ge=1, le=10)
+    half_life_s: float = Field(default=1800.0, gt=0, le=1e9, description="recency half-life with timestamps")
+
+
+# ---------------------------------------------------------------------- middleware
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413 before any parser buffers them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._reject(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:  # buffer (bounded by limit): a chunked upload has no length to check up front
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        err = ApiError(413, "payload_too_large", f"request body over {self.limit} bytes")
+        await JSONResponse(err.body(), status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+
+class Observe:
+    """Count and time every request by route template, for /metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "<unmatched>"
+            self.metrics.observe(scope["method"], name, status, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------- the app
+
+
+def create_app(
+    workdir: str | Path,
+    *,
+    api_key: str | None = None,
+    protect_reads: bool | None = None,
+    max_upload_bytes: int = 10 * 1024 * 1024,
+    max_image_pixels: int = 40_000_000,
+    allow_url_fetch: bool = False,
+    url_fetch_hosts: tuple[str, ...] | None = None,
+    max_k: int = 100,
+    max_query_chars: int = 512,
+    preload_model: bool = False,
+    model: Any = None,
+    state: ServeState | None = None,
+    failpoint: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """Build the app over a built work folder.
+
+    `api_key` (default: env SHOPCLIP_API_KEY) guards PUT/DELETE; without one, writes are
+    refused. `protect_reads` (env SHOPCLIP_PROTECT_READS=1) puts reads behind it too.
+    `allow_url_fetch` lets /search/image fetch `url=` (only from `url_fetch_hosts` when
+    given). `model` / `state` let tests share one loaded model; `failpoint` is for crash tests.
+    """
+    key = (api_key if api_key is not None else os.environ.get("SHOPCLIP_API_KEY")) or None  # "" = no key
+    if protect_reads is None:
+        protect_reads = os.environ.get("SHOPCLIP_PROTECT_READS", "") in ("1", "true", "yes")
+    st = state or ServeState(workdir, model=model, max_image_pixels=max_image_pixels, failpoint=failpoint)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        if preload_model:
+            _ = st.model  # load before taking traffic: the first query should not pay ~10 s
+        yield
+
+    app = FastAPI(
+        title="shopclip",
+        version="0.1.0",
+        summary="Product search, similar items and session recommendations over image-text embeddings.",
+        lifespan=lifespan,
+    )
+    app.state.shopclip = st
+    app.state.metrics = metrics
+
+    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's SHOPCLIP_API_KEY")
+
+    def check_key(given: str | None) -> None:
+        if key is None:
+            raise ApiError(403, "writes_disabled", "catalog updates are off: start the server with "
+                           "SHOPCLIP_API_KEY set and send it as the X-API-Key header")
+        if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
+
+    def writer(given: Annotated[str | None, Depends(header)]) -> None:
+        check_key(given)
+
+    def reader(given: Annotated[str | None, Depends(header)]) -> None:
+        if protect_reads:
+            check_key(given)
+
+    read_errors = (401, 403) if protect_reads else ()
+    # Reads declare the key only when they need it, so the spec says exactly what a client must send.
+    read_deps = [Depends(reader)] if protect_reads else []
+    validation = responses(422)
+
+    # ------------------------------------------------------------------ errors
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "reason": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        message = "; ".join(f"{d['field']}: {d['reason']}" for d in details[:5]) or "invalid request"
+        return JSONResponse(ApiError(422, "invalid_request", message, details).body(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # Starlette lists one route's methods; a path has several routes
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(), status_code=exc.status_code,
+                            headers=headers or None)
+
+    def allowed_methods(request: Request) -> list[str]:
+        methods: set[str] = set()
+        for route in app.router.routes:
+            match, _ = route.matches({**request.scope, "method": "GET"})
+            if match != Match.NONE:
+                methods |= set(getattr(route, "methods", None) or ())
+        return sorted(methods - {"HEAD"})
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "message": "internal error; see the server log"}, status_code=500)
+
+    # ------------------------------------------------------------------ helpers
+
+    def query_text(q: str) -> str:
+        text = " ".join(q.split())
+        if not text:
+            raise ApiError(422, "empty_query", "the query is empty (only whitespace)")
+        return text
+
+    def read_upload(upload: UploadFile) -> bytes:
+        data = upload.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise ApiError(413, "upload_too_large", f"the image is over {max_upload_bytes} bytes")
+        return data
+
+    def fetch(url: str) -> bytes:
+        from urllib.parse import urlsplit
+
+        import httpx
+
+        if not allow_url_fetch:
+            raise ApiError(403, "url_fetch_disabled", "fetching images by URL is off on this server; upload the file")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ApiError(422, "invalid_url", "url must be an absolute http(s) URL")
+        if url_fetch_hosts is not None and parts.hostname not in url_fetch_hosts:
+            raise ApiError(403, "url_host_not_allowed", f"this server fetches only from {', '.join(url_fetch_hosts)}")
+        try:
+            with httpx.Client(timeout=5.0, follow_redirects=False) as client, client.stream("GET", url) as r:
+                if r.status_code != 200:
+                    raise ApiError(422, "url_fetch_failed", f"fetching the url gave HTTP {r.status_code}")
+                data = bytearray()
+                for chunk in r.iter_bytes():
+                    data += chunk
+                    if len(data) > max_upload_bytes:
+                        raise ApiError(413, "upload_too_large", f"the image is over {max_upload_bytes} bytes")
+                return bytes(data)
+        except httpx.HTTPError as e:
+            raise ApiError(422, "url_fetch_failed", f"could not fetch the url: {type(e).__name__}") from None
+
+    def timed(view: str, t0: float, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"view": view, "took_ms": round((time.perf_counter() - t0) * 1000, 3), "results": results}
+
+    Category_q = Annotated[str | None, Query(min_length=1, max_length=256,
+                                             description="category prefix, e.g. 'Footwear' or 'Footwear > Shoes'")]
+    K = Annotated[int, Query(ge=1, le=max_k, description="number of results")]
+    # A real id as the documented example: the docs' "try it" and schemathesis' examples phase hit real products.
+    example_id = next(iter(st.snapshot.products), "product-1")
+    ProductId = Annotated[str, PathParam(min_length=1, max_length=256, description="product id", examples=[example_id])]
+
+    # ------------------------------------------------------------------ reads
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    def healthz() -> dict[str, Any]:
+        snap = st.snapshot
+        return {"status": "ok", "products": len(snap.products), "index": {v: len(i) for v, i in snap.indexes.items()},
+                "model_loaded": st.model_loaded, "aligned": st.aligned, "version": snap.version,
+                "writes_enabled": key is not None}
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"],
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}})
+    def prometheus() -> PlainTextResponse:
+        def gauges() -> dict[str, list[tuple[dict[str, str], float]]]:
+            snap = st.snapshot
+            return {
+                "shopclip_products": [({}, len(snap.products))],
+                "shopclip_index_vectors": [({"view": v}, len(i)) for v, i in snap.indexes.items()],
+                "shopclip_model_loaded": [({}, float(st.model_loaded))],
+                "shopclip_state_version": [({}, snap.version)],
+            }
+
+        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/categories", response_model=CategoriesResponse, tags=["catalog"],
+             dependencies=read_deps, responses=responses(*read_errors))
+    def categories() -> dict[str, Any]:
+        """Every category path and its prefixes with product counts: what `category=` accepts."""
+        return {"categories": st.snapshot.categories}
+
+    @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["search"],
+             dependencies=read_deps, responses={**validation, **responses(*read_errors)})
+    def search(
+        q: Annotated[str, Query(min_length=1, max_length=max_query_chars, description="search text",
+                                examples=["white running shoes"])],
+        k: K = 10,
+        category: Category_q = None,
+        view: Annotated[View | None, Query(description="default: fused if the model is trained, else text")] = None,
+    ) -> dict[str, Any]:
+        """Text search: products whose image or text best match the query."""
+        t0 = time.perf_counter()
+        text = query_text(q)
+        v = view or st.default_view("text")
+        return timed(v, t0, st.search_text(text, k, category, v))
+
+    @app.post("/search/image", response_model=SearchResponse, response_model_exclude_none=True, tags=["search"],
+              dependencies=read_deps, responses={**responses(400, 403, 413, 415), **validation,
+                                                          **responses(*read_errors)})
+    def search_image(
+        image: Annotated[UploadFile | None, File(description="JPEG/PNG/WebP/GIF photo")] = None,
+        url: Annotated[str | None, Form(max_length=2048, description="fetch the image from here "
+                                                                      "(only where the server allows it)")] = None,
+        k: K = 10,
+        category: Category_q = None,
+        view: Annotated[View | None, Query(description="default: image")] = None,
+    ) -> dict[str, Any]:
+        """Image search: upload a photo (multipart field `image`), get the closest products."""
+        t0 = time.perf_counter()
+        if image is not None and url:
+            raise ApiError(422, "invalid_request", "send either an image file or a url, not both")
+        if image is None and not url:
+            raise ApiError(422, "missing_image", "send an image file in the multipart field 'image'")
+        data = read_upload(image) if image is not None else fetch(url or "")
+        img, _ = st.read_image(data)
+        v = view or st.default_view("image")
+        return timed(v, t0, st.search_image(img, k, category, v))
+
+    @app.get("/products/{product_id}", response_model=Product, tags=["catalog"],
+             dependencies=read_deps, responses={**responses(404), **validation, **responses(*read_errors)})
+    def get_product(product_id: ProductId) -> dict[str, Any]:
+        return public_product(st.product(product_id))
+
+    @app.get("/products/{product_id}/image", tags=["catalog"], response_class=FileResponse,
+             dependencies=read_deps,
+             responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/gif": {}},
+                              "description": "the product photo"},
+                        **responses(404), **validation, **responses(*read_errors)})
+    def get_image(product_id: ProductId) -> FileResponse:
+        path = Path(st.product(product_id)["image"])  # from our own metadata, never from the request
+        if not path.is_file():
+            raise ApiError(404, "image_missing", f"the image file of {product_id!r} is missing on the server")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=60"})
+
+    @app.get("/products/{product_id}/similar", response_model=SearchResponse, response_model_exclude_none=True,
+             tags=["search"], dependencies=read_deps,
+             responses={**responses(404), **validation, **responses(*read_errors)})
+    def similar(
+        product_id: ProductId,
+        k: K = 10,
+        category: Category_q = None,
+        view: Annotated[View | None, Query(description="default: fused (image + text)")] = None,
+    ) -> dict[str, Any]:
+        """Products most like this one (itself excluded)."""
+        t0 = time.perf_counter()
+        v = view or st.default_view("product")
+        return timed(v, t0, st.similar(product_id, k, category, v))
+
+    example_history = list(st.snapshot.products)[:3] or ["product-1"]
+
+    @app.post("/recommend", response_model=RecommendResponse, tags=["search"], dependencies=read_deps,
+              responses={**responses(400, 404), **validation, **responses(*read_errors)})
+    def recommend(
+        body: Annotated[RecommendRequest, Body(examples=[{"history": example_history, "k": 8}])],
+    ) -> dict[str, Any]:
+        """Recommendations from a session history, each interest searched apart and interleaved.
+
+        History items that are close (average cosine above `threshold`, calibrated on the
+        catalog unless given) form one interest; each interest gets a share of the k slots in
+        proportion to its weight (event weight × recency). The history itself is excluded.
+        """
+        t0 = time.perf_counter()
+        events = [(e, None, None) if isinstance(e, str) else (e.id, e.weight, e.timestamp) for e in body.history]
+        out = st.recommend(events, body.k, category=body.category, view=body.view, threshold=body.threshold,
+                           max_interests=body.max_interests, half_life_s=body.half_life_s)
+        out["took_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return out
+
+    # ------------------------------------------------------------------ writes
+
+    @app.put("/products/{product_id}", response_model=UpsertResponse, tags=["catalog"],
+             dependencies=[Depends(writer)],
+             responses={201: {"model": UpsertResponse, "description": "created"},
+                        **responses(400, 401, 403, 409, 413, 415), **validation})
+    def put_product(
+        product_id: ProductId,
+        response: Response,
+        product: Annotated[str, Form(max_length=200_000, description=(
+            'JSON object with catalog fields: {"title": ..., "category": "A > B" or [...], "description", '
+            '"attributes", "price", "url", "group", "labels", "split"}; the id comes from the URL'))],
+        image: Annotated[UploadFile | None, File(description="product photo; optional when replacing")] = None,
+    ) -> dict[str, Any]:
+        """Create or replace a product: validated like a catalog row, embedded, persisted, then served.
+
+        Answers only after the change is durable: a restart serves it.
+        """
+        try:
+            fields = json.loads(product)
+        except ValueError:
+            raise ApiError(422, "invalid_product", "field 'product' must be a JSON object") from None
+        if not isinstance(fields, dict):
+            raise ApiError(422, "invalid_product", "field 'product' must be a JSON object")
+        data = read_upload(image) if image is not None else None
+        meta, created = st.upsert(product_id, fields, data)
+        metrics.count_write("upsert")
+        response.status_code = 201 if created else 200
+        return {"created": created, "product": public_product(meta)}
+
+    @app.delete("/products/{product_id}", response_model=DeleteResponse, tags=["catalog"],
+                dependencies=[Depends(writer)], responses={**responses(401, 403, 404), **validation})
+    def delete_product(product_id: ProductId) -> dict[str, Any]:
+        """Remove a product from search, similar items and recommendations; durable when answered."""
+        st.delete(product_id)
+        metrics.count_write("delete")
+        return {"id": product_id, "deleted": True}
+
+    # ------------------------------------------------------------------ the page
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                       "object-src 'none'; frame-ancestors 'none'",
+            "Cache-Control": "no-cache",
+        })
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + 1024 * 1024)
+    app.add_middleware(Observe, metrics=metrics)
+    return app

@@ -1,0 +1,54 @@
+"""`shopclip serve`: run the API and web page over a built work folder with uvicorn.
+
+The lead registers it on the main Typer app: `app.command("serve")(serve_command)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve_command(
+    workdir: Annotated[Path, typer.Argument(help="Work folder made by `shopclip build`")],
+    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless a proxy fronts it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image upload, in MB")] = 10.0,
+    allow_url_fetch: Annotated[bool, typer.Option(help="Let POST /search/image fetch an image from `url=`")] = False,
+    protect_reads: Annotated[bool, typer.Option(help="Require X-API-Key on reads too (writes always need it)")] = False,
+    preload: Annotated[bool, typer.Option(help="Load the model before taking traffic")] = True,
+    threads: Annotated[int | None, typer.Option(help="torch threads per query; 1 suits concurrent traffic, 0 = torch default")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve search, similar items, recommendations and a web page for a work folder.
+
+    Writes (PUT/DELETE /products/{id}) need the key in env SHOPCLIP_API_KEY, sent as the
+    X-API-Key header; without it the server is read-only. One process only: writes are
+    serialised in memory, so do not run several workers over one work folder.
+
+    Example: shopclip serve demo-work --port 8000   (then open http://127.0.0.1:8000/)
+    """
+    import uvicorn
+
+    from shopclip.serve.app import create_app
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("shopclip").setLevel(logging.INFO)  # our load/repair lines, not every library's
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        app = create_app(workdir, max_upload_bytes=int(max_upload_mb * 1024 * 1024), allow_url_fetch=allow_url_fetch,
+                         protect_reads=protect_reads, preload_model=preload)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)

@@ -1,0 +1,128 @@
+"""The web page in headless Chromium: search, images load, open a product, similar items.
+
+Driven only by the keyboard where a shopper would use it (Enter to search, Enter and
+Space on cards), at a laptop and a phone width. Saves bench/results/serve_browser.png.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, pick_rows, read_sample_rows, write_catalog
+
+pytest.importorskip("fastapi")
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install -y chromium chromium-driver` "
+                "(`make test` does where apt is available)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the `playwright` package (dev extra) is missing")
+
+from shopclip.core.io import read_json, read_jsonl  # noqa: E402
+from shopclip.serve.app import create_app  # noqa: E402
+from shopclip.serve.testing import cached_workdir, running, select_rows, shared_model  # noqa: E402
+
+SCREENSHOT = ROOT / "bench" / "results" / "serve_browser.png"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
+IMAGES_LOADED = """(sel) => {
+  const imgs = [...document.querySelectorAll(sel)].slice(0, 4);
+  return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0);
+}"""
+
+
+@pytest.fixture(scope="session")
+def serve_workdir(request, sample_catalog) -> Path:
+    rows = select_rows(read_sample_rows(), pick_rows(36))
+    return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)
+
+
+@pytest.fixture(scope="module")
+def site(serve_workdir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("browser") / "work"
+    shutil.copytree(serve_workdir, work)
+    with running(create_app(work, model=shared_model(), preload_model=True)) as url:
+        yield url, work
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+def test_search_open_product_similar_and_session_recs(site, browser):
+    url, _ = site
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url)
+    page.wait_for_selector("#category option[value='Footwear']", state="attached")
+
+    page.focus("#q")
+    page.keyboard.type("white sports shoes")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#results .card")
+    page.wait_for_function(IMAGES_LOADED, arg="#results .card img")
+    cards = page.locator("#results .card")
+    assert cards.count() >= 8
+    assert "Shoes" in (cards.first.locator(".card-category").get_attribute("title") or "")
+    assert float(cards.first.locator(".card-score").inner_text()) > 0
+
+    first_title = cards.first.locator(".card-title").inner_text()
+    cards.first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#product-view:not([hidden])")
+    page.wait_for_function("(t) => document.querySelector('#product-title').textContent === t", arg=first_title)
+    assert page.evaluate("document.activeElement.id") == "product-title"  # focus follows the view
+    page.wait_for_function(IMAGES_LOADED, arg="#similar .card img")
+    assert page.locator("#similar .card").count() == 8
+    page.wait_for_selector("#product-recs:not([hidden]) .card")
+
+    # a second product, opened with Space from the similar row; the session row now has two clicks behind it
+    page.locator("#similar .card").nth(1).focus()
+    page.keyboard.press(" ")
+    page.wait_for_function("(t) => document.querySelector('#product-title').textContent !== t", arg=first_title)
+    page.wait_for_function(IMAGES_LOADED, arg="#product-recs .card img")
+    history = page.evaluate("JSON.parse(sessionStorage.getItem('shopclip.session.history'))")
+    assert len(history) == 2
+    shown = set(page.locator("#product-recs .card").evaluate_all("els => els.map(e => e.dataset.id)"))
+    assert shown and not shown & {h["id"] for h in history}  # never recommend what was just seen
+    page.wait_for_function(IMAGES_LOADED, arg="#similar .card img")
+    page.wait_for_timeout(150)  # let the last images paint
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True)))
+    shot.quantize(256).save(SCREENSHOT, optimize=True)  # a 256-colour PNG keeps it well under 500 KB
+    assert SCREENSHOT.stat().st_size < 500_000
+
+    page.locator("#back").press("Enter")
+    page.wait_for_selector("#results-view:not([hidden]) #results .card")
+    assert not errors, errors
+    page.close()
+
+
+def test_image_upload_search_and_phone_layout(site, browser):
+    url, work = site
+    row = next(r for r in read_jsonl(work / "catalog.valid.jsonl") if "Coffee Mugs" in r["category"])
+    photo = Path(read_json(work / "shopclip.json")["catalog_root"]) / row["image"]
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    page.goto(url)
+    page.check("#mode-image")
+    assert page.is_visible("#image-file") and not page.is_visible("#q")
+    page.set_input_files("#image-file", str(photo))
+    page.focus("#search-form button[type=submit]")
+    page.keyboard.press("Enter")
+    page.wait_for_function(IMAGES_LOADED, arg="#results .card img")
+    assert page.locator("#results .card").first.get_attribute("data-id") == row["id"]
+    # phone width: two columns, nothing wider than the screen
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    columns = page.evaluate("getComputedStyle(document.querySelector('#results')).gridTemplateColumns.split(' ').length")
+    assert columns == 2
+    page.close()

@@ -1,0 +1,184 @@
+"""Catalog updates survive crashes: a restart serves exactly the acknowledged writes.
+
+One test kills a real server process (SIGKILL) right after its acknowledgements and
+while a write is in flight; the others stop a write at each internal step (the
+failpoints) and reopen the folder, which is what a crash at that instant leaves on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import pick_rows, read_sample_rows, write_catalog
+
+pytest.importorskip("fastapi")
+
+from shopclip.core.io import read_json, read_jsonl  # noqa: E402
+from shopclip.index.store import EmbeddingStore  # noqa: E402
+from shopclip.pipeline.embed import fused_vectors  # noqa: E402
+from shopclip.serve.errors import ApiError  # noqa: E402
+from shopclip.serve.state import ServeState  # noqa: E402
+from shopclip.serve.testing import ServerProcess, cached_workdir, select_rows, shared_model  # noqa: E402
+
+KEY = "crash-key"
+
+
+@pytest.fixture(scope="session")
+def serve_workdir(request, sample_catalog) -> Path:
+    rows = select_rows(read_sample_rows(), pick_rows(36))
+    return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)
+
+
+@pytest.fixture()
+def work(serve_workdir, tmp_path) -> Path:
+    dst = tmp_path / "work"
+    shutil.copytree(serve_workdir, dst)
+    return dst
+
+
+def catalog_rows(work: Path) -> list[dict]:
+    return read_jsonl(work / "catalog.valid.jsonl")
+
+
+def photo(work: Path, row: dict) -> bytes:
+    return (Path(read_json(work / "shopclip.json")["catalog_root"]) / row["image"]).read_bytes()
+
+
+def assert_consistent(state: ServeState) -> None:
+    """Every index holds exactly the store's ids, with the store's vectors."""
+    store = EmbeddingStore.open(state.workdir.embeddings)
+    want = {"image": store.vectors("image"), "text": store.vectors("text"), "fused": fused_vectors(store)}
+    for view, index in state.snapshot.indexes.items():
+        assert sorted(index.ids) == sorted(store.ids), view
+        got = np.stack([index.get_vector(i) for i in store.ids])
+        assert np.abs(got - want[view]).max() < 1e-4, view
+    assert sorted(state.snapshot.products) == sorted(store.ids)
+
+
+def test_killed_server_restarts_with_exactly_the_acknowledged_writes(work, tmp_path):
+    rows = catalog_rows(work)
+    source, renamed, gone = rows[0], rows[1], rows[2]  # image donor, product to rename, product to delete
+    log = tmp_path / "server.log"
+    with httpx.Client(timeout=120) as c:
+        srv = ServerProcess(work, api_key=KEY, preload=True, log=log).wait_ready(timeout=240)
+        try:
+            def put(pid: str, fields: dict, image: bytes | None) -> httpx.Response:
+                files = {"image": ("p.jpg", image, "image/jpeg")} if image else None
+                return c.put(f"{srv.url}/products/{pid}", data={"product": json.dumps(fields)}, files=files,
+                             headers={"X-API-Key": KEY})
+
+            assert put("crash-new", {"title": "Crash Test Product", "category": source["category"]},
+                       photo(work, source)).status_code == 201
+            assert put(renamed["id"], {"title": "Renamed Product", "category": renamed["category"]},
+                       None).status_code == 200
+            assert c.delete(f"{srv.url}/products/{gone['id']}", headers={"X-API-Key": KEY}).status_code == 200
+            # one more write in flight when the process dies: it may land or not, never half
+            inflight = threading.Thread(target=lambda: _ignore(lambda: put(
+                "crash-inflight", {"title": "In Flight", "category": source["category"]}, photo(work, renamed))))
+            inflight.start()
+            time.sleep(0.15)
+        finally:
+            srv.kill()  # SIGKILL: no shutdown hook, no flush
+        inflight.join()
+
+        with ServerProcess(work, log=log) as again:  # no model needed to read
+            u = again.url
+            assert c.get(f"{u}/products/crash-new").json()["title"] == "Crash Test Product"
+            assert c.get(f"{u}/products/{renamed['id']}").json()["title"] == "Renamed Product"
+            assert c.get(f"{u}/products/{gone['id']}").status_code == 404
+            # the new product's image vector is its donor's: it is the donor's nearest neighbour
+            near = c.get(f"{u}/products/{source['id']}/similar", params={"k": 1, "view": "image"}).json()["results"]
+            assert near[0]["id"] == "crash-new" and near[0]["score"] > 0.99
+            health = c.get(f"{u}/healthz").json()
+            inflight_landed = c.get(f"{u}/products/crash-inflight").status_code == 200
+            expected = len(rows) + 1 - 1 + int(inflight_landed)
+            assert health["products"] == expected
+            assert health["index"] == {"image": expected, "text": expected, "fused": expected}
+            if inflight_landed:
+                assert c.get(f"{u}/products/crash-inflight/similar").status_code == 200
+
+
+def _ignore(fn) -> None:
+    with contextlib.suppress(httpx.HTTPError):  # the server died mid-request: exactly what this test does
+        fn()
+
+
+class Crash(Exception):
+    pass
+
+
+def crashing_at(point: str):
+    def failpoint(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+
+    return failpoint
+
+
+@pytest.mark.parametrize(("point", "lands"), [
+    ("upsert:before_commit", False),
+    ("upsert:after_commit", True),   # store committed, no index saved yet
+    ("saved:image", True),           # one of three indexes saved
+    ("saved:fused", True),           # all saved, snapshot not yet swapped
+])
+def test_upsert_stopped_at_any_step_reopens_old_or_new(work, point, lands):
+    rows = catalog_rows(work)
+    st = ServeState(work, model=shared_model(), failpoint=crashing_at(point))
+    with pytest.raises(Crash):
+        st.upsert("half-done", {"title": "Half Done Lamp", "category": "Home Decor > Lamps"}, photo(work, rows[5]))
+    reopened = ServeState(work)
+    assert ("half-done" in reopened.snapshot.products) is lands
+    assert_consistent(reopened)
+    uploads = list((work / "uploads").glob("*")) if (work / "uploads").exists() else []
+    assert len(uploads) == int(lands)  # an image whose write never committed is collected
+    if point in ("upsert:after_commit", "saved:image"):
+        assert reopened.repaired  # the lagging indexes were caught up and re-saved
+        assert not ServeState(work).repaired  # ...durably
+
+
+@pytest.mark.parametrize(("point", "gone"), [("delete:before_commit", False), ("delete:after_commit", True),
+                                             ("saved:text", True)])
+def test_delete_stopped_at_any_step_reopens_old_or_new(work, point, gone):
+    victim = catalog_rows(work)[3]["id"]
+    st = ServeState(work, failpoint=crashing_at(point))
+    with pytest.raises(Crash):
+        st.delete(victim)
+    reopened = ServeState(work)
+    assert (victim not in reopened.snapshot.products) is gone
+    assert_consistent(reopened)
+
+
+def test_lost_or_stale_indexes_are_rebuilt_from_the_store(work):
+    rows = catalog_rows(work)
+    stale = work.parent / "stale-index"
+    shutil.copytree(work / "index", stale)
+    st = ServeState(work, model=shared_model())
+    st.upsert("late-1", {"title": "Late Arrival", "category": rows[0]["category"]}, photo(work, rows[0]))
+    st.delete(rows[1]["id"])
+    shutil.rmtree(work / "index")
+    shutil.copytree(stale, work / "index")  # indexes from before both writes
+    shutil.rmtree(work / "index" / "text")  # and one missing entirely
+    reopened = ServeState(work)
+    assert reopened.repaired["image"] == 2 and reopened.repaired["text"] == len(rows)
+    assert "late-1" in reopened.snapshot.products and rows[1]["id"] not in reopened.snapshot.products
+    assert_consistent(reopened)
+
+
+def test_model_mismatch_refuses_writes(work):
+    from shopclip.index.store import EmbeddingStore as Store
+
+    st = ServeState(work, model=shared_model())
+    manifest = read_json(work / "embeddings" / "manifest.json")
+    st.store = Store(work / "embeddings", {**manifest, "model": "some-other-model"})
+    with pytest.raises(ApiError) as e:
+        st.upsert("x-1", {"title": "X"}, photo(work, catalog_rows(work)[0]))
+    assert e.value.status == 409 and e.value.error == "model_mismatch"
