@@ -15,6 +15,8 @@ from rich.table import Table
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Spinning OpenMP threads steal the cores from decode threads and other processes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = typer.Typer(
     help="shopclip: aligned image-text embeddings for product catalogs: validate, embed, index, search.\n\n"
@@ -281,8 +283,10 @@ def models() -> None:
 
 def _register_capabilities() -> None:
     """Commands whose modules import their heavy dependencies only when run."""
+    from shopclip.eval.cli import eval_command
     from shopclip.serve.cli import serve_command
 
+    app.command("eval")(eval_command)
     app.command("serve")(serve_command)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shopclip.catalog import Catalog, Product, group_key
-from shopclip.eval.synthetic import Relisting, listing_text
+from shopclip.eval.synthetic import Relisting
 
 SEP = " > "
 TEXT_FIELDS = ("title", "description", "category", "attributes")

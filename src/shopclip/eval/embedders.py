@@ -177,10 +177,15 @@ class TowerFeatures:
 
         @torch.inference_mode()
         def encode_texts(texts: Sequence[Any]) -> np.ndarray:
+            # Batches of similar length: short titles are not padded to a long description.
             model.eval()
-            out = [model.text_tower(model.text_tower.tokenize(list(texts[i : i + text_batch_size]))).float().numpy()
-                   for i in range(0, len(texts), text_batch_size)]
-            return np.concatenate(out) if out else np.zeros((0, model.text_tower.output_dim), np.float32)
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            out = np.zeros((len(texts), model.text_tower.output_dim), np.float32)
+            for i in range(0, len(order), text_batch_size):
+                idx = order[i : i + text_batch_size]
+                batch = model.text_tower.tokenize([texts[j] for j in idx])
+                out[idx] = model.text_tower(batch).float().numpy()
+            return out
 
         return cls(
             image=CachedEncoder(cache, image_key, model.image_tower.output_dim, "image", encode_images,

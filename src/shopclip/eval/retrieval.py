@@ -82,12 +82,16 @@ def category_classes(ps: ProductSet, min_count: int = 1) -> list[str]:
     return sorted(c for c, n in counts.items() if n >= min_count)
 
 
-def category_query(query_emb: np.ndarray, classes: Sequence[str], gallery_emb: np.ndarray, gallery: ProductSet,
-                   ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """Query by category name: one query per class path, graded relevance over the gallery."""
+def category_query_relevance(classes: Sequence[str], gallery: ProductSet) -> np.ndarray:
+    """(c, n) graded relevance of class-path queries: 2 same path, 1 same parent path."""
     parents = [c.rsplit(" > ", 1)[0] if " > " in c else c for c in classes]
-    rel = graded_relevance(list(classes), parents, gallery)
-    return _metrics(query_emb @ gallery_emb.T, rel, ks)
+    return graded_relevance(list(classes), parents, gallery)
+
+
+def category_query(scores: np.ndarray, classes: Sequence[str], gallery: ProductSet,
+                   ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Query by category name: ``scores`` (c, n) of one prompt per class path against the gallery."""
+    return _metrics(scores, category_query_relevance(classes, gallery), ks)
 
 
 def recall_curve(scores: np.ndarray, rel: np.ndarray, max_k: int = 50, exclude_self: bool = False) -> list[float]:
@@ -180,5 +184,5 @@ def recommendation(x: np.ndarray, ps: ProductSet, *, k: int = 10, pairs: Sequenc
     return out
 
 
-__all__ = ["category_classes", "category_query", "category_relevance", "cross_modal", "exact_relevance",
+__all__ = ["category_classes", "category_query", "category_query_relevance", "category_relevance", "cross_modal", "exact_relevance",
            "graded_relevance", "pair_relevance", "read_pairs", "recall_curve", "recommendation", "similar_items"]

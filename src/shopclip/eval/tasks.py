@@ -1,0 +1,514 @@
+"""e-CLIP's downstream tasks on frozen embeddings: classification (category, attributes),
+product matching, clustering and adult-product recognition.
+
+Every task takes *views* — ``{"image": X, "text": X, "fused": X}`` arrays of
+L2-normalised rows, whichever the embedder has — and reports each view separately.
+``fused`` is the concatenation of the image and text vectors scaled by 1/sqrt(2), so its
+cosine is the mean of the image and text cosines; unlike the mean *vector* it stays
+meaningful for unaligned baselines.
+
+Two variants where they make sense:
+
+* **zero-shot** — scores against prompted text embeddings (``"a photo of {class}"``);
+  for the text view this is text-text similarity (works with any text encoder), for the
+  image and fused views it needs one shared text-image space;
+* **probe** — a logistic regression on standardised frozen embeddings, fitted on the
+  ``train`` product set and scored on the ``eval`` set (a fixed, group-aware split), with
+  ``C`` chosen per view on the tune set (:func:`choose_probe_C`), or fixed by the caller.
+  See :class:`LinearProbe`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from shopclip.eval import metrics as M
+from shopclip.eval.data import ProductSet
+
+Views = dict[str, np.ndarray]
+VIEWS = ("image", "text", "fused")
+
+
+def fuse(image: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Concatenated unit vectors / sqrt(2): unit length, cosine = mean of the two cosines."""
+    return np.concatenate([image, text], axis=1) / np.sqrt(2.0)
+
+
+def make_views(image: np.ndarray | None, text: np.ndarray | None) -> Views:
+    out: Views = {}
+    if image is not None:
+        out["image"] = image
+    if text is not None:
+        out["text"] = text
+    if image is not None and text is not None:
+        out["fused"] = fuse(image, text)
+    return out
+
+
+def zero_shot_scores(views: Views, class_emb: np.ndarray, cross_modal: bool) -> dict[str, np.ndarray]:
+    """(n, c) scores per view against class prompt embeddings (image/fused need a shared space)."""
+    out: dict[str, np.ndarray] = {}
+    if "text" in views and views["text"].shape[1] == class_emb.shape[1]:
+        out["text"] = views["text"] @ class_emb.T
+    if cross_modal and "image" in views and views["image"].shape[1] == class_emb.shape[1]:
+        out["image"] = views["image"] @ class_emb.T
+        if "text" in out:
+            out["fused"] = (out["image"] + out["text"]) / 2.0
+    return out
+
+
+# --------------------------------------------------------------------------- probes
+
+
+class LinearProbe:
+    """Standardised features + multinomial logistic regression, fitted full-batch with L-BFGS.
+
+    The objective is scikit-learn's (``C * sum_i w_i CE_i + ||W||^2 / 2``, bias not
+    penalised) divided by ``C * n``; written in float32 torch because an eval fits dozens
+    of probes on up to 1280-d features and scikit-learn's float64 solver was ~2x slower
+    per iteration here. ``class_weight="balanced"`` weighs rows by ``n / (k * count)``.
+    """
+
+    def __init__(self, C: float = 1.0, *, max_iter: int = 100, class_weight: str | None = None) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.class_weight = class_weight
+
+    def fit(self, x: np.ndarray, y: Sequence[Any]) -> LinearProbe:
+        import torch
+
+        self.classes_, yi = np.unique(np.asarray(y), return_inverse=True)
+        x = np.asarray(x, dtype=np.float32)
+        self.mean_ = x.mean(axis=0)
+        self.scale_ = x.std(axis=0)
+        self.scale_[self.scale_ < 1e-8] = 1.0
+        X = torch.from_numpy((x - self.mean_) / self.scale_)
+        target = torch.from_numpy(yi.reshape(-1).astype(np.int64))
+        n, d = X.shape
+        k = len(self.classes_)
+        if self.class_weight == "balanced":
+            counts = np.bincount(yi.reshape(-1), minlength=k).astype(np.float32)
+            w = torch.from_numpy(n / (k * counts))[target]
+        else:
+            w = torch.ones(n)
+        W = torch.zeros(d, k, requires_grad=True)
+        b = torch.zeros(k, requires_grad=True)
+        lam = 1.0 / (self.C * n)
+        opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=self.max_iter, history_size=10,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            ce = torch.nn.functional.cross_entropy(X @ W + b, target, reduction="none")
+            loss = (w * ce).sum() / n + 0.5 * lam * (W * W).sum()
+            loss.backward()
+            return loss
+
+        if k > 1:
+            # Small matmuls: one thread is as fast, and immune to the OpenMP oversubscription
+            # that made 2-thread fits 50x slower on a busy machine.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                opt.step(closure)
+            finally:
+                torch.set_num_threads(threads)
+        self.coef_, self.intercept_ = W.detach().numpy(), b.detach().numpy()
+        return self
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float32) - self.mean_) / self.scale_
+        return z @ self.coef_ + self.intercept_
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        z = self.decision_function(x)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(self.decision_function(x), axis=1)]
+
+
+def fit_probe(x: np.ndarray, y: Sequence[Any], *, C: float = 1.0, class_weight: str | None = None,
+              max_iter: int = 100) -> LinearProbe:
+    """A fitted :class:`LinearProbe`."""
+    return LinearProbe(C, max_iter=max_iter, class_weight=class_weight).fit(x, y)
+
+
+def _c(C: float | dict[str, float], view: str) -> float:
+    return C.get(view, 1.0) if isinstance(C, dict) else C
+
+
+PROBE_C_GRID = (0.01, 0.1, 1.0)
+
+
+def choose_probe_C(train_x: Views, train_y: Sequence[str | None], tune_x: Views, tune_y: Sequence[str | None],
+                   *, grid: Sequence[float] = PROBE_C_GRID, min_count: int = 5) -> dict[str, Any]:
+    """Regularisation per view, chosen once on the tune set (leaf-category accuracy; the
+    smaller C wins ties) and then used by every probe of that view. Without usable
+    labels every view gets 1.0."""
+    scores: dict[str, dict[float, float]] = {}
+    for c in grid:
+        res = classification_task(train_x, train_y, tune_x, tune_y, min_count=min_count, C=c)
+        for v, m in res.get("probe", {}).items():
+            scores.setdefault(v, {})[c] = m["accuracy"]
+    chosen = {v: max(per, key=lambda c: (per[c], -c)) for v, per in scores.items()}
+    return {"C": {v: chosen.get(v, 1.0) for v in train_x}, "tune_accuracy": scores,
+            "rule": f"C in {list(grid)} maximising leaf-category accuracy on the tune set, per view"}
+
+
+def _class_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    f1 = M.f1_scores(y_true, y_pred)
+    return {"accuracy": M.accuracy(y_true, y_pred), "macro_f1": f1["macro_f1"], "weighted_f1": f1["weighted_f1"]}
+
+
+def classification_task(
+    train_x: Views,
+    train_y: Sequence[str | None],
+    eval_x: Views,
+    eval_y: Sequence[str | None],
+    *,
+    class_emb: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    cross_modal: bool = False,
+    min_count: int = 5,
+    C: float | dict[str, float] = 1.0,
+    confusion_view: str | None = None,
+    confusion_top: int | None = None,
+) -> dict[str, Any]:
+    """Single-label classification, probe and zero-shot, per view.
+
+    Classes are the labels with at least ``min_count`` training examples; training and
+    eval rows with other (or no) labels are left out and counted. ``class_emb`` holds
+    one prompt embedding per class in ``classes`` order for the zero-shot variant.
+    ``confusion_view`` adds the probe's confusion matrix for that view (the
+    ``confusion_top`` most frequent eval classes, the rest pooled as "(other)").
+    """
+    counts = Counter(y for y in train_y if y)
+    kept = sorted(c for c, n in counts.items() if n >= min_count)
+    if classes is not None:
+        if class_emb is not None and len(classes) != len(class_emb):
+            raise ValueError("classes and class_emb differ in length")
+        order = {c: i for i, c in enumerate(classes)}
+        kept = [c for c in kept if c in order]
+    kept_set = set(kept)
+    tr = np.asarray([i for i, y in enumerate(train_y) if y in kept_set], dtype=np.int64)
+    ev = np.asarray([i for i, y in enumerate(eval_y) if y in kept_set], dtype=np.int64)
+    y_tr = np.asarray([train_y[i] for i in tr], dtype=object)
+    y_ev = np.asarray([eval_y[i] for i in ev], dtype=object)
+    out: dict[str, Any] = {
+        "n_classes": len(kept), "n_train": int(len(tr)), "n_eval": int(len(ev)),
+        "n_eval_excluded": int(len(eval_y) - len(ev)), "min_count": min_count,
+    }
+    if len(kept) < 2 or len(ev) == 0:
+        out["status"] = "skipped"
+        out["reason"] = f"{len(kept)} classes with >= {min_count} training examples and {len(ev)} eval rows"
+        return out
+    majority = Counter(y_tr.tolist()).most_common(1)[0][0]
+    out["chance"] = {"majority": float(np.mean(y_ev == majority)), "uniform": 1.0 / len(kept)}
+    probe: dict[str, Any] = {}
+    for view in (v for v in VIEWS if v in train_x and v in eval_x):
+        clf = fit_probe(train_x[view][tr], y_tr.astype(str), C=_c(C, view))
+        pred = clf.predict(eval_x[view][ev]).astype(object)
+        probe[view] = _class_scores(y_ev, pred)
+        if view == confusion_view:
+            out["confusion"] = _confusion(y_ev, pred, confusion_top)
+    out["probe"] = probe
+    if class_emb is not None and classes is not None:
+        idx = np.asarray([list(classes).index(c) for c in kept], dtype=np.int64)
+        zs = zero_shot_scores({v: x[ev] for v, x in eval_x.items()}, class_emb[idx], cross_modal)
+        kept_arr = np.asarray(kept, dtype=object)
+        out["zero_shot"] = {v: _class_scores(y_ev, kept_arr[np.argmax(s, axis=1)]) for v, s in zs.items()}
+    return out
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, top: int | None) -> dict[str, Any]:
+    labels = [c for c, _ in Counter(y_true.tolist()).most_common(top)]
+    if top is not None and len(set(y_true.tolist()) | set(y_pred.tolist())) > len(labels):
+        keep = set(labels)
+        y_true = np.asarray([y if y in keep else "(other)" for y in y_true], dtype=object)
+        y_pred = np.asarray([y if y in keep else "(other)" for y in y_pred], dtype=object)
+        labels = [*labels, "(other)"]
+    cm = M.confusion_matrix(y_true, y_pred, labels=np.asarray(labels, dtype=object))
+    return {"labels": labels, "matrix": cm.tolist()}
+
+
+# ------------------------------------------------------------------------ attributes
+
+
+def attribute_targets(ps: ProductSet, *, min_count: int = 5, min_products: int = 100,
+                      max_attributes: int = 8) -> dict[str, list[str]]:
+    """Attributes worth a classifier: >= 2 values with ``min_count`` examples each and
+    ``min_products`` labelled products among those values; most labelled first."""
+    per: dict[str, Counter[str]] = {}
+    for attrs in ps.attributes:
+        for name, value in attrs.items():
+            v = str(value).strip()
+            if v:
+                per.setdefault(name, Counter())[v] += 1
+    chosen = []
+    for name, counter in per.items():
+        values = sorted(v for v, n in counter.items() if n >= min_count)
+        labelled = sum(counter[v] for v in values)
+        if len(values) >= 2 and labelled >= min_products:
+            chosen.append((labelled, name, values))
+    chosen.sort(key=lambda t: (-t[0], t[1]))
+    return {name: values for _, name, values in chosen[:max_attributes]}
+
+
+ATTRIBUTE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "color": ("a {v} product", "{v} colour"),
+    "colour": ("a {v} product", "{v} colour"),
+    "gender": ("a product for {v}", "{v}"),
+    "usage": ("for {v} use", "{v} wear"),
+    "season": ("for {v}", "{v} collection"),
+}
+
+
+def attribute_prompts(name: str, values: Sequence[str]) -> list[list[str]]:
+    """Prompt ensemble per value: the catalog's own "name: value" form plus a phrase."""
+    label = name.replace("_", " ")
+    templates = ATTRIBUTE_TEMPLATES.get(name.lower(), ("a product with {n} {v}",))
+    return [[f"{label}: {v}", *(t.format(v=v, n=label) for t in templates)] for v in values]
+
+
+# -------------------------------------------------------------------------- matching
+
+
+def _same_leaf_pool(ps: ProductSet) -> dict[str, list[int]]:
+    pool: dict[str, list[int]] = {}
+    for i, p in enumerate(ps.paths):
+        pool.setdefault(p, []).append(i)
+    return pool
+
+
+def _hard_negatives(i: int, candidates: list[int], titles: Sequence[str], k: int, rng: random.Random) -> list[int]:
+    """Up to k candidates, those with the very same title first (the hardest)."""
+    t = titles[i].strip().lower()
+    same = [j for j in candidates if titles[j].strip().lower() == t]
+    rest = [j for j in candidates if titles[j].strip().lower() != t]
+    rng.shuffle(same)
+    rng.shuffle(rest)
+    return (same + rest)[:k]
+
+
+def group_pairs(ps: ProductSet, *, hard_negatives: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Real matching pairs inside one set: every within-group pair is positive; each
+    grouped product also meets ``hard_negatives`` same-leaf products of other groups.
+
+    Returns ``(pairs (m, 2) indices, labels (m,))``.
+    """
+    rng = random.Random(f"shopclip-eval-pairs:{seed}:{ps.name}")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(ps.groups):
+        if g:
+            members.setdefault(g, []).append(i)
+    pool = _same_leaf_pool(ps)
+    pairs, labels = [], []
+    for g in sorted(members):
+        idx = members[g]
+        for a in range(len(idx)):
+            for b in range(a + 1, len(idx)):
+                pairs.append((idx[a], idx[b]))
+                labels.append(1)
+        for i in idx:
+            cands = [j for j in pool.get(ps.paths[i], []) if ps.groups[j] != g]
+            if not cands:
+                cands = [j for j in range(len(ps)) if ps.groups[j] != g]
+            for j in _hard_negatives(i, cands, ps.titles, hard_negatives, rng):
+                pairs.append((i, j))
+                labels.append(0)
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(labels, dtype=np.int64)
+
+
+def relisting_pairs(originals: ProductSet, relistings_of: Sequence[int], *, hard_negatives: int = 3,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (original index, re-listing index): each re-listing with its source (positive)
+    and ``hard_negatives`` re-listings of other same-leaf products (negatives)."""
+    rng = random.Random(f"shopclip-eval-relist-pairs:{seed}:{originals.name}")
+    by_source = {src: r for r, src in enumerate(relistings_of)}
+    leaf_pool: dict[str, list[int]] = {}
+    for src in relistings_of:
+        leaf_pool.setdefault(originals.paths[src], []).append(src)
+    pairs, labels = [], []
+    for r, src in enumerate(relistings_of):
+        pairs.append((src, r))
+        labels.append(1)
+        g = originals.groups[src]
+        cands = [s for s in leaf_pool[originals.paths[src]] if s != src and (g is None or originals.groups[s] != g)]
+        if not cands:
+            cands = [s for s in relistings_of if s != src]
+        for s in _hard_negatives(src, cands, originals.titles, hard_negatives, rng):
+            pairs.append((src, by_source[s]))
+            labels.append(0)
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(labels, dtype=np.int64)
+
+
+def pair_cosines(left: Views, right: Views, pairs: np.ndarray) -> dict[str, np.ndarray]:
+    """Cosine of each pair, per view present on both sides."""
+    return {v: np.einsum("ij,ij->i", left[v][pairs[:, 0]], right[v][pairs[:, 1]])
+            for v in VIEWS if v in left and v in right}
+
+
+def binary_scores(y: np.ndarray, s: np.ndarray, threshold: float | None) -> dict[str, float]:
+    """AUROC, AP, recall at 99 % precision, and P/R/F1 at a given threshold."""
+    out = {"auroc": M.roc_auc(y, s), "average_precision": M.average_precision_score(y, s),
+           "recall@precision0.99": M.recall_at_precision(y, s, 0.99),
+           "n_pos": int((y > 0).sum()), "n_neg": int((y <= 0).sum())}
+    if threshold is not None and np.isfinite(threshold):
+        pred = s >= threshold
+        tp = float((pred & (y > 0)).sum())
+        out["threshold"] = float(threshold)
+        out["precision"] = tp / float(pred.sum()) if pred.sum() else 0.0
+        out["recall"] = tp / float((y > 0).sum()) if (y > 0).sum() else float("nan")
+        out["f1"] = M.binary_f1_at(y, s, threshold)
+    out["oracle_f1"] = M.best_f1_threshold(y, s)[1]  # best threshold chosen on eval itself: a ceiling
+    return out
+
+
+def tune_threshold(y: np.ndarray, s: np.ndarray) -> float:
+    """Best-F1 threshold on tune pairs, moved halfway down to the next lower score.
+
+    The best-F1 threshold is the lowest positive score that keeps F1 maximal; with a
+    handful of positives that sits right on a tune score, and an eval positive a hair
+    below it is lost. The midpoint to the next lower score keeps the tune decisions and
+    leaves a margin on both sides.
+    """
+    thr = M.best_f1_threshold(y, s)[0]
+    below = s[s < thr]
+    return float((thr + below.max()) / 2.0) if np.isfinite(thr) and below.size else thr
+
+
+def matching_scores(tune_s: dict[str, np.ndarray], tune_y: np.ndarray, eval_s: dict[str, np.ndarray],
+                    eval_y: np.ndarray) -> dict[str, Any]:
+    """Per view: threshold = best F1 on the tune pairs, then metrics on the eval pairs.
+
+    ``probe`` (when both image and text cosines exist) is a logistic regression on the
+    two cosines, fitted on the tune pairs — the learned way to weigh the photo against
+    the title; its threshold is chosen on the same tune pairs.
+    """
+    out: dict[str, Any] = {}
+    tune_ok = len(tune_y) and 0 < int(tune_y.sum()) < len(tune_y)
+    for v, s in eval_s.items():
+        thr = tune_threshold(tune_y, tune_s[v]) if tune_ok else None
+        out[v] = binary_scores(eval_y, s, thr)
+    if tune_ok and "image" in eval_s and "text" in eval_s:
+        xt = np.stack([tune_s["image"], tune_s["text"]], axis=1)
+        xe = np.stack([eval_s["image"], eval_s["text"]], axis=1)
+        clf = fit_probe(xt, tune_y)
+        pt, pe = clf.predict_proba(xt)[:, 1], clf.predict_proba(xe)[:, 1]
+        out["probe"] = binary_scores(eval_y, pe, tune_threshold(tune_y, pt))
+        out["probe"]["features"] = "image and text cosines"
+    return out
+
+
+# ------------------------------------------------------------------------ clustering
+
+
+def clustering_task(views: Views, ps: ProductSet, *, seed: int = 0,
+                    methods: Sequence[str] = ("kmeans", "agglomerative")) -> dict[str, Any]:
+    """Cluster each view into as many clusters as there are categories; NMI/ARI/V-measure
+    against the leaf category (full path) and the top-level category.
+
+    ``agglomerative`` is Ward linkage on the unit vectors (Euclidean on unit vectors
+    orders pairs as cosine does); products without a category are left out.
+    """
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # tiny problems; OpenMP threads on a busy machine made KMeans 50x slower
+        return _clustering(views, ps, KMeans, AgglomerativeClustering, seed, methods)
+
+
+def _clustering(views: Views, ps: ProductSet, kmeans: Any, agglomerative: Any, seed: int,
+                methods: Sequence[str]) -> dict[str, Any]:
+    keep = np.asarray([i for i, p in enumerate(ps.paths) if p], dtype=np.int64)
+    targets = {"leaf": np.asarray(ps.paths, dtype=object)[keep], "top": np.asarray(ps.tops, dtype=object)[keep]}
+    out: dict[str, Any] = {"n": int(len(keep)), "k": {t: int(len(set(y.tolist()))) for t, y in targets.items()}}
+    if len(keep) < 3:
+        return {**out, "status": "skipped", "reason": "fewer than 3 products with a category"}
+    for method in methods:
+        res: dict[str, Any] = {}
+        for v in (v for v in VIEWS if v in views):
+            x = views[v][keep]
+            res[v] = {}
+            for t, y in targets.items():
+                k = min(out["k"][t], len(keep))
+                if method == "kmeans":
+                    pred = kmeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)
+                elif method == "agglomerative":
+                    pred = agglomerative(n_clusters=k, linkage="ward").fit_predict(x)
+                else:
+                    raise ValueError(f"unknown clustering method {method!r}")
+                res[v][t] = {"nmi": M.nmi(y, pred), "ari": M.ari(y, pred), "v_measure": M.v_measure(y, pred)}
+        out[method] = res
+    return out
+
+
+# ---------------------------------------------------------------------------- binary
+
+
+ADULT_PROMPTS = (
+    ("an adult product", "a sexually explicit adult product", "erotic adult toys and lingerie"),
+    ("a product", "an everyday product for the whole family", "a safe product for all ages"),
+)
+
+
+def binary_task(train_x: Views, train_y: Sequence[int | None], eval_x: Views, eval_y: Sequence[int | None],
+                tune_x: Views, tune_y: Sequence[int | None], *, prompt_emb: tuple[np.ndarray, np.ndarray] | None = None,
+                cross_modal: bool = False, C: float | dict[str, float] = 1.0) -> dict[str, Any]:
+    """Binary recognition (e.g. adult products): probe and zero-shot per view.
+
+    Unlabelled rows are ignored. The probe uses balanced class weights (positives are
+    rare); thresholds come from the tune set (best F1) when it holds both classes. The
+    zero-shot score is cos(x, positive prompts) - cos(x, negative prompts).
+    """
+
+    def labelled(y: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.asarray([i for i, v in enumerate(y) if v is not None], dtype=np.int64)
+        return idx, np.asarray([y[i] for i in idx], dtype=np.int64)
+
+    tr, ytr = labelled(train_y)
+    ev, yev = labelled(eval_y)
+    tu, ytu = labelled(tune_y)
+    out: dict[str, Any] = {"n_train": int(len(tr)), "n_eval": int(len(ev)), "n_tune": int(len(tu)),
+                           "positives": {"train": int(ytr.sum()), "eval": int(yev.sum()), "tune": int(ytu.sum())}}
+    if len(ev) == 0 or yev.min() == yev.max():
+        return {**out, "status": "skipped", "reason": "the eval split does not hold both classes"}
+    tune_ok = len(tu) > 0 and ytu.min() != ytu.max()
+    if len(tr) and ytr.min() != ytr.max():
+        probe = {}
+        for v in (v for v in VIEWS if v in train_x):
+            clf = fit_probe(train_x[v][tr], ytr, C=_c(C, v), class_weight="balanced")
+            s = clf.predict_proba(eval_x[v][ev])[:, 1]
+            thr = tune_threshold(ytu, clf.predict_proba(tune_x[v][tu])[:, 1]) if tune_ok else 0.5
+            probe[v] = binary_scores(yev, s, thr)
+        out["probe"] = probe
+    else:
+        out["probe"] = {"status": "skipped", "reason": "the train subset does not hold both classes"}
+    if prompt_emb is not None:
+        pos, neg = prompt_emb
+        zero: dict[str, Any] = {}
+        for v, s_ev in _prompt_margin(eval_x, ev, pos, neg, cross_modal).items():
+            s_tu = _prompt_margin(tune_x, tu, pos, neg, cross_modal).get(v) if tune_ok else None
+            thr = tune_threshold(ytu, s_tu) if s_tu is not None else None
+            zero[v] = binary_scores(yev, s_ev, thr)
+        out["zero_shot"] = zero
+    return out
+
+
+def _prompt_margin(views: Views, idx: np.ndarray, pos: np.ndarray, neg: np.ndarray, cross_modal: bool) -> dict[str, np.ndarray]:
+    sub = {v: x[idx] for v, x in views.items()}
+    p = zero_shot_scores(sub, pos[None, :], cross_modal)
+    n = zero_shot_scores(sub, neg[None, :], cross_modal)
+    return {v: p[v][:, 0] - n[v][:, 0] for v in p}
+
+
+__all__ = ["ADULT_PROMPTS", "VIEWS", "attribute_prompts", "attribute_targets", "binary_scores", "binary_task",
+           "choose_probe_C", "classification_task", "clustering_task", "fit_probe", "LinearProbe", "fuse", "group_pairs", "make_views",
+           "matching_scores", "pair_cosines", "relisting_pairs", "tune_threshold", "zero_shot_scores"]
