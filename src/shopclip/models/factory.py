@@ -62,6 +62,8 @@ def resolve_model_ref(name_or_path: str | Path) -> str:
     p = Path(ref)
     if (p / CONFIG_FILE).exists():
         return str(p.resolve())
+    if (p / "model" / CONFIG_FILE).exists():  # a training run folder
+        return str((p / "model").resolve())
     return ref
 
 
