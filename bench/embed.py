@@ -84,6 +84,7 @@ def main() -> None:
         row = result["by_batch"][str(best)][kind]
         result[kind] = {"eager_reference": row["eager_reference"], "shopclip": row["shopclip"], "ratio": row["ratio"], "batch": best}
     result["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
                          "python": platform.python_version(), "torch": torch.__version__}
     result["workload"] = {"images": len(paths), "texts": len(texts), "model": model.name,
                           "image_size": model.config.image_size}
