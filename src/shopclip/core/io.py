@@ -10,6 +10,20 @@ from pathlib import Path
 from typing import Any
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make renames inside `path` durable on power loss; a no-op where directories can't be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from shopclip.core.io import atomic_write_json, read_json
+from shopclip.core.io import atomic_write_json, fsync_dir, read_json
 
 INDEX_FORMAT = "shopclip.index/1"
 MANIFEST = "manifest.json"
@@ -268,9 +268,9 @@ def save_folder(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         manifest["data"] = keep
-    _fsync_dir(folder)
+    fsync_dir(folder)
     atomic_write_json(folder / MANIFEST, manifest)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     for old in folder.iterdir():  # earlier saves and leftovers of crashed ones
         if (
             old.is_dir()
@@ -289,15 +289,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fp.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make renames durable on power loss; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from shopclip.core.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from shopclip.core.io import atomic_write_json, atomic_write_jsonl, fsync_dir, read_json, read_jsonl
 
 STORE_FORMAT = "shopclip.embeddings/1"
 DTYPES = ("float16", "float32")
@@ -393,11 +393,11 @@ class EmbeddingStore:
         existing = {p.stem for p in (self.root / "parts").glob("part-*.jsonl")}
         merged = [n for n in self._state.get("merged", []) if n in existing] + live
         next_seq = max([self._next_seq()] + [int(_PART.match(n).group(1)) + 1 for n in merged])
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         atomic_write_json(
             self.root / "state.json", {"main": main, "merged": merged, "next_seq": next_seq}
         )  # commit
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
         self._arrays = []  # drop memory maps of files about to go
         self._cache = {}
@@ -450,17 +450,6 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 __all__ = ["STORE_FORMAT", "EmbeddingStore", "l2_normalize"]

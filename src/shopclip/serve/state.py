@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import os
 import re
 import threading
 import time
@@ -37,7 +36,7 @@ from shopclip.catalog.schema import CATEGORY_SEP, Catalog
 from shopclip.catalog.validation import validate_row
 from shopclip.core.hashing import sha1_bytes
 from shopclip.core.images import ImageError, open_image, size_problem
-from shopclip.core.io import atomic_write_bytes
+from shopclip.core.io import atomic_write_bytes, fsync_dir
 from shopclip.index import create_index, load_index
 from shopclip.index.base import VectorIndex, read_manifest
 from shopclip.index.store import EmbeddingStore, l2_normalize
@@ -455,7 +454,7 @@ class ServeState:
             self._failpoint("upsert:before_commit")
             self.store.append([product_id], [product_hash(product, text, digest, self.fingerprint)],
                               {"image": img_vec, "text": txt_vec}, [meta])
-            _fsync_dir(self.store.root / "parts")
+            fsync_dir(self.store.root / "parts")
             self._failpoint("upsert:after_commit")
             vec = {m: _as_stored(v, self.store.dtype) for m, v in (("image", img_vec), ("text", txt_vec))}
             vec["fused"] = l2_normalize(vec["image"] + vec["text"])
@@ -474,7 +473,7 @@ class ServeState:
                 raise ApiError(404, "not_found", f"no product with id {product_id!r}")
             self._failpoint("delete:before_commit")
             self.store.delete([product_id])
-            _fsync_dir(self.store.root / "parts")
+            fsync_dir(self.store.root / "parts")
             self._failpoint("delete:after_commit")
             products = dict(self._snap.products)
             products.pop(product_id)
@@ -509,15 +508,3 @@ def _as_stored(vec: np.ndarray, dtype: str) -> np.ndarray:
     return l2_normalize(l2_normalize(vec).astype(dtype).astype(np.float32))
 
 
-def _fsync_dir(path: Path) -> None:
-    """The part's rename must survive power loss before we acknowledge it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
