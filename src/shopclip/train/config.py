@@ -17,7 +17,7 @@ LOSSES = ("clip", "siglip")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Fields that may differ between a checkpoint and the config that resumes it.
 RESUMABLE_CHANGES = frozenset({"resume", "progress", "log_every", "checkpoint_every", "num_workers", "out",
-                               "catalog", "cache_dir", "device", "val_every", "kill_at_step"})
+                               "catalog", "cache_dir", "device", "val_every"})
 
 
 @dataclass
@@ -50,12 +50,12 @@ class TrainConfig:
     embed_dim: int = 256
     lock: str = "both"  # both = heads only; image = image locked, text trained; text; none
     unlock_blocks: int = -1  # for the towers that are not locked: train only their last N blocks (-1 = all)
-    standardize: bool = True  # z-score locked-tower features; folded into the saved heads
+    standardize: bool = False  # z-score locked-tower features; folded into the saved heads
     # --- loss
     loss: str = "clip"
     fn_mode: str = "mask"  # mask | positive | none
     fn_signals: list[str] = field(default_factory=lambda: ["group", "image", "phash", "title"])
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     init_temperature: float = 0.07
     siglip_bias: float = -10.0
     # --- optimisation
@@ -64,8 +64,8 @@ class TrainConfig:
     batch_schedule: str = ""  # "EPOCH:BATCH,…", e.g. "0:256,10:512,20:1024" (e-CLIP grows the batch)
     lr: float = 1e-3
     tower_lr: float = 2e-5
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     grad_cache_chunk: int = 0  # >0: GradCache with this many pairs per chunk (big batches, little memory)
@@ -85,7 +85,6 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     resume: bool = False
-    kill_at_step: int = 0  # fault injection for tests: SIGKILL this process right after that step
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> TrainConfig:

@@ -11,17 +11,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from shopclip.catalog import Catalog, Product
 from shopclip.catalog.splits import ensure_splits, group_key
-from shopclip.core.hashing import file_sha1
+from shopclip.core.hashing import file_sha1, sha1_bytes
 from shopclip.train.augment import AugmentConfig, flip_allowed, view_rng
 from shopclip.train.config import TextConfig, TrainConfig
-from shopclip.train.false_negatives import DuplicateKeys, duplicate_keys, image_signature
-from shopclip.train.features import CLEAN_VIEW, ImageItem
+from shopclip.train.false_negatives import (
+    SIGNATURE_BYTES,
+    DuplicateKeys,
+    ImageSignature,
+    duplicate_keys,
+    image_signature,
+    row_to_signature,
+    signature_to_row,
+)
+from shopclip.train.features import CLEAN_VIEW, FeatureCache, ImageItem, default_cache_dir
 
 
 # ----------------------------------------------------------------------------- text
@@ -94,14 +103,28 @@ class PairSet:
         return len(self.products)
 
 
-def build_pairs(catalog: Catalog, products: list[Product], cfg: TrainConfig, *, with_signatures: bool = True,
-                num_workers: int = 2) -> PairSet:
+def cached_signatures(paths: Sequence[str], shas: Sequence[str], cache_dir: str | Path | None,
+                      num_workers: int = 2) -> list[ImageSignature | None]:
+    """Perceptual hashes + thumbnails, cached by content hash (decoding 8k photos takes seconds)."""
+    cache = FeatureCache(cache_dir or default_cache_dir(), "signature", sha1_bytes(b"dhash-phash-thumb16-v1"),
+                         SIGNATURE_BYTES, dtype="uint8")
+    todo = [i for i, sha in enumerate(shas) if sha not in cache]
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+            fresh = list(pool.map(image_signature, [paths[i] for i in todo]))
+        good = [(shas[i], sig) for i, sig in zip(todo, fresh, strict=True) if sig is not None]
+        if good:
+            cache.add([sha for sha, _ in good], np.stack([signature_to_row(sig) for _, sig in good]))
+    return [row_to_signature(cache.get([sha])[0]) if sha in cache else None for sha in shas]
+
+
+def build_pairs(catalog: Catalog, products: list[Product], cfg: TrainConfig, *, num_workers: int = 2) -> PairSet:
     """Hash images, render texts and compute false-negative keys for a list of products."""
     paths = [str(catalog.image_path(p)) for p in products]
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         shas = list(pool.map(file_sha1, paths))
-        need_sig = with_signatures and "phash" in cfg.fn_signals and cfg.fn_mode != "none"
-        sigs = list(pool.map(image_signature, paths)) if need_sig else None
+    need_sig = "phash" in cfg.fn_signals and cfg.fn_mode != "none"
+    sigs = cached_signatures(paths, shas, cfg.cache_dir, num_workers) if need_sig else None
     no_flip = AugmentConfig().no_flip
     items = [ImageItem(path, sha, flip_allowed(f"{p.category_path} {p.title}", no_flip))
              for p, path, sha in zip(products, paths, shas, strict=True)]

@@ -91,6 +91,20 @@ class ImageSignature:
     thumb: np.ndarray
 
 
+SIGNATURE_BYTES = 8 + 8 + 16 * 16 * 3
+
+
+def signature_to_row(sig: ImageSignature) -> np.ndarray:
+    """Pack a signature into SIGNATURE_BYTES uint8 (for the on-disk feature cache)."""
+    head = np.array([sig.dhash, sig.phash], dtype=">u8").view(np.uint8)
+    return np.concatenate([head, sig.thumb.reshape(-1)])
+
+
+def row_to_signature(row: np.ndarray) -> ImageSignature:
+    d, p = np.ascontiguousarray(row[:16]).view(">u8").tolist()
+    return ImageSignature(int(d), int(p), np.asarray(row[16:], dtype=np.uint8).reshape(16, 16, 3))
+
+
 def image_signature(path: str) -> ImageSignature | None:
     """Hashes + thumbnail of one image file; None for an image that cannot be read."""
     try:

@@ -72,16 +72,17 @@ def text_fingerprint(model: Any) -> str:
 class FeatureCache:
     """Content-hash → feature vector, for one tower fingerprint (one folder of shards)."""
 
-    def __init__(self, root: str | Path, kind: str, fingerprint: str, dim: int) -> None:
+    def __init__(self, root: str | Path, kind: str, fingerprint: str, dim: int, dtype: str = "float32") -> None:
         self.folder = Path(root) / f"{kind}-{fingerprint[:20]}"
         self.dim = dim
+        self.dtype = np.dtype(dtype)
         self._index: dict[str, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
         self._seen_files: set[str] = set()
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "meta.json"
         if not meta.exists():
-            atomic_write_json(meta, {"kind": kind, "fingerprint": fingerprint, "dim": dim})
+            atomic_write_json(meta, {"kind": kind, "fingerprint": fingerprint, "dim": dim, "dtype": dtype})
         self.refresh()
 
     def refresh(self) -> None:
@@ -94,7 +95,7 @@ class FeatureCache:
                     keys, feats = z["keys"], z["feats"]
             except (OSError, ValueError, KeyError):
                 continue  # a foreign or damaged file: ignore it rather than fail training
-            if feats.ndim != 2 or feats.shape[1] != self.dim:
+            if feats.ndim != 2 or feats.shape[1] != self.dim or feats.dtype != self.dtype:
                 continue
             self._seen_files.add(path.name)
             s = len(self._shards)
@@ -112,8 +113,8 @@ class FeatureCache:
         return [i for i, k in enumerate(keys) if k not in self._index]
 
     def get(self, keys: Sequence[str]) -> np.ndarray:
-        """(n, dim) float32; KeyError names the first missing key."""
-        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        """(n, dim) rows; KeyError names the first missing key."""
+        out = np.empty((len(keys), self.dim), dtype=self.dtype)
         for i, k in enumerate(keys):
             s, j = self._index[k]
             out[i] = self._shards[s][j]
@@ -123,7 +124,7 @@ class FeatureCache:
         """Write one shard atomically and index it."""
         if not len(keys):
             return
-        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        feats = np.ascontiguousarray(feats, dtype=self.dtype)
         name = f"shard-{uuid.uuid4().hex}.npz"
         fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".tmp", dir=self.folder)
         try:

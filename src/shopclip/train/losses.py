@@ -41,6 +41,11 @@ def _check(image_emb: torch.Tensor, text_emb: torch.Tensor, fn_mask: torch.Tenso
         raise ValueError(f"fn_mask must be (B, B) = {(image_emb.shape[0],) * 2}, got {tuple(fn_mask.shape)}")
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision embeddings (autocast) are compared in float32; float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _clean_mask(fn_mask: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
     """Boolean (B, B), symmetric, never marking the diagonal (a pair is its own positive)."""
     if fn_mask is None:
@@ -78,7 +83,7 @@ def clip_loss_terms(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torc
     """Per-row losses (image→text, text→image), each (B,); their means average to :func:`clip_loss`."""
     _check(image_emb, text_emb, fn_mask, fn_mode)
     n = image_emb.shape[0]
-    logits = scale * image_emb.float() @ text_emb.float().T  # (B images, B texts)
+    logits = scale * _upcast(image_emb) @ _upcast(text_emb).T  # (B images, B texts)
     fn = _clean_mask(fn_mask, n, logits.device) if fn_mode != "none" else _clean_mask(None, n, logits.device)
     t, valid = _targets(n, fn, fn_mode if fn_mode != "none" else "mask", label_smoothing, logits.device, logits.dtype)
     # fn is symmetric, so the same targets serve the text→image direction (logits transposed).
@@ -102,7 +107,7 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Te
     """
     _check(image_emb, text_emb, fn_mask, fn_mode)
     n = image_emb.shape[0]
-    logits = scale * image_emb.float() @ text_emb.float().T + bias
+    logits = scale * _upcast(image_emb) @ _upcast(text_emb).T + bias
     eye = torch.eye(n, dtype=torch.bool, device=logits.device)
     fn = _clean_mask(fn_mask if fn_mode != "none" else None, n, logits.device)
     pos = eye | fn if fn_mode == "positive" else eye

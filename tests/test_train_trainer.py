@@ -1,0 +1,171 @@
+"""The trainer end to end on the 40-product mini catalog: tiny towers in-process, a real kill -9, real towers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shopclip.catalog import Catalog
+from shopclip.models import load_model
+from shopclip.train.config import TrainConfig
+from shopclip.train.data import split_catalog, text_variants
+from shopclip.train.evaluate import retrieval_report
+from shopclip.train.schedule import steps_per_epoch, warmup_cosine
+from shopclip.train.testing import register_tiny, tiny_model
+from shopclip.train.trainer import Trainer, apply_locking, fold_standardization, train
+
+
+def _cfg(mini_catalog: Path, out: Path, cache: Path, **kw) -> TrainConfig:
+    base = dict(catalog=str(mini_catalog), out=str(out), cache_dir=str(cache), epochs=4, batch_size=8,
+                progress=False, num_workers=1, image_views=1, warmup_steps=2, checkpoint_every=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_heads_only_run_writes_a_complete_run_folder(tmp_path, mini_catalog):
+    torch.manual_seed(0)
+    cfg = _cfg(mini_catalog, tmp_path / "run", tmp_path / "cache", head="mlp", epochs=6, lr=3e-3)
+    result = train(cfg, model=tiny_model(head="mlp"))
+    run = tmp_path / "run"
+    assert TrainConfig.load(run / "config.yaml") == cfg
+    rows = _rows(run / "metrics.jsonl")
+    vals = [r for r in rows if r["type"] == "val"]
+    steps = [r for r in rows if r["type"] == "step"]
+    assert [v["epoch"] for v in vals] == list(range(6))
+    assert {"t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"} <= set(vals[-1])
+    assert steps and {"loss", "lr", "pairs_per_s"} <= set(steps[-1])
+    assert result.steps == sum(steps_per_epoch(cfg, 32, 1)) == 24  # 32 train products (4 val, 4 test)
+    assert steps[-1]["loss"] < steps[0]["loss"]  # it learns (heads only, tiny towers)
+    cfg_json = json.loads((run / "model" / "config.json").read_text())
+    assert cfg_json["trained"] is True and cfg_json["head"] == "mlp"
+    assert cfg_json["info"]["training"]["steps"] == 24
+    assert (run / "model" / "heads.safetensors").exists() and not (run / "model" / "towers.safetensors").exists()
+    # a second run finds every tower output in the cache: no new shard is written
+    shards = sorted((tmp_path / "cache").rglob("shard-*.npz"))
+    assert len({p.parent.name.split("-")[0] for p in shards}) == 3  # image, text, signature
+    Trainer(_cfg(mini_catalog, tmp_path / "run2", tmp_path / "cache", epochs=1), model=tiny_model()).setup()
+    assert sorted((tmp_path / "cache").rglob("shard-*.npz")) == shards
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_with_another_config(tmp_path, mini_catalog):
+    cfg = _cfg(mini_catalog, tmp_path / "run", tmp_path / "cache", epochs=1)
+    train(cfg, model=tiny_model())
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg, model=tiny_model()).setup()
+    changed = _cfg(mini_catalog, tmp_path / "run", tmp_path / "cache", epochs=1, lr=0.5, resume=True)
+    with pytest.raises(ValueError, match="lr"):
+        Trainer(changed, model=tiny_model()).setup()
+
+
+def _cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    code = ("import sys; from shopclip.train.testing import register_tiny; register_tiny(); "
+            "from shopclip.train.cli import main; main(sys.argv[1:])")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_kill_9_then_resume_ends_at_the_same_weights(tmp_path, mini_catalog):
+    """Towers unlocked (dropout, augmentation, BN) so every piece of state has to come back."""
+    common = [str(mini_catalog), "--model", "tiny", "--lock", "none", "--epochs", "3", "--batch-size", "8",
+              "--checkpoint-every", "4", "--no-progress", "--num-workers", "1", "--cache-dir", str(tmp_path / "c"),
+              "--warmup-steps", "3", "--tower-lr", "1e-3"]
+    full = _cli([*common, "--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = _cli([*common, "--out", str(tmp_path / "cut")], env={"SHOPCLIP_TRAIN_KILL_AT_STEP": "7"})
+    assert killed.returncode == -9, killed.stderr[-2000:]  # really SIGKILLed, after step 7 (checkpoint at 4)
+    assert not (tmp_path / "cut" / "model").exists()
+    ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["position"]["step"] == 4
+    resumed = _cli([*common, "--out", str(tmp_path / "cut"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name in ("heads.safetensors", "towers.safetensors"):
+        a = load_file(str(tmp_path / "full" / "model" / name))
+        b = load_file(str(tmp_path / "cut" / "model" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    # the killed run's rows after step 4 were dropped and redone once: the log reads like one run
+    steps = [r["step"] for r in _rows(tmp_path / "cut" / "metrics.jsonl") if r["type"] == "step"]
+    full_steps = [r["step"] for r in _rows(tmp_path / "full" / "metrics.jsonl") if r["type"] == "step"]
+    assert steps == full_steps
+
+
+def test_locking_modes():
+    model = tiny_model()
+
+    def trainable(prefix: str) -> int:
+        return sum(p.requires_grad for n, p in model.named_parameters() if n.startswith(prefix))
+
+    apply_locking(model, 0, 0)  # LiT: heads only
+    assert trainable("image_tower.") == trainable("text_tower.") == 0
+    assert trainable("image_head.") > 0 and trainable("text_head.") > 0 and model.logit_scale.requires_grad
+    apply_locking(model, 0, -1)  # image locked, text trained
+    assert trainable("image_tower.") == 0
+    assert trainable("text_tower.") == sum(1 for n, _ in model.named_parameters() if n.startswith("text_tower."))
+    apply_locking(model, 1, 1)  # last block of each
+    last_text = {id(p) for p in model.text_tower.blocks()[-1].parameters()}
+    assert {id(p) for p in model.text_tower.parameters() if p.requires_grad} == last_text
+    last_img = {id(p) for p in model.image_tower.blocks()[-1].parameters()}
+    assert {id(p) for p in model.image_tower.parameters() if p.requires_grad} == last_img
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_standardisation_folds_into_the_saved_heads(head):
+    torch.manual_seed(0)
+    model = tiny_model(head=head)
+    x = torch.randn(5, 24) * 3 + 1
+    mean = torch.zeros(24) if head == "linear" else x.mean(0)
+    std = x.std(0)
+    before = model.project_image((x - mean) / std)
+    fold_standardization(model.image_head, mean, std)
+    torch.testing.assert_close(model.project_image(x), before, rtol=1e-5, atol=1e-6)
+    if head == "linear":
+        with pytest.raises(ValueError, match="bias"):
+            fold_standardization(model.text_head, torch.ones(16), torch.ones(16))
+
+
+def test_lr_schedule_and_batch_schedule():
+    assert warmup_cosine(0, warmup=4, total=20) == pytest.approx(0.25)
+    assert warmup_cosine(3, warmup=4, total=20) == pytest.approx(1.0)
+    assert warmup_cosine(12, warmup=4, total=20) == pytest.approx(0.5)
+    assert warmup_cosine(20, warmup=4, total=20, min_ratio=0.1) == pytest.approx(0.1)
+    cfg = TrainConfig(epochs=4, batch_size=8, batch_schedule="0:4,2:16")
+    assert [cfg.batch_size_at(e) for e in range(4)] == [4, 4, 16, 16]
+    assert steps_per_epoch(cfg, 34, 2) == [8, 8, 2, 2]
+    with pytest.raises(ValueError):
+        TrainConfig(batch_schedule="3:8,1:16").validate()
+
+
+def test_real_towers_heads_only(tmp_path, mini_catalog):
+    """The shipped path: MiniLM + EfficientNet-Lite0 locked, features cached, model loadable by run folder."""
+    cfg = _cfg(mini_catalog, tmp_path / "run", tmp_path / "cache", epochs=3, image_views=1, feature_batch_size=8)
+    result = train(cfg)
+    model = load_model(tmp_path / "run")
+    assert model.config.trained and model.config.tower_weights == "pretrained"
+    assert model.config.info["training"]["train_pairs"] == 32
+    size = sum(f.stat().st_size for f in result.model_dir.iterdir())
+    assert size < 5 * 2**20
+    # the saved (standardisation-folded) heads reproduce the trainer's own validation embeddings
+    catalog = Catalog.load(mini_catalog)
+    _, val = split_catalog(catalog)
+    img = model.encode_image([catalog.image_path(p) for p in val])
+    txt = model.encode_text([text_variants(p, cfg.text)[0] for p in val])
+    rep = retrieval_report(img, txt)
+    for k, v in result.val.items():
+        assert rep[k] == pytest.approx(v, abs=1e-6), k
+    vals = [r for r in _rows(tmp_path / "run" / "metrics.jsonl") if r["type"] == "val"]
+    assert vals[-1]["t2i_mrr"] == result.val["t2i_mrr"]
+
+
+register_tiny()  # `--model tiny` for the in-process runs above
