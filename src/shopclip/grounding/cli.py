@@ -1,0 +1,76 @@
+"""`shopclip ground`: the typer command, kept here so the grounding stage owns its options.
+
+The main CLI adds it with ``app.command("ground")(ground_command)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def ground_command(
+    catalog: Annotated[Path, typer.Argument(help="Catalog file (.jsonl, .csv, .parquet)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: boxes.jsonl, crops/, contact_sheet.png")],
+    method: Annotated[str, typer.Option(help="Localiser: combined (default, measured best), cam, foreground, "
+                                             "saliency, pose, textmap, full_image, or grounding-dino:<model id> / "
+                                             "owlv2:<model id> with a model hub. --list-methods shows all.")] = "combined",
+    prompt: Annotated[str, typer.Option(help="What to look for: 'type' (the category leaf, e.g. 'Casual Shoes') or "
+                                             "'title' (the product title)")] = "type",
+    margin: Annotated[float, typer.Option(help="Grow the chosen box by this fraction of its size on every side")] = 0.05,
+    min_score: Annotated[float | None, typer.Option(help="Below this box score, use the full image (fallback). "
+                                                         "Default: the method's own threshold")] = None,
+    sheet: Annotated[int, typer.Option(help="Draw the first N images with their boxes into contact_sheet.png "
+                                            "(0: none)")] = 48,
+    crops: Annotated[bool, typer.Option(help="Write JPEG crops (off: boxes only)")] = True,
+    force: Annotated[bool, typer.Option(help="Ignore the cache and localise every image again")] = False,
+    list_methods: Annotated[bool, typer.Option("--list-methods", help="List localisers and exit")] = False,
+) -> None:
+    """Find the product in each listing photo (the kurta, not the model), crop to it, report per row.
+
+    Resumable: results are cached by image SHA-1 + method + prompt + options, so a
+    re-run (or a run after a crash) only does what is new. Unreadable images and
+    failed localisations are reported per row in boxes.jsonl ("error") and on stderr;
+    the run never stops for one bad row. Exit code 0: all rows grounded (fallbacks
+    included), 1: some rows had errors, 2: the catalog or the method is unusable.
+
+    Example: shopclip ground ../shared/data/products/catalog.jsonl --out ground-out --method combined --sheet 48
+    """
+    from rich.console import Console
+
+    from shopclip.catalog import CatalogReadError
+    from shopclip.grounding.base import create_localiser, list_localisers
+    from shopclip.grounding.runner import ground_catalog
+
+    console, err = Console(), Console(stderr=True)
+    if list_methods:
+        for name, desc in list_localisers().items():
+            console.print(f"{name:28s} {desc}")
+        return
+    try:
+        create_localiser(method)  # fail fast on a bad name or a missing model; the instance is cached
+    except (KeyError, ValueError, OSError, RuntimeError) as e:
+        err.print(f"[red]cannot use method {method!r}:[/red] {e}")
+        raise typer.Exit(2) from None
+    if prompt not in ("type", "title"):
+        err.print("[red]--prompt must be 'type' or 'title'[/red]")
+        raise typer.Exit(2)
+    try:
+        res = ground_catalog(catalog, out, method=method, prompt=prompt,
+                             margin=margin, min_score=min_score, crops=crops, sheet=sheet, force=force)
+    except CatalogReadError as e:
+        err.print(f"[red]cannot read {catalog}:[/red] {e}")
+        raise typer.Exit(2) from None
+    for row in res.error_rows[:20]:
+        err.print(f"{row['id']}: {row['error']}")
+    if len(res.error_rows) > 20:
+        err.print(f"… and {len(res.error_rows) - 20} more (see {res.boxes_path})")
+    console.print(res.summary())
+    if res.errors:
+        raise typer.Exit(1)
