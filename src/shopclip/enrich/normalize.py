@@ -1,0 +1,351 @@
+"""Rule-based text normaliser: no model, deterministic, fast (~20 µs a title).
+
+Used alone (``shopclip enrich --backend rules``) and as the LLM agent's pre-step: the
+model sees cleaned text, and the cleaned text is the fallback when the model fails.
+
+What it does, in order:
+
+* unicode NFKC, HTML entities, control characters, runs of whitespace;
+* marketplace boilerplate out of descriptions: prices ("Rs. 599", "₹", "$"), "free shipping",
+  "cash on delivery", "30 day replacement guarantee", "buy … online", the "Key Features of <title>"
+  and "Specifications of <title> …" blocks (the latter duplicate the attributes), repeated sentences;
+* shouting words out of titles ("NEW", "SALE", "!!!");
+* abbreviations and colour codes: ``sz`` → size, ``w/`` → with, ``pcs`` → pieces, ``mens`` → men's,
+  ``wht/blk`` → white/black, ``nvy`` → navy, ``gry`` → grey, ``runing`` → running, ``tshirt`` → T-shirt;
+* casing: ALL-CAPS words longer than 3 letters become Title case unless they are known acronyms
+  (USB, LED, HDMI…); an all-lowercase title gets Title case;
+* units: a space between number and unit, one spelling per unit (``10ml`` → 10 ml, ``15 cm cm`` → 15 cm,
+  ``5 cms`` → 5 cm, ``2 ltr`` → 2 L, ``12 inches`` → 12 inch);
+* a plural article type at the end of a Myntra title becomes singular ("Grey Kurtas" → "Grey Kurta").
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---------------------------------------------------------------------------- lexicons
+
+
+def _words(text: str) -> frozenset[str]:
+    """A word list written as a block of text."""
+    return frozenset(text.split())
+
+
+#: Colour codes and misspellings → colour word (lower case; casing is restored by the caller).
+COLOUR_CODES: dict[str, str] = {
+    "wht": "white", "blk": "black", "blck": "black", "nvy": "navy",
+    "gry": "grey", "gray": "grey", "brn": "brown", "brwn": "brown", "grn": "green", "blu": "blue",
+    "pnk": "pink", "prpl": "purple", "ylw": "yellow", "yel": "yellow", "slv": "silver", "slvr": "silver",
+    "gld": "gold", "mrn": "maroon", "olv": "olive", "orng": "orange", "crm": "cream",
+    "multicolor": "multicolour", "multicolored": "multicoloured", "colour": "colour", "color": "colour",
+}
+# "color" → "colour" only inside running text would surprise people; keep the attribute key alone.
+COLOUR_CODES.pop("color")
+COLOUR_CODES.pop("colour")
+
+#: Abbreviations (whole words, case-insensitive) → expansion.
+ABBREVIATIONS: dict[str, str] = {
+    "sz": "size", "pcs": "pieces", "pc": "piece", "pkt": "packet", "qty": "quantity", "approx": "approximately",
+    "mens": "men's", "womens": "women's", "boys'": "boys'", "girls'": "girls'", "kid's": "kids'",
+    "lt": "light", "dk": "dark", "blu": "blue", "runing": "running", "runnning": "running", "snkr": "sneaker",
+    "snkrs": "sneakers", "tshirt": "T-shirt", "tshirts": "T-shirts", "t-shirts": "T-shirts", "tee": "T-shirt",
+    "tees": "T-shirts", "hoody": "hoodie", "xtra": "extra", "sml": "small", "lrg": "large",
+    "blt": "belt", "wtch": "watch", "sunnies": "sunglasses", "bagpack": "backpack", "jeggins": "jeggings",
+}
+_PHRASE_ABBREVIATIONS = [
+    (re.compile(r"(?<!\w)w/o(?!\w)", re.I), "without"),
+    (re.compile(r"(?<!\w)w/(?=\s|\w)", re.I), "with "),
+    (re.compile(r"(?<!\w)t\s+shirts?(?!\w)", re.I), lambda m: "T-shirts" if m.group(0).lower().endswith("s") else "T-shirt"),
+]
+
+#: Upper-case words kept upper case.
+ACRONYMS = _words("""
+USB LED LCD HD HDMI PU TV UV SPF PC RAM SSD HDD UK US USA EU AC DC GB TB MB OTG RGB TPU EVA PVC ABS SLR DSLR
+XS XL XXL XXXL XXS NYC GPS MP3 MP4 CD DVD ID OK NFC VGA DVI LAN WIFI AAA AA BPA EDT EDP PH SMS CPU GPU IPS
+LLC II III IV UCB WWE DC NBA NFL FIFA BMW AND OTC PTFE SS MS UPVC CFL AHA BHA CCTV ATM MRP IR
+""")
+
+#: Title words dropped as marketing noise.
+SHOUT_WORDS = frozenset({"new", "sale", "hot", "offer", "bestseller", "best seller", "brand new", "nwt", "bnwt",
+                         "free shipping", "wow", "original", "genuine", "100% original", "limited"})
+
+#: Myntra article types written in the plural at the end of a title → singular.
+SINGULAR_TYPES: dict[str, str] = {
+    "kurtas": "Kurta", "kurtis": "Kurti", "t-shirts": "T-shirt", "shirts": "Shirt", "tops": "Top",
+    "sweaters": "Sweater", "sweatshirts": "Sweatshirt", "jackets": "Jacket", "belts": "Belt", "watches": "Watch",
+    "handbags": "Handbag", "backpacks": "Backpack", "wallets": "Wallet", "clutches": "Clutch", "caps": "Cap",
+    "ties": "Tie", "mufflers": "Muffler", "scarves": "Scarf", "dresses": "Dress", "skirts": "Skirt",
+    "heels": "Heels", "tunics": "Tunic", "blazers": "Blazer", "waistcoats": "Waistcoat", "stoles": "Stole",
+    "dupattas": "Dupatta", "sarees": "Saree", "bracelets": "Bracelet", "pendants": "Pendant",
+}
+
+_UNIT_CANON: dict[str, str] = {
+    "cm": "cm", "cms": "cm", "centimeter": "cm", "centimeters": "cm", "centimetre": "cm", "centimetres": "cm",
+    "mm": "mm", "mms": "mm", "millimeter": "mm", "millimeters": "mm",
+    "m": "m", "mtr": "m", "mtrs": "m", "meter": "m", "meters": "m", "metre": "m", "metres": "m",
+    "kg": "kg", "kgs": "kg", "kilogram": "kg", "kilograms": "kg",
+    "g": "g", "gm": "g", "gms": "g", "gram": "g", "grams": "g", "gr": "g",
+    "ml": "ml", "mls": "ml", "millilitre": "ml", "milliliter": "ml", "millilitres": "ml", "milliliters": "ml",
+    "l": "L", "ltr": "L", "ltrs": "L", "litre": "L", "litres": "L", "liter": "L", "liters": "L", "lt": "L",
+    "inch": "inch", "inches": "inch", "in": "inch", '"': "inch", "ft": "ft", "feet": "ft",
+    "gb": "GB", "tb": "TB", "mb": "MB", "mah": "mAh", "w": "W", "watt": "W", "watts": "W", "v": "V",
+    "volt": "V", "volts": "V", "oz": "oz", "mp": "MP", "hz": "Hz", "ghz": "GHz", "mhz": "MHz",
+}
+_UNIT_ALT = "|".join(sorted((re.escape(u) for u in _UNIT_CANON if u != '"'), key=len, reverse=True))
+# number + optional space + unit (+ the same unit repeated, "15 cm cm"), not followed by a letter.
+_UNIT_RE = re.compile(rf"(?<![\w.])(\d+(?:[.,]\d+)?)\s*({_UNIT_ALT})(?:\s+\2)?(?![\w])", re.I)
+_INCH_QUOTE_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:\"|'')(?!\w)")
+
+# Boilerplate sentences / fragments in marketplace descriptions.
+_PRICE_RE = re.compile(r"(?:rs\.?|inr|₹|\$|usd|€|eur|£|mrp)\s*:?\s*\d[\d,]*(?:\.\d+)?(?:\s*/-)?", re.I)
+_PRICE_TOKEN = " PRICETOKEN "
+# whole sentences that are shop boilerplate ("Buy X for Rs.3749 online.", "... at Flipkart.com.")
+_BOILER_SENTENCE = re.compile(r"^\W*buy\b.*(?:online|PRICETOKEN|flipkart)|flipkart\.com", re.I)
+# fragments inside otherwise useful sentences
+_BOILER_FRAGMENTS = [
+    re.compile(r"\bprice\s*:?\s*PRICETOKEN", re.I),
+    re.compile(r"\b(?:at )?best prices?(?: with)?", re.I),
+    re.compile(r"\bonly genuine products?", re.I),
+    re.compile(r"\b\d+\s*days? replacement guarantee", re.I),
+    re.compile(r"\b(?:free|fast) shipping", re.I),
+    re.compile(r"&?\s*cash on delivery!?", re.I),
+    re.compile(r"\bgreat discounts?", re.I),
+    re.compile(r"\bshop online for \w+\.?", re.I),
+    re.compile(r"\bhuge collection of [^.]*", re.I),
+    re.compile(r"\blowest prices?\b\.?", re.I),
+    re.compile(r"\bPRICETOKEN"),
+]
+_SHOUT_RE = re.compile(r"!{2,}|\*{2,}|#{2,}")
+_WS_RE = re.compile(r"\s+")
+# whole words only: never a piece of a code such as "WH1726" or "TE-W368R"
+_WORD_RE = re.compile(r"(?<![A-Za-z0-9'’\-])[A-Za-z][A-Za-z'’\-]*(?![A-Za-z0-9'’\-])")
+_CTRL_RE = re.compile(r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b-\u200f\ufeff]")
+
+
+# ---------------------------------------------------------------------------- text functions
+
+
+def squash(text: str) -> str:
+    return _WS_RE.sub(" ", text).strip()
+
+
+def basic_clean(text: Any) -> str:
+    """Unicode NFKC, HTML entities, control characters and whitespace."""
+    s = unicodedata.normalize("NFKC", html.unescape(str(text or "")))
+    s = _CTRL_RE.sub(" ", s).replace("’", "'")
+    return squash(s)
+
+
+def normalize_units(text: str) -> str:
+    """`10ml` → `10 ml`, `15 cm cm` → `15 cm`, `5 cms` → `5 cm`, `2 Ltr` → `2 L`, `12"` → `12 inch`."""
+
+    def unit(m: re.Match[str]) -> str:
+        number, raw = m.group(1), m.group(2)
+        canon = _UNIT_CANON.get(raw.lower(), raw)
+        if raw.lower() == "in" and m.group(0).find(" ") >= 0:
+            return m.group(0)  # "5 in" is too often the preposition ("size 5 in black")
+        if raw.lower() in {"m", "w", "v", "g", "l"} and len(raw) == 1 and raw.isupper() and canon != raw.upper():
+            return m.group(0)
+        return f"{number} {canon}"
+
+    text = _INCH_QUOTE_RE.sub(lambda m: f"{m.group(1)} inch", text)
+    return _UNIT_RE.sub(unit, text)
+
+
+def _case_word(word: str, *, shouting: bool) -> str:
+    core = word.strip("'-")
+    if not core or not core.isupper() or core.upper() in ACRONYMS:
+        return word
+    # long all-caps words are shouting; short ones are model codes ("PLO 166") unless the whole title shouts
+    if (len(core) > 3 and core.replace("'", "").replace("-", "").isalpha()) or (shouting and core.isalpha()):
+        return word.replace(core, core.capitalize())
+    return word
+
+
+def _map_word(word: str) -> str:
+    low = word.lower()
+    if low in COLOUR_CODES:
+        rep = COLOUR_CODES[low]
+    elif low in ABBREVIATIONS:
+        rep = ABBREVIATIONS[low]
+    else:
+        return word
+    if word[:1].isupper() and not rep[:1].isupper():
+        rep = rep[:1].upper() + rep[1:]
+    return rep
+
+
+def expand_abbreviations(text: str) -> str:
+    """Whole-word abbreviations and colour codes; `wht/blk` → `white/black`."""
+    for pat, rep in _PHRASE_ABBREVIATIONS:
+        text = pat.sub(rep, text)
+    # split slash-joined codes so each half maps ("wht/blk")
+    return re.sub(r"(?<![A-Za-z0-9'])[A-Za-z][A-Za-z']*(?![A-Za-z0-9'])", lambda m: _map_word(m.group(0)), text)
+
+
+def is_shouting(text: str) -> bool:
+    """At least 40% of the words (3+ words) are all caps: the caps carry no meaning."""
+    words = _WORD_RE.findall(text)
+    caps = [w for w in words if len(w) > 1 and w.isupper() and w not in ACRONYMS]
+    return len(words) >= 3 and len(caps) / len(words) >= 0.4
+
+
+def fix_casing(text: str, *, is_title: bool = False, shouting: bool | None = None) -> str:
+    shouting = is_title and is_shouting(text) if shouting is None else shouting
+    text = _WORD_RE.sub(lambda m: _case_word(m.group(0), shouting=shouting), text)
+    letters = [c for c in text if c.isalpha()]
+    if is_title and letters and all(c.islower() for c in letters):
+        text = " ".join(w[:1].upper() + w[1:] if w[:1].isalpha() else w for w in text.split(" "))
+    elif is_title and text[:1].islower():
+        text = text[:1].upper() + text[1:]
+    return text
+
+
+def normalize_text(text: Any, *, is_title: bool = False) -> str:
+    """The full rule chain for one string (a title when `is_title`)."""
+    s = basic_clean(text)
+    shouting = is_title and is_shouting(s)
+    if is_title:
+        s = _SHOUT_RE.sub(" ", s)
+        s = " ".join(w for w in s.split(" ") if w.lower().strip("!.,") not in SHOUT_WORDS or w.isdigit())
+    s = expand_abbreviations(s)
+    s = normalize_units(s)
+    s = fix_casing(s, is_title=is_title, shouting=shouting)
+    if is_title:
+        words = s.split(" ")
+        last = words[-1].lower() if words else ""
+        if last in SINGULAR_TYPES and len(words) > 1:
+            words[-1] = SINGULAR_TYPES[last]
+            s = " ".join(words)
+    return squash(s)
+
+
+def _dedupe_sentences(text: str) -> str:
+    seen: set[str] = set()
+    out = []
+    for sent in re.split(r"(?<=[.!?])\s+", text):
+        key = re.sub(r"\W+", " ", sent.lower()).strip()
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        out.append(sent)
+    return " ".join(out)
+
+
+def clean_description(description: Any, title: str = "", max_chars: int = 600) -> str:
+    """Marketplace boilerplate out, repeated sentences out, spec block (duplicates attributes) cut."""
+    s = basic_clean(description)
+    if not s:
+        return ""
+    cut = re.search(r"\bSpecifications of\b", s)
+    if cut and cut.start() > 0:
+        s = s[: cut.start()]
+    elif cut:
+        s = ""
+    s = re.sub(r"\bKey Features of\b", " ", s, flags=re.I)
+    if title:
+        t = basic_clean(title)
+        if t:
+            s = re.sub(r"(?<!\w)" + re.escape(t) + r"(?!\w)", " ", s, flags=re.I)
+    s = _PRICE_RE.sub(_PRICE_TOKEN, s)
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", squash(s)) if not _BOILER_SENTENCE.search(x)]
+    s = " ".join(sentences)
+    for pat in _BOILER_FRAGMENTS:
+        s = pat.sub(" ", s)
+    s = re.sub(r"(?:\s*[-,]\s*){2,}", ", ", s)
+    s = re.sub(r"\s+([,.;:!?])", r"\1", squash(s))
+    s = re.sub(r"([,.;:!?])(?:\s*[,.;:!?])+", r"\1", s)
+    s = _dedupe_sentences(s).strip(" ,.;:-")
+    s = normalize_units(expand_abbreviations(s))
+    s = fix_casing(s)
+    if len(s) > max_chars:
+        cut_at = s.rfind(". ", 0, max_chars)
+        s = s[: cut_at + 1] if cut_at > max_chars // 3 else s[:max_chars].rsplit(" ", 1)[0]
+    s = s.strip(" ,;:-")
+    return s + "." if s and s[-1] not in ".!?" else s
+
+
+#: Attribute values with no content for a text tower.
+EMPTY_VALUES = frozenset({"", "na", "n/a", "none", "nil", "-", "null", "not applicable", "no"})
+#: Attribute keys that are catalogue bookkeeping rather than product properties.
+BOOKKEEPING_KEYS = frozenset({"year", "season"})
+
+
+def normalize_value(value: Any) -> str:
+    s = normalize_text(value)
+    # "15 cm cm" already collapsed by normalize_units; "1 L L" too; trailing punctuation off
+    return s.strip(" ,;:")
+
+
+def normalize_attributes(attributes: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in (attributes or {}).items():
+        key = re.sub(r"[^a-z0-9]+", "_", str(k).strip().lower()).strip("_")
+        val = normalize_value(v)
+        if key and val:
+            out[key] = val
+    return out
+
+
+@dataclass
+class NormalizedProduct:
+    """A product's fields after the rules; `text()` is the rule-only enrichment (and the LLM fallback)."""
+
+    id: str
+    title: str
+    description: str
+    category: list[str]
+    attributes: dict[str, str]
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def attribute_text(self, *, skip_bookkeeping: bool = True) -> str:
+        parts = []
+        for k, v in self.attributes.items():
+            if v.lower() in EMPTY_VALUES or (skip_bookkeeping and k in BOOKKEEPING_KEYS):
+                continue
+            if v.lower() == "yes":
+                parts.append(k.replace("_", " "))
+            else:
+                parts.append(f"{k.replace('_', ' ')}: {v}")
+        return "; ".join(parts)
+
+    def text(self, max_chars: int = 700) -> str:
+        """Title, category path, attributes, description: the order of Product.text(), cleaned."""
+        parts = [self.title]
+        if self.category:
+            parts.append(" > ".join(self.category))
+        attrs = self.attribute_text()
+        if attrs:
+            parts.append(attrs)
+        if self.description:
+            parts.append(self.description)
+        s = ". ".join(p.rstrip(". ") for p in parts if p) + "."
+        if len(s) > max_chars:
+            s = s[:max_chars].rsplit(" ", 1)[0].rstrip(",;:") + "."
+        return s
+
+
+def normalize_product(product: Any) -> NormalizedProduct:
+    """Apply every rule to a :class:`shopclip.catalog.Product` (or a catalog row dict)."""
+    get = (lambda k, d=None: product.get(k, d)) if isinstance(product, dict) else (
+        lambda k, d=None: getattr(product, k, d))
+    title_raw = str(get("title", "") or "")
+    title = normalize_text(title_raw, is_title=True)
+    category = [normalize_text(c) for c in (get("category") or []) if str(c).strip()]
+    return NormalizedProduct(
+        id=str(get("id", "")),
+        title=title,
+        description=clean_description(get("description", ""), title_raw),
+        category=category,
+        attributes=normalize_attributes(get("attributes") or {}),
+        raw={"title": title_raw, "description": str(get("description", "") or ""),
+             "category": list(get("category") or []), "attributes": dict(get("attributes") or {})},
+    )
+
+
+def normalize_title(title: str) -> str:
+    return normalize_text(title, is_title=True)
