@@ -110,3 +110,21 @@ def test_sample_option_is_deterministic(tmp_path, mini_catalog):
     assert a[0].ran and b[0].ran
     assert EmbeddingStore.open(tmp_path / "a" / "embeddings").ids == EmbeddingStore.open(tmp_path / "b" / "embeddings").ids
     assert len(EmbeddingStore.open(tmp_path / "a" / "embeddings")) == 10
+
+
+def test_embedding_through_the_feature_cache_matches_direct_encoding(tmp_path, mini_catalog, model):
+    cat = Catalog.load(mini_catalog).subset(Catalog.load(mini_catalog).ids[:12])
+    direct = embed_catalog(cat, tmp_path / "direct", model, progress=False)
+    cache = tmp_path / "features"
+    first = embed_catalog(cat, tmp_path / "cached", model, progress=False, feature_cache=cache)
+    assert direct.embedded == first.embedded == 12
+    assert len(list(cache.glob("image-*/shard-*.npz"))) >= 1 and len(list(cache.glob("text-*/shard-*.npz"))) >= 1
+    a, b = EmbeddingStore.open(tmp_path / "direct"), EmbeddingStore.open(tmp_path / "cached")
+    for view in ("image", "text"):
+        cos = np.sum(a.vectors(view) * b.vectors(view), axis=1)
+        assert cos.min() > 0.999, (view, cos.min())
+    # A fresh store over a warm cache reads the towers' outputs back: same vectors.
+    shutil.rmtree(tmp_path / "cached")
+    again = embed_catalog(cat, tmp_path / "cached", model, progress=False, feature_cache=cache)
+    assert again.embedded == 12
+    np.testing.assert_allclose(EmbeddingStore.open(tmp_path / "cached").vectors("image"), b.vectors("image"), atol=1e-3)

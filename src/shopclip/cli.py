@@ -235,16 +235,30 @@ def build_cmd(
     sample: Annotated[int | None, typer.Option(help="Use only a deterministic sample of N valid products")] = None,
     check_images: Annotated[bool, typer.Option(help="Open every image during validation")] = True,
     force: Annotated[bool, typer.Option(help="Re-run every stage even when up to date")] = False,
+    ground: Annotated[str | None, typer.Option(help="Crop every photo to its product first (grounding method, "
+                                                    "e.g. combined; see `shopclip ground --list-methods`)")] = None,
+    enrich: Annotated[str | None, typer.Option(help="Rewrite product text first: local (offline LLM), openai "
+                                                    "(any OpenAI-compatible server) or rules (no LLM)")] = None,
+    train: Annotated[bool, typer.Option(help="Train the heads on this catalog (cached tower features) before "
+                                             "embedding; the build then uses the trained model")] = False,
+    train_epochs: Annotated[int, typer.Option(help="Epochs of the --train stage")] = 10,
 ) -> None:
-    """Run the whole pipeline (validate → embed → index); a re-run does only what changed.
+    """Run the whole pipeline (validate → [ground] → [enrich] → [train] → embed → index); a re-run does only what changed.
 
-    Example: shopclip build ../shared/data/products/catalog.jsonl --workdir demo-work
+    Example: shopclip build ../shared/data/products/catalog.jsonl --workdir demo-work --train
     """
     from shopclip.pipeline.build import BuildOptions, stages
 
+    extra: dict = {}
+    if ground:
+        extra["ground"] = ground
+    if enrich:
+        extra["enrich"] = enrich
+    if train:
+        extra.update(train=True, train_epochs=train_epochs)
     console.print(f"stages: {' → '.join(stages())}")
     _run_build(catalog, workdir, BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images,
-                                              force=force))
+                                              force=force, extra=extra))
 
 
 @app.command()
@@ -283,11 +297,24 @@ def models() -> None:
 
 def _register_capabilities() -> None:
     """Commands whose modules import their heavy dependencies only when run."""
+    from shopclip.enrich.cli import enrich_command
+    from shopclip.enrich.pipeline import register_enrich_stage
     from shopclip.eval.cli import eval_command
+    from shopclip.grounding.cli import ground_command
+    from shopclip.grounding.pipeline import register_ground_stage
     from shopclip.serve.cli import serve_command
+    from shopclip.train.cli import train_command
+    from shopclip.train.stage import register_train_stage
 
+    app.command("ground")(ground_command)
+    app.command("enrich")(enrich_command)
+    app.command("train")(train_command)
     app.command("eval")(eval_command)
     app.command("serve")(serve_command)
+    # Optional build stages, in this order before `embed`; each runs only when its option is given.
+    register_ground_stage(before="embed")
+    register_enrich_stage(before="embed")
+    register_train_stage(before="embed")
 
 
 _register_capabilities()

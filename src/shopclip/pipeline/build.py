@@ -152,7 +152,8 @@ def _embed_run(ctx: BuildContext) -> str:
     from shopclip.pipeline.embed import embed_catalog
 
     res = embed_catalog(ctx.catalog(), ctx.workdir.embeddings, ctx.model(), texts=ctx.texts, images=ctx.images,
-                        dtype=ctx.options.dtype, progress=ctx.options.progress)
+                        dtype=ctx.options.dtype, progress=ctx.options.progress,
+                        feature_cache=ctx.workdir.root / "cache" / "features")
     ctx.manifest["model"] = ctx.model_ref
     return res.summary()
 

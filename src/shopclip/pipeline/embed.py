@@ -62,11 +62,15 @@ def embed_catalog(
     text_batch_size: int = 64,
     num_workers: int = 4,
     progress: bool = True,
+    feature_cache: str | Path | None = None,
 ) -> EmbedResult:
     """Embed every product's image and text; products whose content hash is stored are skipped.
 
     `texts` / `images` override a product's text or image (enriched text, grounded crops);
     they are part of the content hash, so changing them re-embeds only those products.
+    With `feature_cache` (a folder), tower outputs are read from / added to the trainer's
+    feature cache (keyed by tower weights + content), so re-embedding after training new
+    heads, or after the train stage featurised the same photos, costs only the heads.
     """
     out = Path(out)
     fp = model_fingerprint(model)
@@ -83,13 +87,15 @@ def embed_catalog(
     texts = texts or {}
     images = images or {}
     have = store.hashes()
-    todo: list[tuple[Product, str, Path, str]] = []
+    todo: list[tuple[Product, str, Path, str, str]] = []
     for p in catalog:
         text = texts.get(p.id) or p.text()
         img = Path(images.get(p.id) or catalog.image_path(p))
-        h = product_hash(p, text, file_sha1(img), fp)
+        img_sha1 = file_sha1(img)
+        h = product_hash(p, text, img_sha1, fp)
         if have.get(p.id) != h:
-            todo.append((p, text, img, h))
+            todo.append((p, text, img, h, img_sha1))
+    cached = _CachedTowers(model, feature_cache) if feature_cache is not None and todo else None
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -98,8 +104,13 @@ def embed_catalog(
     try:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            img_vecs = model.encode_image([x[2] for x in part], batch_size=image_batch_size, num_workers=num_workers)
-            txt_vecs = model.encode_text([x[1] for x in part], batch_size=text_batch_size)
+            if cached is not None:
+                img_vecs = cached.images([(str(x[2]), x[4]) for x in part], image_batch_size, num_workers)
+                txt_vecs = cached.texts([x[1] for x in part], text_batch_size)
+            else:
+                img_vecs = model.encode_image([x[2] for x in part], batch_size=image_batch_size,
+                                              num_workers=num_workers)
+                txt_vecs = model.encode_text([x[1] for x in part], batch_size=text_batch_size)
             store.append(
                 [x[0].id for x in part], [x[3] for x in part], {"image": img_vecs, "text": txt_vecs},
                 [product_meta(x[0], catalog) | {"text": x[1], "image": str(x[2])} for x in part],
@@ -111,6 +122,40 @@ def embed_catalog(
             bar.close()
     store.compact(keep_ids=catalog.ids)
     return EmbedResult(total=len(catalog), embedded=len(todo), skipped=len(catalog) - len(todo), store=out)
+
+
+class _CachedTowers:
+    """Tower features through the on-disk feature cache, then the model's heads."""
+
+    def __init__(self, model: DualEncoder, root: str | Path) -> None:
+        from shopclip.train.features import FeatureCache, image_fingerprint, text_fingerprint
+
+        self.model = model.eval()  # inference only: dropout in MLP heads off
+        self.image_cache = FeatureCache(root, "image", image_fingerprint(model), model.image_tower.output_dim)
+        self.text_cache = FeatureCache(root, "text", text_fingerprint(model), model.text_tower.output_dim)
+
+    def images(self, items: list[tuple[str, str]], batch_size: int, num_workers: int) -> np.ndarray:
+        import torch
+
+        from shopclip.train.augment import AugmentConfig
+        from shopclip.train.features import CLEAN_VIEW, ImageItem, compute_image_features, view_key
+
+        its = [ImageItem(path, sha1) for path, sha1 in items]
+        compute_image_features(self.model, its, [CLEAN_VIEW], self.image_cache, aug=AugmentConfig(), seed=0,
+                               batch_size=batch_size, num_workers=num_workers)
+        feats = torch.from_numpy(self.image_cache.get([view_key(it.sha1, CLEAN_VIEW) for it in its]))
+        with torch.inference_mode():
+            return self.model.project_image(feats).numpy()
+
+    def texts(self, texts: list[str], batch_size: int) -> np.ndarray:
+        import torch
+
+        from shopclip.train.features import compute_text_features, text_key
+
+        compute_text_features(self.model, texts, self.text_cache, batch_size=batch_size)
+        feats = torch.from_numpy(self.text_cache.get([text_key(t) for t in texts]))
+        with torch.inference_mode():
+            return self.model.project_text(feats).numpy()
 
 
 def fused_vectors(store: EmbeddingStore) -> np.ndarray:
