@@ -36,10 +36,11 @@ def test_build_writes_a_self_describing_work_folder(workdir, mini_catalog):
     assert set(manifest["stages"]) >= {"validate", "embed", "index"}
     store = EmbeddingStore.open(workdir / "embeddings")
     assert len(store) == len(Catalog.load(mini_catalog)) == 40
-    assert store.manifest["dim"] == 256 and store.manifest["dtype"] == "float16"
+    dim = load_model("default").embed_dim
+    assert store.manifest["dim"] == dim and store.manifest["dtype"] == "float16"
     for view in ("image", "text"):
         v = store.vectors(view)
-        assert v.dtype == np.float32 and v.shape == (40, 256)
+        assert v.dtype == np.float32 and v.shape == (40, dim)
         np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=2e-3)
 
 

@@ -30,7 +30,7 @@ def _step(catalog: str, cache: str, out: str, chunk: int, fn_mode: str) -> dict:
     torch.set_num_threads(1)
     cfg = TrainConfig(catalog=catalog, out=out, cache_dir=cache, lock="none", batch_size=16, epochs=1, grad_clip=0.0,
                       grad_cache_chunk=chunk, fn_mode=fn_mode, progress=False, num_workers=1, val_max=4,
-                      label_smoothing=0.1)
+                      label_smoothing=0.1, precision="fp32")  # exact comparison: no bf16 autocast
     torch.manual_seed(0)  # the mlp heads draw their init from the global RNG
     trainer = Trainer(cfg, model=tiny_model(head="mlp"))
     trainer.setup()
