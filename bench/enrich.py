@@ -405,7 +405,7 @@ def cmd_ablation(args) -> None:
     model.eval()
     trained = bool(getattr(model.config, "trained", False))
     img_cache = CACHE_DIR / f"test_images_{'pretrained' if pre else 'base'}.npy"
-    from shopclip.pipeline.embed import model_fingerprint
+    from shopclip.models.features import model_fingerprint
 
     # keyed by the model's weights too: a re-shipped default must not reuse stale vectors
     ids_key = hashlib.sha1(("|".join(p.id for p in test) + str(pre) + model_fingerprint(model)).encode()).hexdigest()

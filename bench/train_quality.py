@@ -84,10 +84,8 @@ def report(img: np.ndarray, txt: np.ndarray, title: np.ndarray | None = None) ->
 def features(catalog, products, model, cache_dir: str | None) -> tuple[torch.Tensor, ...]:
     """Clean-view image features, full-text and title-only text features (cached on disk)."""
     from shopclip.core.hashing import file_sha1
-    from shopclip.train.augment import AugmentConfig
-    from shopclip.train.config import TextConfig
-    from shopclip.train.data import render_text
-    from shopclip.train.features import (
+    from shopclip.models.augment import AugmentConfig
+    from shopclip.models.features import (
         CLEAN_VIEW,
         FeatureCache,
         ImageItem,
@@ -99,6 +97,8 @@ def features(catalog, products, model, cache_dir: str | None) -> tuple[torch.Ten
         text_key,
         view_key,
     )
+    from shopclip.train.config import TextConfig
+    from shopclip.train.data import render_text
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     items = [ImageItem(str(catalog.image_path(p)), file_sha1(catalog.image_path(p))) for p in products]

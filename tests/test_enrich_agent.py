@@ -229,15 +229,14 @@ def test_cli_reports_bad_inputs(tmp_path, mini_catalog):
 
 
 def test_build_stage_feeds_enriched_text_to_embedding(tmp_path, sample_catalog):
-    from shopclip.enrich.pipeline import register_enrich_stage
+    from shopclip.enrich.pipeline import enrich_stage
     from shopclip.pipeline import build as build_mod
 
     catalog = write_catalog(tmp_path / "cat", pick_rows(6))
     saved = list(build_mod._STAGES)
     seen: dict[str, str] = {}
     try:
-        register_enrich_stage()
-        register_enrich_stage()  # idempotent
+        build_mod.register_stage(enrich_stage(), before="embed")  # the pipeline has it already; no duplicate
         assert build_mod.stages().count("enrich") == 1
         assert build_mod.stages().index("enrich") == build_mod.stages().index("embed") - 1
         calls = iter(range(100))

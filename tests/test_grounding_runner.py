@@ -181,13 +181,12 @@ def test_cli_ground(small, tmp_path):
 
 
 def test_build_stage_feeds_crops_to_embed(tmp_path, monkeypatch):
-    from shopclip.grounding import register_ground_stage
+    from shopclip.grounding import ground_stage
     from shopclip.index.store import EmbeddingStore
     from shopclip.pipeline import build as build_mod
 
     monkeypatch.setattr(build_mod, "_STAGES", list(build_mod._STAGES))
-    register_ground_stage()
-    register_ground_stage()  # idempotent
+    build_mod.register_stage(ground_stage(), before="embed")  # the pipeline has it already; no duplicate
     assert build_mod.stages().count("ground") == 1
     assert build_mod.stages().index("ground") == build_mod.stages().index("embed") - 1
     cat = write_catalog(tmp_path / "cat", pick_rows(6))

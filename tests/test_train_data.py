@@ -11,7 +11,18 @@ from PIL import Image
 
 from conftest import SAMPLE_DIR, read_sample_rows, write_catalog
 from shopclip.catalog import Catalog, Product
-from shopclip.train.augment import AugmentConfig, augment_image, flip_allowed, view_rng
+from shopclip.models.augment import AugmentConfig, augment_image, flip_allowed, view_rng
+from shopclip.models.features import (
+    CLEAN_VIEW,
+    FeatureCache,
+    ImageItem,
+    compute_image_features,
+    compute_text_features,
+    image_fingerprint,
+    text_fingerprint,
+    text_key,
+    view_key,
+)
 from shopclip.train.config import TextConfig, TrainConfig
 from shopclip.train.data import (
     build_pairs,
@@ -31,17 +42,6 @@ from shopclip.train.false_negatives import (
     near_duplicate_clusters,
     normalise_title,
     phash,
-)
-from shopclip.train.features import (
-    CLEAN_VIEW,
-    FeatureCache,
-    ImageItem,
-    compute_image_features,
-    compute_text_features,
-    image_fingerprint,
-    text_fingerprint,
-    text_key,
-    view_key,
 )
 from shopclip.train.testing import tiny_model
 

@@ -14,13 +14,10 @@ from shopclip.train.data import render_text
 
 @pytest.fixture()
 def stages(monkeypatch):
-    from shopclip.enrich.pipeline import register_enrich_stage
-    from shopclip.train.stage import register_train_stage
+    from shopclip.train.stage import train_stage
 
     monkeypatch.setattr(build_mod, "_STAGES", list(build_mod._STAGES))
-    register_enrich_stage()
-    register_train_stage()
-    register_train_stage()  # idempotent
+    build_mod.register_stage(train_stage(), before="embed")  # replacing a stage keeps one of it
     return build_mod.stages()
 
 

@@ -210,20 +210,15 @@ def _print_results(title: str, results: list, as_json: bool) -> None:
 
 def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | None = None) -> None:
     from shopclip.catalog import CatalogReadError
-    from shopclip.pipeline import build as build_mod
+    from shopclip.pipeline.build import build
 
     _quiet_libraries()
-    saved = list(build_mod._STAGES)
-    if only:
-        build_mod._STAGES[:] = [s for s in saved if s.name in only]
     try:
-        build_mod.build(catalog, workdir, options, on_stage=lambda r: console.print(
+        build(catalog, workdir, options, only=only, on_stage=lambda r: console.print(
             f"[bold]{r.name:>9}[/bold] {'ran' if r.ran else 'skipped (up to date)'} in {r.seconds:.1f}s: {r.summary}"))
     except CatalogReadError as e:
         err.print(f"[red]cannot read {catalog}:[/red] {e}")
         raise typer.Exit(2) from None
-    finally:
-        build_mod._STAGES[:] = saved
 
 
 @app.command("build")
@@ -247,7 +242,7 @@ def build_cmd(
 
     Example: shopclip build ../shared/data/products/catalog.jsonl --workdir demo-work --train
     """
-    from shopclip.pipeline.build import BuildOptions, stages
+    from shopclip.pipeline.build import BuildOptions, planned_stages
 
     extra: dict = {}
     if ground:
@@ -256,9 +251,10 @@ def build_cmd(
         extra["enrich"] = enrich
     if train:
         extra.update(train=True, train_epochs=train_epochs)
-    console.print(f"stages: {' → '.join(stages())}")
-    _run_build(catalog, workdir, BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images,
-                                              force=force, extra=extra))
+    options = BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images, force=force,
+                           extra=extra)
+    console.print(f"stages: {' → '.join(planned_stages(catalog, workdir, options))}")
+    _run_build(catalog, workdir, options)
 
 
 @app.command()
@@ -298,23 +294,16 @@ def models() -> None:
 def _register_capabilities() -> None:
     """Commands whose modules import their heavy dependencies only when run."""
     from shopclip.enrich.cli import enrich_command
-    from shopclip.enrich.pipeline import register_enrich_stage
     from shopclip.eval.cli import eval_command
     from shopclip.grounding.cli import ground_command
-    from shopclip.grounding.pipeline import register_ground_stage
     from shopclip.serve.cli import serve_command
     from shopclip.train.cli import train_command
-    from shopclip.train.stage import register_train_stage
 
     app.command("ground")(ground_command)
     app.command("enrich")(enrich_command)
     app.command("train")(train_command)
     app.command("eval")(eval_command)
     app.command("serve")(serve_command)
-    # Optional build stages, in this order before `embed`; each runs only when its option is given.
-    register_ground_stage(before="embed")
-    register_enrich_stage(before="embed")
-    register_train_stage(before="embed")
 
 
 _register_capabilities()

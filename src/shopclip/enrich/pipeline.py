@@ -1,6 +1,6 @@
 """The optional ``enrich`` build stage: enriched text becomes the text the embed stage embeds.
 
-Call :func:`register_enrich_stage` once (e.g. where the CLI is built); the stage runs only when
+`shopclip build` includes :func:`enrich_stage` before embed; the stage runs only when
 ``BuildOptions.extra["enrich"]`` is set. Options (all in ``BuildOptions.extra``):
 
 =========================  ==================================================================
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shopclip.core.hashing import json_sha1
+from shopclip.core.stages import Stage
 
 STAGE = "enrich"
 
@@ -107,9 +108,6 @@ def _restore(ctx: Any) -> None:
         ctx.texts.update(load_enriched_texts(_out(ctx)))
 
 
-def register_enrich_stage(before: str = "embed") -> None:
-    """Insert the ``enrich`` stage before ``before`` (idempotent)."""
-    from shopclip.pipeline.build import Stage, register_stage
-
-    register_stage(Stage(STAGE, _fingerprint, _run, outputs=lambda ctx: [_out(ctx)], enabled=_enabled,
-                         restore=_restore), before=before)
+def enrich_stage() -> Stage:
+    """The ``enrich`` stage; ``shopclip.pipeline.build`` places it before ``embed``."""
+    return Stage(STAGE, _fingerprint, _run, outputs=lambda ctx: [_out(ctx)], enabled=_enabled, restore=_restore)

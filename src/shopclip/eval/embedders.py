@@ -9,7 +9,7 @@ Embedding is the expensive part of an evaluation, so vectors are cached in
   its heads applied to those, which takes milliseconds. So the model and all default
   baselines together cost one pass over the images;
 * a model whose towers were fine-tuned (``tower_weights == "saved"``) or a hub pair gets a
-  cache of its own, keyed by :func:`shopclip.pipeline.embed.model_fingerprint`.
+  cache of its own, keyed by :func:`shopclip.models.features.model_fingerprint`.
 
 Stores are keyed by content (sha1 of what produced the vector + the image file or the
 text), not by product id, so synthetic re-listings, prompts and a second catalog holding
@@ -201,7 +201,7 @@ def _project(fn: Callable[[torch.Tensor], torch.Tensor], feats: np.ndarray) -> n
 
 
 def _model_info(model: DualEncoder, ref: str) -> dict[str, Any]:
-    from shopclip.pipeline.embed import model_fingerprint
+    from shopclip.models.features import model_fingerprint
 
     return {"ref": ref, "resolved": resolve_model_ref(ref) if ref else None, "name": model.name,
             "trained": bool(model.config.trained), "fingerprint": model_fingerprint(model),

@@ -10,7 +10,7 @@ Localisers: ``full_image`` (baseline), ``foreground`` (plain backdrops), ``salie
 ``textmap`` (dual-encoder similarity map), ``combined`` (the default), and
 ``grounding-dino:<id>`` / ``owlv2:<id>`` for users with a model hub. Whole catalogs:
 :func:`ground_catalog` or ``shopclip ground``; inside ``shopclip build``:
-:func:`register_ground_stage`. Benchmark scenes: :mod:`shopclip.grounding.synth`.
+:func:`ground_stage` (included by `shopclip build`). Benchmark scenes: :mod:`shopclip.grounding.synth`.
 """
 
 from shopclip.grounding.base import (
@@ -23,11 +23,11 @@ from shopclip.grounding.base import (
     list_localisers,
     register_localiser,
 )
-from shopclip.grounding.pipeline import register_ground_stage
+from shopclip.grounding.pipeline import ground_stage
 from shopclip.grounding.runner import DEFAULT_METHOD, GroundResult, crop_overrides, ground_catalog, read_boxes
 
 __all__ = [
     "DEFAULT_METHOD", "Box", "FullImage", "GroundResult", "Grounding", "Localiser", "choose_box", "create_localiser",
-    "crop_overrides", "ground_catalog", "list_localisers", "read_boxes", "register_ground_stage",
+    "crop_overrides", "ground_catalog", "ground_stage", "list_localisers", "read_boxes",
     "register_localiser",
 ]

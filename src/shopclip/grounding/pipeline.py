@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from shopclip.core.hashing import json_sha1
+from shopclip.core.stages import Stage
 
 STAGE = "ground"
 
@@ -60,9 +61,7 @@ def _run(ctx: Any) -> str:
     return res.summary()
 
 
-def register_ground_stage(before: str = "embed") -> None:
-    """Add the `ground` stage to `shopclip build` (idempotent); it runs only when extra["ground"] is set."""
-    from shopclip.pipeline.build import Stage, register_stage
-
-    register_stage(Stage(STAGE, _fingerprint, _run, outputs=lambda ctx: [ctx.workdir.stage_dir(STAGE) / "boxes.jsonl"],
-                         enabled=_enabled, restore=_restore), before=before)
+def ground_stage() -> Stage:
+    """The `ground` stage; `shopclip.pipeline.build` places it before `embed`. It runs only when extra["ground"] is set."""
+    return Stage(STAGE, _fingerprint, _run, outputs=lambda ctx: [ctx.workdir.stage_dir(STAGE) / "boxes.jsonl"],
+                 enabled=_enabled, restore=_restore)

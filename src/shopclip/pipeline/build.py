@@ -1,9 +1,11 @@
 """`shopclip build`: run the pipeline's stages in order, each cached and resumable.
 
 A stage is skipped when its fingerprint (its inputs, including upstream stages'
-fingerprints) matches the one recorded in the work folder's manifest. Later
-capabilities (grounding, enrichment, training) add themselves with
-:func:`register_stage` at the right place; callers do not change.
+fingerprints) matches the one recorded in the work folder's manifest. The pipeline
+knows its stages: validate → ground → enrich → train → embed → index. The optional
+steps describe themselves (`ground_stage()`, `enrich_stage()`, `train_stage()`, each a
+:class:`shopclip.core.stages.Stage`) without importing the pipeline, and run only when
+their option is set. :func:`register_stage` adds or replaces one (plug-ins, tests).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,16 @@ from typing import Any
 from shopclip.catalog import Catalog, Product, validate_catalog, write_errors
 from shopclip.core.hashing import file_sha1, json_sha1
 from shopclip.core.io import read_jsonl
+from shopclip.core.stages import Stage
+from shopclip.enrich.pipeline import enrich_stage
+from shopclip.grounding.pipeline import ground_stage
 from shopclip.models import DualEncoder, load_model
 from shopclip.models.dual_encoder import CONFIG_FILE
 from shopclip.pipeline.workdir import WorkDir
+from shopclip.train.stage import train_stage
+
+__all__ = ["BuildContext", "BuildOptions", "Stage", "StageResult", "build", "planned_stages", "register_stage",
+           "stages"]
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +77,6 @@ class BuildContext:
 
     def upstream(self, name: str) -> str:
         return json_sha1([self.fingerprints[k] for k in sorted(self.fingerprints) if k != name])
-
-
-@dataclass
-class Stage:
-    name: str
-    fingerprint: Callable[[BuildContext], str]
-    run: Callable[[BuildContext], str]  # returns a one-line summary
-    outputs: Callable[[BuildContext], list[Path]] = lambda ctx: []
-    enabled: Callable[[BuildContext], bool] = lambda ctx: True
-    # Runs even when skipped, to restore what later stages read from ctx (e.g. text overrides).
-    restore: Callable[[BuildContext], None] | None = None
 
 
 _STAGES: list[Stage] = []
@@ -170,6 +168,10 @@ def _index_run(ctx: BuildContext) -> str:
 
 
 register_stage(Stage("validate", _validate_fp, _validate_run, lambda c: [c.workdir.catalog]))
+# The optional steps, in VL-CLIP's order: crop to the product, rewrite its text, train on both.
+register_stage(ground_stage())
+register_stage(enrich_stage())
+register_stage(train_stage())
 register_stage(Stage("embed", _embed_fp, _embed_run, lambda c: [c.workdir.embeddings]))
 register_stage(Stage("index", _index_fp, _index_run, lambda c: [c.workdir.index]))
 
@@ -182,16 +184,31 @@ class StageResult:
     seconds: float
 
 
+def _selected(ctx: BuildContext, only: Collection[str] | None) -> list[Stage]:
+    if only is not None:
+        unknown = set(only) - set(stages())
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {stages()}")
+    return [s for s in _STAGES if (only is None or s.name in only) and s.enabled(ctx)]
+
+
+def planned_stages(catalog: str | Path, workdir: str | Path, options: BuildOptions | None = None,
+                   only: Collection[str] | None = None) -> list[str]:
+    """Names of the stages `build` with these arguments considers (enabled ones, in order)."""
+    ctx = BuildContext(Path(catalog), WorkDir(Path(workdir)), options or BuildOptions())
+    return [s.name for s in _selected(ctx, only)]
+
+
 def build(catalog: str | Path, workdir: str | Path, options: BuildOptions | None = None,
-          on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+          on_stage: Callable[[StageResult], None] | None = None,
+          only: Collection[str] | None = None) -> list[StageResult]:
+    """Run the enabled stages in order (or just those named in `only`), skipping those up to date."""
     options = options or BuildOptions()
     ctx = BuildContext(Path(catalog), WorkDir(Path(workdir)), options)
     ctx.manifest.setdefault("stages", {})
     ctx.manifest["options"] = asdict(options)
     results = []
-    for stage in list(_STAGES):
-        if not stage.enabled(ctx):
-            continue
+    for stage in _selected(ctx, only):
         t0 = time.perf_counter()
         fp = stage.fingerprint(ctx)
         ctx.fingerprints[stage.name] = fp

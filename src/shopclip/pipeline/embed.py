@@ -9,9 +9,24 @@ from pathlib import Path
 import numpy as np
 
 from shopclip.catalog import Catalog, Product
-from shopclip.core.hashing import file_sha1, json_sha1, sha1_bytes
+from shopclip.core.hashing import file_sha1, sha1_bytes
 from shopclip.index.store import EmbeddingStore
 from shopclip.models import DualEncoder
+from shopclip.models.augment import AugmentConfig
+from shopclip.models.features import (
+    CLEAN_VIEW,
+    FeatureCache,
+    ImageItem,
+    compute_image_features,
+    compute_text_features,
+    image_fingerprint,
+    model_fingerprint,
+    text_fingerprint,
+    text_key,
+    view_key,
+)
+
+__all__ = ["EmbedResult", "embed_catalog", "fused_vectors", "model_fingerprint", "product_hash", "product_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +40,6 @@ class EmbedResult:
 
     def summary(self) -> str:
         return f"{self.total} products: {self.embedded} embedded, {self.skipped} already up to date → {self.store}"
-
-
-def model_fingerprint(model: DualEncoder) -> str:
-    """Changes whenever the model's outputs can change (config or any trained weight)."""
-    h = [json_sha1({k: v for k, v in model.config.to_dict().items() if k != "info"})]
-    state = model.heads_state() if model.config.tower_weights == "pretrained" else model.state_dict()
-    for k in sorted(state):
-        h.append(k + sha1_bytes(state[k].detach().cpu().float().numpy().tobytes()))
-    return sha1_bytes("|".join(h).encode())
 
 
 def product_meta(p: Product, catalog: Catalog) -> dict:
@@ -128,17 +134,12 @@ class _CachedTowers:
     """Tower features through the on-disk feature cache, then the model's heads."""
 
     def __init__(self, model: DualEncoder, root: str | Path) -> None:
-        from shopclip.train.features import FeatureCache, image_fingerprint, text_fingerprint
-
         self.model = model.eval()  # inference only: dropout in MLP heads off
         self.image_cache = FeatureCache(root, "image", image_fingerprint(model), model.image_tower.output_dim)
         self.text_cache = FeatureCache(root, "text", text_fingerprint(model), model.text_tower.output_dim)
 
     def images(self, items: list[tuple[str, str]], batch_size: int, num_workers: int) -> np.ndarray:
         import torch
-
-        from shopclip.train.augment import AugmentConfig
-        from shopclip.train.features import CLEAN_VIEW, ImageItem, compute_image_features, view_key
 
         its = [ImageItem(path, sha1) for path, sha1 in items]
         compute_image_features(self.model, its, [CLEAN_VIEW], self.image_cache, aug=AugmentConfig(), seed=0,
@@ -149,8 +150,6 @@ class _CachedTowers:
 
     def texts(self, texts: list[str], batch_size: int) -> np.ndarray:
         import torch
-
-        from shopclip.train.features import compute_text_features, text_key
 
         compute_text_features(self.model, texts, self.text_cache, batch_size=batch_size)
         feats = torch.from_numpy(self.text_cache.get([text_key(t) for t in texts]))

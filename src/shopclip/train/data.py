@@ -19,7 +19,8 @@ import torch
 from shopclip.catalog import Catalog, Product
 from shopclip.catalog.splits import ensure_splits, group_key
 from shopclip.core.hashing import file_sha1, sha1_bytes
-from shopclip.train.augment import AugmentConfig, flip_allowed, view_rng
+from shopclip.models.augment import AugmentConfig, flip_allowed, view_rng
+from shopclip.models.features import CLEAN_VIEW, FeatureCache, ImageItem, default_cache_dir
 from shopclip.train.config import TextConfig, TrainConfig
 from shopclip.train.false_negatives import (
     SIGNATURE_BYTES,
@@ -30,7 +31,6 @@ from shopclip.train.false_negatives import (
     row_to_signature,
     signature_to_row,
 )
-from shopclip.train.features import CLEAN_VIEW, FeatureCache, ImageItem, default_cache_dir
 
 
 # ----------------------------------------------------------------------------- text
@@ -190,7 +190,7 @@ def pick_texts(seed: int, epoch: int, idx: np.ndarray, n_variants: int, full_p: 
 
 def view_names(n_views: int, aug: AugmentConfig, seed: int) -> list[str]:
     """Cache names of [clean, aug1, …, augN]."""
-    from shopclip.train.features import aug_view_name
+    from shopclip.models.features import aug_view_name
 
     return [CLEAN_VIEW, *(aug_view_name(aug, seed, k) for k in range(1, n_views + 1))]
 

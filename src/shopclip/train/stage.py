@@ -11,6 +11,7 @@ computes features only for new products.
 from __future__ import annotations
 
 from shopclip.core.hashing import json_sha1
+from shopclip.core.stages import Stage
 
 STAGE = "train"
 
@@ -72,8 +73,7 @@ def _run(ctx) -> str:
     return f"trained {result.steps} steps in {result.seconds:.0f} s → {result.model_dir}{tail}"
 
 
-def register_train_stage(before: str = "embed") -> None:
-    from shopclip.pipeline.build import Stage, register_stage
-
-    register_stage(Stage(STAGE, _fingerprint, _run, outputs=lambda ctx: [ctx.workdir.stage_dir(STAGE) / "model"],
-                         enabled=_enabled, restore=_restore), before=before)
+def train_stage() -> Stage:
+    """The ``train`` stage; ``shopclip.pipeline.build`` places it before ``embed``."""
+    return Stage(STAGE, _fingerprint, _run, outputs=lambda ctx: [ctx.workdir.stage_dir(STAGE) / "model"],
+                 enabled=_enabled, restore=_restore)

@@ -35,8 +35,20 @@ from torch import nn
 
 from shopclip.catalog import Catalog
 from shopclip.core.io import atomic_write_json
+from shopclip.models.augment import AugmentConfig, augment_image, view_rng
+from shopclip.models.features import (
+    CLEAN_VIEW,
+    FeatureCache,
+    compute_image_features,
+    compute_text_features,
+    default_cache_dir,
+    image_fingerprint,
+    load_view,
+    text_fingerprint,
+    text_key,
+    view_key,
+)
 from shopclip.train import distributed as D
-from shopclip.train.augment import AugmentConfig, augment_image, view_rng
 from shopclip.train.config import TrainConfig
 from shopclip.train.data import (
     PairSet,
@@ -52,18 +64,6 @@ from shopclip.train.data import (
 )
 from shopclip.train.evaluate import retrieval_report
 from shopclip.train.false_negatives import false_negative_mask
-from shopclip.train.features import (
-    CLEAN_VIEW,
-    FeatureCache,
-    compute_image_features,
-    compute_text_features,
-    default_cache_dir,
-    image_fingerprint,
-    load_view,
-    text_fingerprint,
-    text_key,
-    view_key,
-)
 from shopclip.train.gradcache import contrastive_step
 from shopclip.train.losses import clip_loss, siglip_loss
 from shopclip.train.schedule import make_scheduler, steps_per_epoch

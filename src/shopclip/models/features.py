@@ -1,5 +1,8 @@
 """On-disk cache of locked-tower outputs, keyed by tower fingerprint + content hash.
 
+It lives in `models` (not `train`) because it caches what the towers output: the trainer
+fills it, and the embed step reads it, without either importing the other.
+
 With a tower locked (LiT), its output for a given image or text never changes, so it
 is computed once: 8k product photos through EfficientNet-Lite0 take minutes on two CPU
 cores, and every later heads-only run reads them back in a second. The cache key is
@@ -34,7 +37,7 @@ from torch import nn
 from shopclip.core.hashing import json_sha1, sha1_bytes
 from shopclip.core.images import open_image
 from shopclip.core.io import atomic_write_json
-from shopclip.train.augment import AugmentConfig, augment_image, view_rng
+from shopclip.models.augment import AugmentConfig, augment_image, view_rng
 
 CLEAN_VIEW = "clean"
 
@@ -57,6 +60,15 @@ def tower_fingerprint(tower: nn.Module, **preprocessing: Any) -> str:
         raw = t.view(torch.uint8) if t.dtype == torch.bfloat16 else t
         parts.append(key + str(tuple(t.shape)) + sha1_bytes(raw.numpy().tobytes()))
     return sha1_bytes("|".join(parts).encode())
+
+
+def model_fingerprint(model: Any) -> str:
+    """Changes whenever the dual encoder's outputs can change (config or any trained weight)."""
+    h = [json_sha1({k: v for k, v in model.config.to_dict().items() if k != "info"})]
+    state = model.heads_state() if model.config.tower_weights == "pretrained" else model.state_dict()
+    for k in sorted(state):
+        h.append(k + sha1_bytes(state[k].detach().cpu().float().numpy().tobytes()))
+    return sha1_bytes("|".join(h).encode())
 
 
 def image_fingerprint(model: Any) -> str:
