@@ -81,3 +81,32 @@ def test_console_script_runs_as_a_real_process():
     exe = Path(sys.executable).parent / "shopclip"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "validate" in out.stdout and "search" in out.stdout
+
+
+def flat(output: str) -> str:
+    """The CLI's output with rich's line wrapping undone."""
+    return " ".join(output.split())
+
+
+def test_overwritten_image_is_re_embedded_by_embed_and_build(tmp_path):
+    import shutil
+
+    from shopclip.index.store import EmbeddingStore
+
+    rows = pick_rows(6)
+    cat = write_catalog(tmp_path / "c", rows)
+    wd = tmp_path / "w"
+    assert run("embed", cat, "--out", wd, "--model", "minilm-efflite0").exit_code == 0
+    victim, donor = rows[0], rows[1]
+    shutil.copyfile(cat.parent / donor["image"], cat.parent / victim["image"])  # same catalog file, new photo
+    out = flat(run("embed", cat, "--out", wd, "--model", "minilm-efflite0").output)
+    assert "validate ran" in out and "embed ran" in out and "1 embedded, 5 already up to date" in out
+    store = EmbeddingStore.open(wd / "embeddings")
+    img = store.vectors("image")
+    assert float(img[store.ids.index(victim["id"])] @ img[store.ids.index(donor["id"])]) > 0.99
+    # the build path sees the same change: the validate and embed stages re-run, the index follows
+    out = flat(run("build", cat, "--workdir", wd, "--model", "minilm-efflite0").output)
+    assert "validate up to date" in out and "embed up to date" in out and "index ran" in out
+    shutil.copyfile(cat.parent / rows[2]["image"], cat.parent / victim["image"])
+    out = flat(run("build", cat, "--workdir", wd, "--model", "minilm-efflite0").output)
+    assert "validate ran" in out and "1 embedded, 5 already up to date" in out and "index ran" in out

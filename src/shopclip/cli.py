@@ -208,14 +208,21 @@ def _print_results(title: str, results: list, as_json: bool) -> None:
         console.print(_results_table(title, results))
 
 
+def _print_stage(r) -> None:
+    """A stage that ran says what it did; one that was skipped says only that it is up to date."""
+    if r.ran:
+        console.print(f"[bold]{r.name:>9}[/bold] ran in {r.seconds:.1f}s: {r.summary}")
+    else:
+        console.print(f"[bold]{r.name:>9}[/bold] up to date")
+
+
 def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | None = None) -> None:
     from shopclip.catalog import CatalogReadError
     from shopclip.pipeline.build import build
 
     _quiet_libraries()
     try:
-        build(catalog, workdir, options, only=only, on_stage=lambda r: console.print(
-            f"[bold]{r.name:>9}[/bold] {'ran' if r.ran else 'skipped (up to date)'} in {r.seconds:.1f}s: {r.summary}"))
+        build(catalog, workdir, options, only=only, on_stage=_print_stage)
     except CatalogReadError as e:
         err.print(f"[red]cannot read {catalog}:[/red] {e}")
         raise typer.Exit(2) from None

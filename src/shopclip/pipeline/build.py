@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from shopclip.catalog import Catalog, Product, validate_catalog, write_errors
+from shopclip.catalog.readers import read_rows
+from shopclip.catalog.schema import image_relpath
+from shopclip.catalog.validation import image_path_problem
 from shopclip.core.hashing import file_sha1, json_sha1
 from shopclip.core.io import read_jsonl
 from shopclip.core.stages import Stage
@@ -118,9 +122,31 @@ def sample_products(products: list[Product], n: int | None) -> list[Product]:
 # ------------------------------------------------------------------------ core stages
 
 
+def image_stamps(catalog_path: Path) -> str:
+    """Hash of (path, size, mtime_ns) of every image the catalog names.
+
+    The catalog file's own hash misses an image overwritten in place; stat-ing every
+    image is cheap (no decoding), and the embed step's per-product content hash then
+    re-embeds only the products whose photo really changed.
+    """
+    root = catalog_path.resolve().parent
+    stamps: list[tuple[str, int | None, int | None]] = []
+    for _, row in read_rows(catalog_path):
+        image = row.get("image") if isinstance(row, dict) else None
+        if not isinstance(image, str) or not image.strip() or image_path_problem(image):
+            continue
+        try:
+            st = os.stat(root / image_relpath(image))
+            stamps.append((image, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append((image, None, None))  # missing now; appearing later changes the hash
+    return json_sha1(stamps)
+
+
 def _validate_fp(ctx: BuildContext) -> str:
     o = ctx.options
-    return json_sha1([file_sha1(ctx.catalog_path), o.check_images, o.sample])
+    # Images count even with check_images off: the embed stage downstream reads them.
+    return json_sha1([file_sha1(ctx.catalog_path), image_stamps(ctx.catalog_path), o.check_images, o.sample])
 
 
 def _validate_run(ctx: BuildContext) -> str:
