@@ -2,7 +2,8 @@
 
 Random weights say nothing about accuracy; these tests pin the plumbing: the prompt
 reaches the model in the form each expects, boxes come back in the photo's pixel
-coordinates (OWLv2 pads to a square), inside the photo, sorted, and thresholded.
+coordinates (OWLv2 pads to a square), inside the photo, sorted, and thresholded; long
+prompts are truncated to the text model's length; a model saved to a folder loads by name.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def owlv2(tmp_path_factory) -> HFDetectorLocaliser:
         projection_dim=32,
     )
     proc = Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tok)
-    return HFDetectorLocaliser(Owlv2ForObjectDetection(cfg), proc, "owlv2", threshold=0.0, max_text_length=24)
+    # No max_text_length: the adapter must read the limit (24 positions) from the model config.
+    return HFDetectorLocaliser(Owlv2ForObjectDetection(cfg), proc, "owlv2", threshold=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,47 @@ def test_hub_names_fail_clearly_offline(tmp_path):
         create_localiser(f"owlv2:{tmp_path / 'no-such-model'}", cached=False)
     with pytest.raises(ValueError, match="kind"):
         HFDetectorLocaliser.from_pretrained("yolo", "x")
+
+
+LONG_PROMPT = "Puma Men White Running Shoes with extra cushioning and a breathable mesh upper " * 4
+
+
+def light_photo(size: tuple[int, int] = (120, 80)) -> Image.Image:
+    img = Image.new("RGB", size, (250, 250, 250))
+    img.paste((200, 30, 30), (10, 10, 40, 40))
+    return img
+
+
+@pytest.mark.parametrize(("which", "limit"), [("owlv2", 24), ("grounding_dino", 32)])
+def test_prompts_longer_than_the_text_model_are_truncated(request, which, limit):
+    loc = request.getfixturevalue(which)
+    assert loc.max_text_length == limit  # OWL: text max_position_embeddings; DINO: max_text_len (< positions)
+    assert len(loc.processor.tokenizer(LONG_PROMPT)["input_ids"]) > limit + 20
+    boxes = loc.localise(light_photo(), LONG_PROMPT)
+    assert boxes and all(0 <= b.x0 <= b.x1 <= 120 and 0 <= b.y0 <= b.y1 <= 80 for b in boxes)
+
+
+def test_max_text_length_is_capped_by_the_model(owlv2):
+    big = HFDetectorLocaliser(owlv2.model, owlv2.processor, "owlv2", threshold=0.0, max_text_length=500)
+    small = HFDetectorLocaliser(owlv2.model, owlv2.processor, "owlv2", threshold=0.0, max_text_length=8)
+    assert (big.max_text_length, small.max_text_length) == (24, 8)
+    assert big.localise(light_photo(), LONG_PROMPT)
+
+
+@pytest.mark.parametrize(("which", "kind"), [("owlv2", "owlv2"), ("grounding_dino", "grounding-dino")])
+def test_detector_saved_with_save_pretrained_loads_by_name(request, tmp_path, which, kind):
+    """The path users take with a local copy: `create_localiser("owlv2:<folder>")`, then localise."""
+    fixture = request.getfixturevalue(which)
+    folder = tmp_path / kind
+    fixture.model.save_pretrained(folder)
+    fixture.processor.save_pretrained(folder)
+    loc = create_localiser(f"{kind}:{folder}", cached=False, threshold=0.0, text_threshold=0.0)
+    assert isinstance(loc, HFDetectorLocaliser) and loc.kind == kind and loc.name == f"{kind}:{folder}"
+    assert loc.max_text_length == fixture.max_text_length
+    img = light_photo((90, 130))
+    boxes = loc.localise(img, "Casual Shoes")
+    assert boxes and all(0 <= b.x0 <= b.x1 <= 90 and 0 <= b.y0 <= b.y1 <= 130 for b in boxes)
+    # the same weights give the same boxes as the in-memory model
+    same = fixture.localise(img, "Casual Shoes")
+    assert [c for b in boxes for c in (*b.xyxy, b.score)] == pytest.approx(
+        [c for b in same for c in (*b.xyxy, b.score)], abs=1e-3)

@@ -20,6 +20,19 @@ from shopclip.grounding.base import Box, Localiser
 KINDS = ("grounding-dino", "owlv2")
 
 
+def text_length_limit(model: torch.nn.Module, kind: str) -> int | None:
+    """The most text tokens the detector's text model takes (its position table), from the model config."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    text_cfg = getattr(cfg, "text_config", None)
+    limits = [getattr(text_cfg, "max_position_embeddings", None)]
+    if kind == "grounding-dino":
+        limits.append(getattr(cfg, "max_text_len", None))  # the fusion layers' own cap
+    known = [int(x) for x in limits if isinstance(x, int) and x > 0]
+    return min(known) if known else None
+
+
 class HFDetectorLocaliser(Localiser):
     """Zero-shot detection of the prompt; boxes above `threshold`, best first, in image pixels."""
 
@@ -35,7 +48,11 @@ class HFDetectorLocaliser(Localiser):
         self.threshold = threshold
         self.text_threshold = text_threshold
         self.name = name or kind
-        self.max_text_length = max_text_length
+        # Prompts longer than the text model's position table crash its forward pass, so
+        # they are always truncated: to `max_text_length` when given (capped by the model),
+        # else to the model's own limit read from its config.
+        limit = text_length_limit(model, kind)
+        self.max_text_length = min(max_text_length, limit) if max_text_length and limit else (max_text_length or limit)
         # The score a detector gives is its own calibrated confidence: trust it.
         self.min_score = threshold
 
@@ -66,6 +83,8 @@ class HFDetectorLocaliser(Localiser):
         text_kwargs: dict[str, Any] = {}
         if self.max_text_length:
             text_kwargs = {"truncation": True, "max_length": self.max_text_length}
+            if self.kind == "owlv2":
+                text_kwargs["padding"] = "max_length"  # OWL's queries are padded to the model's length
         inputs = self.processor(images=image, text=self._text(prompt), return_tensors="pt", **text_kwargs)
         outputs = self.model(**inputs)
         if self.kind == "owlv2":
