@@ -221,3 +221,48 @@ def test_boxes_only_run_then_crops_run(small, tmp_path):
     ground_catalog(small, out, method="foreground", crops=True, progress=False, sheet=0)
     rows = [r for r in read_boxes(out) if not r["error"] and not r["fallback"]]
     assert rows and all(r["crop"] and (out / r["crop"]).exists() for r in rows)
+
+
+def _cli():
+    import typer
+
+    from shopclip.grounding.cli import ground_command
+
+    app = typer.Typer()
+    app.command("ground")(ground_command)
+    app.command("noop")(lambda: None)
+    return app
+
+
+def test_rows_rejected_by_the_catalog_are_reported_and_counted(tmp_path):
+    rows = pick_rows(3)
+    path = write_catalog(tmp_path, rows)
+    with open(path, "a", encoding="utf-8") as fp:
+        fp.write(json.dumps({**rows[0], "id": "no-title", "title": ""}) + "\n")   # line 4
+        fp.write(json.dumps({"title": "no id", "image": rows[1]["image"]}) + "\n")  # line 5
+    res = ground_catalog(path, tmp_path / "o", method="full_image", progress=False, sheet=0)
+    assert res.total == 3 and res.errors == 0 and res.rejected == 2 and not res.ok
+    assert {r["line"] for r in res.rejected_rows} == {4, 5}
+    assert all(r["field"] and r["reason"] for r in res.rejected_rows)
+    assert "2 catalog rows rejected" in res.summary()
+
+    out = CliRunner().invoke(_cli(), ["ground", str(path), "--out", str(tmp_path / "c"), "--method", "full_image",
+                                      "--sheet", "0"])
+    assert out.exit_code == 1, out.output
+    text = " ".join(out.output.split())
+    assert "rejected: line 4 (id no-title): title:" in text and "rejected: line 5: id:" in text
+    assert "3 products:" in text and "0 errors, 2 catalog rows rejected" in text
+
+
+def test_a_catalog_whose_every_row_is_rejected_is_not_a_success(tmp_path):
+    rows = pick_rows(2)
+    path = write_catalog(tmp_path, [{**r, "title": ""} for r in rows])
+    out = CliRunner().invoke(_cli(), ["ground", str(path), "--out", str(tmp_path / "c"), "--method", "full_image"])
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert "0 products" not in text and "0 errors" not in text
+    assert "all 2 catalog rows were rejected" in text and "rejected: line 1" in text and "rejected: line 2" in text
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = CliRunner().invoke(_cli(), ["ground", str(empty), "--out", str(tmp_path / "e"), "--method", "full_image"])
+    assert out.exit_code == 2 and "holds no rows" in " ".join(out.output.split())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,8 +19,8 @@ def ground_command(
     catalog: Annotated[Path, typer.Argument(help="Catalog file (.jsonl, .csv, .parquet)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: boxes.jsonl, crops/, contact_sheet.png")],
     method: Annotated[str, typer.Option(help="Localiser: combined (default, measured best), cam, foreground, "
-                                             "saliency, pose, textmap, full_image, or grounding-dino:<model id> / "
-                                             "owlv2:<model id> with a model hub. --list-methods shows all.")] = "combined",
+                                             "saliency, pose, textmap, full_image, or `grounding-dino:<model id>` / "
+                                             "`owlv2:<model id>` (a hub id or a local folder). --list-methods shows all.")] = "combined",
     prompt: Annotated[str, typer.Option(help="What to look for: 'type' (the category leaf, e.g. 'Casual Shoes') or "
                                              "'title' (the product title)")] = "type",
     margin: Annotated[float, typer.Option(help="Grow the chosen box by this fraction of its size on every side")] = 0.05,
@@ -37,8 +37,10 @@ def ground_command(
     Resumable: results are cached by image SHA-1 + method + prompt + options, so a
     re-run (or a run after a crash) only does what is new. Unreadable images and
     failed localisations are reported per row in boxes.jsonl ("error") and on stderr;
-    the run never stops for one bad row. Exit code 0: all rows grounded (fallbacks
-    included), 1: some rows had errors, 2: the catalog or the method is unusable.
+    rows the catalog loader rejects (missing id, bad category, …) are reported on stderr
+    with their line, field and reason and counted in the summary; the run never stops
+    for one bad row. Exit code 0: all rows grounded (fallbacks included), 1: some rows
+    had errors or were rejected, 2: the catalog (no usable row) or the method is unusable.
 
     Example: shopclip ground ../shared/data/products/catalog.jsonl --out ground-out --method combined --sheet 48
     """
@@ -67,10 +69,29 @@ def ground_command(
     except CatalogReadError as e:
         err.print(f"[red]cannot read {catalog}:[/red] {e}")
         raise typer.Exit(2) from None
+    _report_rejected(err, res.rejected_rows, catalog)
     for row in res.error_rows[:20]:
-        err.print(f"{row['id']}: {row['error']}")
+        err.print(f"{row['id']}: {row['error']}", markup=False, highlight=False)
     if len(res.error_rows) > 20:
-        err.print(f"… and {len(res.error_rows) - 20} more (see {res.boxes_path})")
-    console.print(res.summary())
-    if res.errors:
+        err.print(f"… and {len(res.error_rows) - 20} more (see {res.boxes_path})", markup=False)
+    if res.total == 0:
+        # Nothing was grounded: an empty or wholly rejected catalog is unusable, not a success.
+        err.print(res.summary() if res.rejected else f"no product to ground: {catalog} holds no rows",
+                  markup=False, highlight=False)
+        raise typer.Exit(2)
+    console.print(res.summary(), markup=False, highlight=False)
+    if not res.ok:
         raise typer.Exit(1)
+
+
+MAX_SHOWN = 50
+
+
+def _report_rejected(err: Any, rejected: list[dict[str, Any]], catalog: Path) -> None:
+    """Rows the catalog loader rejected, one line each (line, field, reason), as `shopclip validate` shows them."""
+    for e in rejected[:MAX_SHOWN]:
+        who = f" (id {e['id']})" if e.get("id") else ""
+        err.print(f"rejected: line {e['line']}{who}: {e['field']}: {e['reason']}", markup=False, highlight=False)
+    if len(rejected) > MAX_SHOWN:
+        err.print(f"… and {len(rejected) - MAX_SHOWN} more rejected rows (`shopclip validate {catalog}` "
+                  "writes them all)", markup=False)

@@ -68,14 +68,29 @@ class GroundResult:
     seconds: float = 0.0
     out: Path = Path(".")
     error_rows: list[dict[str, Any]] = field(default_factory=list)
+    # Catalog rows the loader rejected (never reached a localiser): one dict per RowError
+    # (line, field, reason, id, value); `rejected` counts rows, since one row can carry several.
+    rejected_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def boxes_path(self) -> Path:
         return self.out / BOXES
 
+    @property
+    def rejected(self) -> int:
+        return len({r["line"] for r in self.rejected_rows})
+
+    @property
+    def ok(self) -> bool:
+        """Every catalog row was grounded (fallbacks included): no image errors, no rejected rows."""
+        return not self.errors and not self.rejected_rows
+
     def summary(self) -> str:
+        if self.total == 0 and self.rejected:
+            return f"no product to ground: all {self.rejected} catalog rows were rejected (see the errors above)"
+        rejected = f", {self.rejected} catalog rows rejected" if self.rejected else ""
         return (f"{self.total} products: {self.localised} localised, {self.fallback} full-image fallbacks, "
-                f"{self.errors} errors; {self.cached} from cache; {self.seconds:.1f}s → {self.out / BOXES}")
+                f"{self.errors} errors{rejected}; {self.cached} from cache; {self.seconds:.1f}s → {self.out / BOXES}")
 
 
 def safe_name(product_id: str) -> str:
@@ -129,6 +144,8 @@ def ground_catalog(
     to use an instance instead (its `.name` is then the method). `prompt` is "type"
     (category leaf), "title", or a function of the product. Rows whose image cannot
     be read, or whose localiser fails, get an `error` and no crop; the run goes on.
+    Rows the catalog loader rejected are not in boxes.jsonl (they have no product to
+    ground) but are returned in `rejected_rows`, so callers can report them.
     """
     t0 = time.perf_counter()
     if not isinstance(catalog, Catalog):
@@ -144,7 +161,7 @@ def ground_catalog(
     options = {"v": GROUNDING_VERSION, "method": method_name, "margin": margin, "min_score": threshold,
                "localiser": loc.options()}
     cache = {} if force else _load_cache(out / CACHE)
-    res = GroundResult(out=out)
+    res = GroundResult(out=out, rejected_rows=[e.to_dict() for e in catalog.errors])
     rows: list[dict[str, Any]] = []
     sheet_items: list[SheetItem] = []
     bar = None
