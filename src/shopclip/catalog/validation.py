@@ -191,12 +191,58 @@ def _attributes(value: Any) -> dict[str, str]:
     return out
 
 
+# Labels are flags for evaluation and filtering ({"adult": false}), not a document store:
+# a flat object, at most one level of lists, small, and always JSON-serialisable, so a
+# stored product can never fail to be written back out (nesting, NaN, huge numbers).
+MAX_LABELS = 64
+MAX_LABEL_KEY_CHARS = 64
+MAX_LABEL_TEXT_CHARS = 256
+MAX_LABEL_LIST_ITEMS = 32
+_MAX_LABEL_INT = 2**53  # exactly representable in every JSON reader (JavaScript numbers)
+
+
+def _label_scalar(value: Any, where: str) -> Any:
+    """A JSON scalar a label may hold, or a _FieldError naming the label."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > _MAX_LABEL_INT:
+            raise _FieldError("number out of range (|x| > 2**53)", value, where)
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _FieldError("not a finite number", value, where)
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_LABEL_TEXT_CHARS:
+            raise _FieldError(f"label too long ({len(value)} > {MAX_LABEL_TEXT_CHARS} chars)", value, where)
+        return value
+    raise _FieldError(f"wrong type: expected a scalar label value, got {_type_name(value)}", value, where)
+
+
 def _labels(value: Any) -> dict[str, Any]:
     if value is _MISSING or value is None:
         return {}
     if not isinstance(value, dict):
         raise _wrong_type("object", value)
-    return dict(value)
+    if len(value) > MAX_LABELS:
+        raise _FieldError(f"too many labels ({len(value)} > {MAX_LABELS})", value)
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if not isinstance(key, str) or not key.strip() or len(key) > MAX_LABEL_KEY_CHARS:
+            raise _FieldError(f"bad label name (1 to {MAX_LABEL_KEY_CHARS} chars)", key, "labels")
+        where = f"labels.{key}"
+        if isinstance(v, list):
+            if len(v) > MAX_LABEL_LIST_ITEMS:
+                raise _FieldError(f"label list too long ({len(v)} > {MAX_LABEL_LIST_ITEMS} items)", v, where)
+            if any(isinstance(x, list | dict) for x in v):
+                raise _FieldError("wrong type: expected a list of scalars, got nested list or object", v, where)
+            out[key] = [_label_scalar(x, where) for x in v]
+        elif isinstance(v, dict):
+            raise _FieldError("wrong type: expected a scalar or a list of scalars, got object", v, where)
+        else:
+            out[key] = _label_scalar(v, where)
+    return out
 
 
 def _price(value: Any) -> float | None:
