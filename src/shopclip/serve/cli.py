@@ -18,7 +18,12 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless a proxy fronts it")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image upload, in MB")] = 10.0,
-    allow_url_fetch: Annotated[bool, typer.Option(help="Let POST /search/image fetch an image from `url=`")] = False,
+    allow_url_fetch: Annotated[bool, typer.Option(help="Let POST /search/image fetch an image from `url=` "
+                                                  "(public addresses only, unless --url-fetch-host is given)")] = False,
+    url_fetch_host: Annotated[list[str] | None, typer.Option(help="With --allow-url-fetch: fetch only from this host "
+                                                             "(repeatable); these may be private addresses")] = None,
+    max_image_pixels: Annotated[int, typer.Option(min=1, help="Largest image accepted (width x height), "
+                                                  "uploaded or fetched")] = 40_000_000,
     protect_reads: Annotated[bool, typer.Option(help="Require X-API-Key on reads too (writes always need it)")] = False,
     preload: Annotated[bool, typer.Option(help="Load the model before taking traffic")] = True,
     threads: Annotated[int | None, typer.Option(help="torch threads per query; 1 suits concurrent traffic, 0 = torch default")] = 1,
@@ -31,6 +36,8 @@ def serve_command(
     serialised in memory, so do not run several workers over one work folder.
 
     Example: shopclip serve demo-work --port 8000   (then open http://127.0.0.1:8000/)
+
+    Image search by URL from one trusted host: --allow-url-fetch --url-fetch-host images.example.com
     """
     import uvicorn
 
@@ -47,7 +54,8 @@ def serve_command(
         torch.set_num_threads(threads)
     try:
         app = create_app(workdir, max_upload_bytes=int(max_upload_mb * 1024 * 1024), allow_url_fetch=allow_url_fetch,
-                         protect_reads=protect_reads, preload_model=preload)
+                         url_fetch_hosts=tuple(url_fetch_host) if url_fetch_host else None,
+                         max_image_pixels=max_image_pixels, protect_reads=protect_reads, preload_model=preload)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
