@@ -182,3 +182,26 @@ def test_model_mismatch_refuses_writes(work):
     with pytest.raises(ApiError) as e:
         st.upsert("x-1", {"title": "X"}, photo(work, catalog_rows(work)[0]))
     assert e.value.status == 409 and e.value.error == "model_mismatch"
+
+
+@pytest.mark.parametrize("op", ["delete", "replace"])
+def test_stop_before_an_unused_upload_is_removed_leaves_only_garbage(work, op):
+    """The upload is removed after the commit; stopping in between loses nothing and the
+    next start collects the file."""
+    rows = catalog_rows(work)
+    st = ServeState(work, model=shared_model(), failpoint=crashing_at("drop_upload"))
+    st.upsert("photo-owner", {"title": "Photo Owner"}, photo(work, rows[6]))  # new: nothing to remove
+    (first,) = (work / "uploads").iterdir()
+    with pytest.raises(Crash):
+        if op == "delete":
+            st.delete("photo-owner")
+        else:
+            st.upsert("photo-owner", {"title": "Photo Owner"}, photo(work, rows[7]))
+    assert first.exists()  # stopped between the commit and the removal
+    reopened = ServeState(work)
+    assert ("photo-owner" in reopened.snapshot.products) is (op == "replace")
+    assert_consistent(reopened)
+    assert not first.exists()  # collected on start: no product points at it
+    if op == "replace":
+        (kept,) = (work / "uploads").iterdir()
+        assert reopened.snapshot.products["photo-owner"]["image"] == str(kept)

@@ -13,12 +13,15 @@ import json
 import logging
 import mimetypes
 import os
+import re
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -27,9 +30,10 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from shopclip.serve.errors import ApiError, responses
+from shopclip.serve.fetch import fetch_image
 from shopclip.serve.metrics import Metrics
 from shopclip.serve.state import ServeState, public_product
 
@@ -145,11 +149,47 @@ class RecommendRequest(BaseModel):
     half_life_s: float = Field(default=1800.0, gt=0, le=1e9, description="recency half-life with timestamps")
 
 
+# ---------------------------------------------------------------------- JSON bodies
+
+# No request this API documents nests deeper than 4; 32 leaves room and stays far below
+# where json.loads (about 1,000) or pydantic's serialiser (about 255) give up with an error.
+MAX_JSON_DEPTH = 32
+# A string token, closed or not: the optional closing quote keeps the match linear on any input.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def json_depth(data: bytes | str) -> int:
+    """How deeply `data` nests arrays and objects, without parsing it (so without recursion)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+async def _depth(body: bytes) -> int:
+    """json_depth off the event loop for big bodies (about 60 ms per MB), inline for small ones."""
+    if len(body) < 64 * 1024:
+        return json_depth(body)
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(json_depth, body)
+
+
+def _is_json(headers: dict[bytes, bytes]) -> bool:
+    kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    return kind == b"application/json" or kind.endswith(b"+json")
+
+
 # ---------------------------------------------------------------------- middleware
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413 before any parser buffers them."""
+    """Refuse request bodies over `limit` bytes with 413 before any parser buffers them, and
+    JSON bodies nested deeper than MAX_JSON_DEPTH with 400 before any parser recurses into them."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -159,7 +199,8 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._reject(scope, receive, send)
             return
@@ -178,6 +219,10 @@ class BodyLimit:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if _is_json(headers) and await _depth(body) > MAX_JSON_DEPTH:
+            err = ApiError(400, "json_too_deep", f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+            await JSONResponse(err.body(), status_code=400)(scope, receive, send)
+            return
         sent = False
 
         async def replay() -> dict[str, Any]:
@@ -195,11 +240,16 @@ class BodyLimit:
 
 
 class Observe:
-    """Count and time every request by route template, for /metrics."""
+    """Count and time every request by route template, for /metrics.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    `label(scope)` names requests the router never tagged with an API route: the docs,
+    static files and bodies refused before routing (413) still count under their route.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, label: Callable[[dict[str, Any]], str]) -> None:
         self.app = app
         self.metrics = metrics
+        self.label = label
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -207,6 +257,9 @@ class Observe:
             return
         t0 = time.perf_counter()
         status = 500
+        # Routing rewrites root_path for mounts; match later against the request as it came in.
+        probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""),
+                 "method": scope["method"]}
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             nonlocal status
@@ -219,11 +272,41 @@ class Observe:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            name = getattr(route, "path", None) or "<unmatched>"
+            name = getattr(route, "path", None) or self.label(probe)
             self.metrics.observe(scope["method"], name, status, time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------- the app
+
+# Fillers that render as blank but are letters or symbols to Unicode, so no category test catches them.
+_BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def visible(text: str) -> str:
+    """`text` without controls, format characters (zero-width space, joiners, BOM, soft hyphen),
+    unpaired surrogates or blank fillers: a query of only those says nothing."""
+    return "".join(c for c in text if c not in _BLANKS and unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
+
+
+def route_label(app: FastAPI, scope: dict[str, Any]) -> str:
+    """The route template a request belongs to, found by matching it against the app's routes.
+
+    A mount (the static files) is one label, `/static/{path}`, never one per file; a
+    path no route knows stays `<unmatched>`, so scanners cannot multiply the series.
+    """
+    partial = None
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return _template(route)
+        if match == Match.PARTIAL and partial is None:
+            partial = route  # right path, wrong method: a 405 of that route
+    return _template(partial) if partial is not None else "<unmatched>"
+
+
+def _template(route: Any) -> str:
+    path = str(getattr(route, "path", "") or "")
+    return f"{path}/{{path}}" if isinstance(route, Mount) else path or "<unmatched>"
 
 
 def create_app(
@@ -246,8 +329,9 @@ def create_app(
 
     `api_key` (default: env SHOPCLIP_API_KEY) guards PUT/DELETE; without one, writes are
     refused. `protect_reads` (env SHOPCLIP_PROTECT_READS=1) puts reads behind it too.
-    `allow_url_fetch` lets /search/image fetch `url=` (only from `url_fetch_hosts` when
-    given). `model` / `state` let tests share one loaded model; `failpoint` is for crash tests.
+    `allow_url_fetch` lets /search/image fetch `url=`: only from `url_fetch_hosts` when
+    given, else from any host at a public address (never loopback, private or link-local).
+    `model` / `state` let tests share one loaded model; `failpoint` is for crash tests.
     """
     key = (api_key if api_key is not None else os.environ.get("SHOPCLIP_API_KEY")) or None  # "" = no key
     if protect_reads is None:
@@ -331,10 +415,27 @@ def create_app(
 
     # ------------------------------------------------------------------ helpers
 
+    def parse_product(text: str) -> dict[str, Any]:
+        """The `product` form field as a dict that can always be written back out as JSON."""
+        if json_depth(text) > MAX_JSON_DEPTH:
+            raise ApiError(422, "invalid_product", f"field 'product' nests deeper than {MAX_JSON_DEPTH} levels")
+        try:
+            fields = json.loads(text)
+        except (ValueError, RecursionError):  # JSONDecodeError, huge ints; recursion as a last guard
+            raise ApiError(422, "invalid_product", "field 'product' must be a JSON object") from None
+        if not isinstance(fields, dict):
+            raise ApiError(422, "invalid_product", "field 'product' must be a JSON object")
+        try:  # NaN / Infinity / 1e999 parse but cannot be sent back; nor can lone surrogates (\ud800)
+            json.dumps(fields, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (ValueError, RecursionError):
+            raise ApiError(422, "invalid_product", "field 'product' holds a value JSON cannot carry "
+                           "(NaN, Infinity or an unpaired surrogate)") from None
+        return fields
+
     def query_text(q: str) -> str:
-        text = " ".join(q.split())
+        text = " ".join(visible(q).split())
         if not text:
-            raise ApiError(422, "empty_query", "the query is empty (only whitespace)")
+            raise ApiError(422, "empty_query", "the query is empty (only whitespace or invisible characters)")
         return text
 
     def read_upload(upload: UploadFile) -> bytes:
@@ -344,29 +445,9 @@ def create_app(
         return data
 
     def fetch(url: str) -> bytes:
-        from urllib.parse import urlsplit
-
-        import httpx
-
         if not allow_url_fetch:
             raise ApiError(403, "url_fetch_disabled", "fetching images by URL is off on this server; upload the file")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ApiError(422, "invalid_url", "url must be an absolute http(s) URL")
-        if url_fetch_hosts is not None and parts.hostname not in url_fetch_hosts:
-            raise ApiError(403, "url_host_not_allowed", f"this server fetches only from {', '.join(url_fetch_hosts)}")
-        try:
-            with httpx.Client(timeout=5.0, follow_redirects=False) as client, client.stream("GET", url) as r:
-                if r.status_code != 200:
-                    raise ApiError(422, "url_fetch_failed", f"fetching the url gave HTTP {r.status_code}")
-                data = bytearray()
-                for chunk in r.iter_bytes():
-                    data += chunk
-                    if len(data) > max_upload_bytes:
-                        raise ApiError(413, "upload_too_large", f"the image is over {max_upload_bytes} bytes")
-                return bytes(data)
-        except httpx.HTTPError as e:
-            raise ApiError(422, "url_fetch_failed", f"could not fetch the url: {type(e).__name__}") from None
+        return fetch_image(url, hosts=url_fetch_hosts, max_bytes=max_upload_bytes)
 
     def timed(view: str, t0: float, results: list[dict[str, Any]]) -> dict[str, Any]:
         return {"view": view, "took_ms": round((time.perf_counter() - t0) * 1000, 3), "results": results}
@@ -387,19 +468,27 @@ def create_app(
                 "model_loaded": st.model_loaded, "aligned": st.aligned, "version": snap.version,
                 "writes_enabled": key is not None}
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"],
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}})
+    metrics_doc: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}}
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"], responses=metrics_doc)
     def prometheus() -> PlainTextResponse:
-        def gauges() -> dict[str, list[tuple[dict[str, str], float]]]:
+        def gauges() -> dict[str, tuple[str, list[tuple[dict[str, str], float]]]]:
             snap = st.snapshot
             return {
-                "shopclip_products": [({}, len(snap.products))],
-                "shopclip_index_vectors": [({"view": v}, len(i)) for v, i in snap.indexes.items()],
-                "shopclip_model_loaded": [({}, float(st.model_loaded))],
-                "shopclip_state_version": [({}, snap.version)],
+                "shopclip_products": ("Products served.", [({}, len(snap.products))]),
+                "shopclip_index_vectors": ("Vectors in each ANN index, by view.",
+                                           [({"view": v}, len(i)) for v, i in snap.indexes.items()]),
+                "shopclip_model_loaded": ("1 once the model is loaded.", [({}, float(st.model_loaded))]),
+                "shopclip_state_version": ("Snapshot version: 1 at start, +1 per acknowledged write.",
+                                           [({}, snap.version)]),
             }
 
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # HEAD too (its own operation id): probes check reachability without pulling the whole text.
+    app.add_api_route("/metrics", prometheus, methods=["HEAD"], response_class=PlainTextResponse, tags=["ops"],
+                      responses=metrics_doc, operation_id="prometheus_head", summary="Prometheus (HEAD)")
 
     @app.get("/categories", response_model=CategoriesResponse, tags=["catalog"],
              dependencies=read_deps, responses=responses(*read_errors))
@@ -456,10 +545,12 @@ def create_app(
                         **responses(404), **validation, **responses(*read_errors)})
     def get_image(product_id: ProductId) -> FileResponse:
         path = Path(st.product(product_id)["image"])  # from our own metadata, never from the request
-        if not path.is_file():
-            raise ApiError(404, "image_missing", f"the image file of {product_id!r} is missing on the server")
+        try:  # read now: a delete acknowledged meanwhile removes an uploaded file (old snapshot, same path)
+            data = path.read_bytes()
+        except OSError:
+            raise ApiError(404, "image_missing", f"the image file of {product_id!r} is missing on the server") from None
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=60"})
+        return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=60"})
 
     @app.get("/products/{product_id}/similar", response_model=SearchResponse, response_model_exclude_none=True,
              tags=["search"], dependencies=read_deps,
@@ -513,12 +604,7 @@ def create_app(
 
         Answers only after the change is durable: a restart serves it.
         """
-        try:
-            fields = json.loads(product)
-        except ValueError:
-            raise ApiError(422, "invalid_product", "field 'product' must be a JSON object") from None
-        if not isinstance(fields, dict):
-            raise ApiError(422, "invalid_product", "field 'product' must be a JSON object")
+        fields = parse_product(product)
         data = read_upload(image) if image is not None else None
         meta, created = st.upsert(product_id, fields, data)
         metrics.count_write("upsert")
@@ -545,5 +631,5 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=max_upload_bytes + 1024 * 1024)
-    app.add_middleware(Observe, metrics=metrics)
+    app.add_middleware(Observe, metrics=metrics, label=lambda scope: route_label(app, scope))
     return app

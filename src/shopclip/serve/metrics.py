@@ -12,11 +12,17 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+# A gauge for `Metrics.render`: its help text and (labels, value) samples, read at scrape time.
+Gauge = tuple[str, list[tuple[dict[str, str], float]]]
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _labels(pairs: Iterable[tuple[str, str]]) -> str:
@@ -49,7 +55,8 @@ class Metrics:
         with self._lock:
             self.writes[op] += 1
 
-    def render(self, gauges: Callable[[], dict[str, list[tuple[dict[str, str], float]]]] | None = None) -> str:
+    def render(self, gauges: Callable[[], dict[str, Gauge]] | None = None) -> str:
+        """The exposition text; `gauges()` maps each gauge name to (help text, samples)."""
         lines: list[str] = []
         with self._lock:
             lines += [
@@ -82,8 +89,8 @@ class Metrics:
             "# TYPE shopclip_uptime_seconds gauge",
             f"shopclip_uptime_seconds {time.time() - self.started:.3f}",
         ]
-        for name, samples in (gauges() if gauges else {}).items():
-            lines.append(f"# TYPE {name} gauge")
+        for name, (help_text, samples) in (gauges() if gauges else {}).items():
+            lines += [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} gauge"]
             for labels, value in samples:
                 lines.append(f"{name}{_labels(sorted(labels.items()))} {value:g}")
         return "\n".join(lines) + "\n"

@@ -6,6 +6,12 @@ Writes are serialised by one lock and are copy-on-write: clone the indexes, chan
 clone, persist, then publish a new snapshot. A search that started before a write
 finishes on the old snapshot; one that starts after sees the new one.
 
+Uploaded images are content-addressed files in `uploads/`, shared by products with the
+same photo. A file is written before the store commit that first points at it, and
+removed only after the commit that leaves no product pointing at it (a delete, or a
+replaced photo): a crash between the two leaves an unused file, which the next start
+collects, never a product without its image.
+
 Durability: the embedding store is the log. An upsert or delete is acknowledged only
 after its store part is committed (an atomic rename of the part's `.jsonl`, then an
 fsync of the folder); the three indexes are saved right after, each atomically, but they
@@ -56,6 +62,11 @@ UPLOAD_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}
 UPLOADS = "uploads"
 # Fields a client may not set on a product: the server derives them.
 _SERVER_FIELDS = ("image",)
+# Longest text a client may send per field (characters). Catalog titles run to ~200 and
+# descriptions to a few thousand; a cap keeps the store, the tokenizer and every page small.
+TEXT_LIMITS = {"title": 500, "description": 10_000, "category": 512, "url": 2048, "group": 256}
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_CHARS = 1000  # per name or value
 
 
 def public_product(meta: dict[str, Any]) -> dict[str, Any]:
@@ -434,9 +445,10 @@ class ServeState:
             image, ext = buf.getvalue(), ".png"
         rel = f"{UPLOADS}/{digest}{ext}"
         product, errors = validate_row({**fields, "id": product_id, "image": rel}, 1)
-        if product is None:
-            raise ApiError(422, "invalid_product", "; ".join(f"{e.field}: {e.reason}" for e in errors),
-                           details=[{"field": e.field, "reason": e.reason} for e in errors])
+        problems = [(e.field, e.reason) for e in errors] + _length_problems(fields)
+        if product is None or problems:
+            raise ApiError(422, "invalid_product", "; ".join(f"{f}: {r}" for f, r in problems),
+                           details=[{"field": f, "reason": r} for f, r in problems])
         model = self.model
         if self.fingerprint != self.store.model:
             raise ApiError(409, "model_mismatch", "the served model is not the one this work folder was "
@@ -450,7 +462,8 @@ class ServeState:
                 atomic_write_bytes(path, image)
             meta = product_meta(product, Catalog([product], root=self.workdir.root)) | {
                 "text": text, "image": str(path)}
-            created = product_id not in self._snap.products
+            previous = self._snap.products.get(product_id)  # under the lock: the one this write replaces
+            created = previous is None
             self._failpoint("upsert:before_commit")
             self.store.append([product_id], [product_hash(product, text, digest, self.fingerprint)],
                               {"image": img_vec, "text": txt_vec}, [meta])
@@ -465,6 +478,8 @@ class ServeState:
                 index.add([product_id], vec[view], [meta["category"] or None])
 
             self._publish(change, products)
+            if previous is not None:
+                self._drop_upload(previous, products)  # a replaced photo nobody else uses
         return meta, created
 
     def delete(self, product_id: str) -> None:
@@ -476,8 +491,25 @@ class ServeState:
             fsync_dir(self.store.root / "parts")
             self._failpoint("delete:after_commit")
             products = dict(self._snap.products)
-            products.pop(product_id)
+            gone = products.pop(product_id)
             self._publish(lambda view, index: index.remove([product_id]), products)
+            self._drop_upload(gone, products)
+
+    def _drop_upload(self, meta: dict[str, Any], products: dict[str, dict[str, Any]]) -> None:
+        """Remove `meta`'s uploaded image once a committed write left no product using it.
+
+        Called under the write lock after the commit and the snapshot swap, so no new
+        reader can reach the file and a crash before this line only leaves garbage for
+        `_collect_uploads`. Catalog images (outside uploads/) are the owner's; never touched.
+        """
+        path = Path(str(meta.get("image") or ""))
+        if path.parent != self.uploads or any(m.get("image") == meta.get("image") for m in products.values()):
+            return
+        self._failpoint("drop_upload")
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:  # the write is done and durable; a stray file is collected at start
+            log.warning("could not remove unused upload %s: %s", path, e)
 
     def _publish(self, change: Callable[[str, VectorIndex], None], products: dict[str, dict[str, Any]]) -> None:
         """Apply `change` to copies of the indexes, save each, then swap the snapshot in one assignment."""
@@ -494,6 +526,25 @@ class ServeState:
         if self.compact_every and self._writes_since_compact >= self.compact_every:
             self.store.compact()  # bounds open time: one main generation instead of many parts
             self._writes_since_compact = 0
+
+
+def _length_problems(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, reason) for each client text over its limit; types are validate_row's business."""
+    out: list[tuple[str, str]] = []
+    for name, limit in TEXT_LIMITS.items():
+        value = fields.get(name)
+        if isinstance(value, list):  # a category given as levels
+            value = CATEGORY_SEP.join(str(v) for v in value)
+        if isinstance(value, str) and len(value) > limit:
+            out.append((name, f"too long ({len(value)} > {limit} chars)"))
+    attrs = fields.get("attributes")
+    if isinstance(attrs, dict):
+        if len(attrs) > MAX_ATTRIBUTES:
+            out.append(("attributes", f"too many attributes ({len(attrs)} > {MAX_ATTRIBUTES})"))
+        for key, value in list(attrs.items())[:MAX_ATTRIBUTES]:
+            if len(str(key)) > MAX_ATTRIBUTE_CHARS or (isinstance(value, str) and len(value) > MAX_ATTRIBUTE_CHARS):
+                out.append((f"attributes.{str(key)[:40]}", f"too long (over {MAX_ATTRIBUTE_CHARS} chars)"))
+    return out
 
 
 def _cat_text(category: Any) -> str | None:
