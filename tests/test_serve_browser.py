@@ -1,7 +1,8 @@
 """The web page in headless Chromium: search, images load, open a product, similar items.
 
-Driven only by the keyboard where a shopper would use it (Enter to search, Enter and
-Space on cards), at a laptop and a phone width. Saves a screenshot (see SCREENSHOT).
+Driven only by the keyboard where a shopper would use it (Tab and arrow keys for the
+Text/Image switch, Enter to search, Enter and Space on cards), at a laptop and a phone
+width; only the file itself is chosen programmatically (the OS dialog is outside the page). Saves a screenshot (see SCREENSHOT).
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ IMAGES_LOADED = """(sel) => {
   const imgs = [...document.querySelectorAll(sel)].slice(0, 4);
   return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0);
 }"""
+
+
+def tab_to(page, selector: str, limit: int = 15) -> None:
+    """Press Tab until the focused element matches `selector`, as a keyboard user would."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("(sel) => !!document.activeElement && document.activeElement.matches(sel)", selector):
+            return
+    raise AssertionError(f"{selector} not reached with {limit} Tab presses")
 
 
 @pytest.fixture(scope="session")
@@ -118,10 +128,21 @@ def test_image_upload_search_and_phone_layout(site, browser):
     photo = Path(read_json(work / "shopclip.json")["catalog_root"]) / row["image"]
     page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
     page.goto(url)
-    page.check("#mode-image")
+    page.wait_for_selector("#category option[value='Footwear']", state="attached")
+    # Keyboard only: Tab from the top of the page to the Text/Image switch, arrow to Image.
+    tab_to(page, "#mode-text")
+    page.keyboard.press("ArrowRight")
+    assert page.is_checked("#mode-image") and not page.is_checked("#mode-text")
+    assert page.evaluate("document.activeElement.id") == "mode-image"
     assert page.is_visible("#image-file") and not page.is_visible("#q")
-    page.set_input_files("#image-file", str(photo))
-    page.focus("#search-form button[type=submit]")
+    page.keyboard.press("ArrowLeft")  # and back, the same way
+    assert page.is_checked("#mode-text") and page.is_visible("#q") and not page.is_visible("#image-file")
+    page.keyboard.press("ArrowRight")
+    assert page.is_visible("#image-file")
+    page.keyboard.press("Tab")  # the switch is one tab stop: the next one is the file picker
+    assert page.evaluate("document.activeElement.id") == "image-file"
+    page.set_input_files("#image-file", str(photo))  # the OS file dialog is outside the page
+    tab_to(page, "#search-form button[type=submit]")
     page.keyboard.press("Enter")
     page.wait_for_function(IMAGES_LOADED, arg="#results .card img")
     assert page.locator("#results .card").first.get_attribute("data-id") == row["id"]
