@@ -110,3 +110,24 @@ def test_overwritten_image_is_re_embedded_by_embed_and_build(tmp_path):
     shutil.copyfile(cat.parent / rows[2]["image"], cat.parent / victim["image"])
     out = flat(run("build", cat, "--workdir", wd, "--model", "minilm-efflite0").output)
     assert "validate ran" in out and "1 embedded, 5 already up to date" in out and "index ran" in out
+
+
+def test_bad_options_fail_in_one_line_before_touching_the_work_folder(tmp_path, mini_catalog):
+    rows = pick_rows(4)
+    cat = write_catalog(tmp_path / "c", rows)
+    wd = tmp_path / "w"
+    assert run("embed", cat, "--out", wd).exit_code == 0
+    files = sorted(str(p) for p in wd.rglob("*"))
+    res = run("embed", cat, "--out", wd, "--dtype", "float64")
+    assert res.exit_code == 2 and "--dtype must be one of float16, float32, got 'float64'" in flat(res.output)
+    res = run("embed", cat, "--out", wd, "--dtype", "float32")  # same model, other dtype: refused, kept
+    assert res.exit_code == 2 and "holds float16 embeddings of this model" in flat(res.output)
+    assert sorted(str(p) for p in wd.rglob("*")) == files
+    for cmd in (["embed", cat, "--out", wd], ["build", cat, "--workdir", wd], ["eval", "nope", mini_catalog, "--out", tmp_path / "r"]):
+        args = [*cmd, "--model", "nope"] if cmd[0] != "eval" else cmd
+        res = run(*args)
+        out = flat(res.output)
+        assert res.exit_code == 2, out
+        assert "unknown model 'nope'" in out and "minilm-efflite0" in out and "shopclip models" in out
+        assert "Traceback" not in out and "KeyError" not in out
+    assert sorted(str(p) for p in wd.rglob("*")) == files

@@ -109,11 +109,22 @@ def test_save_load_round_trip(tmp_path, rows, model):
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
+    from shopclip.models import UnknownModelError, check_model_ref
+
     with pytest.raises(KeyError, match="unknown model"):
         load_model("no-such-model")
     with pytest.raises(FileNotFoundError, match="no shopclip model"):
         load_model(tmp_path)
     assert "default" in list_models() and "minilm-efflite0" in list_models()
+    # checked without loading anything; the message is one line, without KeyError's quotes
+    with pytest.raises(UnknownModelError) as e:
+        check_model_ref("nope")
+    assert str(e.value).startswith("unknown model 'nope':") and "minilm-efflite0" in str(e.value)
+    assert "\n" not in str(e.value) and "shopclip models" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="no shopclip model"):
+        check_model_ref(tmp_path)
+    for ok in ("default", "minilm-efflite0", "hf-clip:openai/clip-vit-base-patch32", "open_clip:ViT-B-32/laion2b"):
+        check_model_ref(ok)
 
 
 def _tiny_clip(tmp_path, kind: str):

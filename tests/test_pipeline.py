@@ -129,3 +129,34 @@ def test_embedding_through_the_feature_cache_matches_direct_encoding(tmp_path, m
     again = embed_catalog(cat, tmp_path / "cached", model, progress=False, feature_cache=cache)
     assert again.embedded == 12
     np.testing.assert_allclose(EmbeddingStore.open(tmp_path / "cached").vectors("image"), b.vectors("image"), atol=1e-3)
+
+
+def test_bad_dtype_or_a_dtype_change_never_deletes_embeddings(tmp_path, mini_catalog, model):
+    from shopclip.pipeline.embed import StoreConflictError
+
+    cat = Catalog.load(mini_catalog)
+    cat = cat.subset(cat.ids[:6])
+    out = tmp_path / "emb"
+    embed_catalog(cat, out, model, progress=False)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match="dtype must be one of float16, float32, got 'float64'"):
+        embed_catalog(cat, out, model, dtype="float64", progress=False)
+    with pytest.raises(StoreConflictError, match="holds float16 embeddings of this model; asked for float32"):
+        embed_catalog(cat, out, model, dtype="float32", progress=False)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == files
+    assert EmbeddingStore.open(out).ids == cat.ids
+
+
+def test_another_model_replaces_the_store_and_says_so(tmp_path, mini_catalog, model, caplog):
+    cat = Catalog.load(mini_catalog)
+    cat = cat.subset(cat.ids[:4])
+    out = tmp_path / "emb"
+    first = embed_catalog(cat, out, model, progress=False)
+    assert first.replaced is None
+    other = load_model("minilm-efflite0")  # untrained heads: another fingerprint and 256-d
+    with caplog.at_level("WARNING"):
+        res = embed_catalog(cat, out, other, progress=False)
+    assert res.embedded == 4 and res.replaced and f"{model.embed_dim}-d" in res.replaced
+    assert "deleted the old embeddings of another model" in res.summary()
+    assert "deleting them to re-embed" in caplog.text
+    assert EmbeddingStore.open(out).dim == other.embed_dim

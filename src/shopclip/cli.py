@@ -18,7 +18,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Spinning OpenMP threads steal the cores from decode threads and other processes.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+class _Group(typer.core.TyperGroup):
+    """Every command: an unknown `--model` is one line listing the known names and exit code 2, not a traceback."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        from shopclip.models.factory import UnknownModelError
+
+        try:
+            return super().invoke(ctx)
+        except UnknownModelError as e:
+            err.print(f"[red]{e}[/red]", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     help="shopclip: aligned image-text embeddings for product catalogs: validate, embed, index, search.\n\n"
     "Example: shopclip build ../shared/data/products/catalog.jsonl --workdir demo-work && "
     "shopclip search demo-work \"red running shoes\"",
@@ -216,15 +230,24 @@ def _print_stage(r) -> None:
         console.print(f"[bold]{r.name:>9}[/bold] up to date")
 
 
-def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | None = None) -> None:
+def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | None = None,
+               announce: bool = False) -> None:
+    """Run `build` (or the stages in `only`) and turn the errors a user can fix into one line + exit 2."""
     from shopclip.catalog import CatalogReadError
-    from shopclip.pipeline.build import build
+    from shopclip.pipeline.build import BuildOptionsError, build, planned_stages
+    from shopclip.pipeline.embed import StoreConflictError
 
     _quiet_libraries()
     try:
+        options.check()
+        if announce:  # only the stages this build will consider: optional ones not asked for are left out
+            console.print(f"stages: {' → '.join(planned_stages(catalog, workdir, options, only))}")
         build(catalog, workdir, options, only=only, on_stage=_print_stage)
     except CatalogReadError as e:
         err.print(f"[red]cannot read {catalog}:[/red] {e}")
+        raise typer.Exit(2) from None
+    except (BuildOptionsError, StoreConflictError) as e:
+        err.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -249,7 +272,7 @@ def build_cmd(
 
     Example: shopclip build ../shared/data/products/catalog.jsonl --workdir demo-work --train
     """
-    from shopclip.pipeline.build import BuildOptions, planned_stages
+    from shopclip.pipeline.build import BuildOptions
 
     extra: dict = {}
     if ground:
@@ -260,8 +283,7 @@ def build_cmd(
         extra.update(train=True, train_epochs=train_epochs)
     options = BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images, force=force,
                            extra=extra)
-    console.print(f"stages: {' → '.join(planned_stages(catalog, workdir, options))}")
-    _run_build(catalog, workdir, options)
+    _run_build(catalog, workdir, options, announce=True)
 
 
 @app.command()

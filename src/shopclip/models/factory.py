@@ -16,7 +16,37 @@ from shopclip.models.dual_encoder import CONFIG_FILE, DualEncoder, DualEncoderCo
 from shopclip.models.towers import create_tower_pair
 
 DEFAULT_BASE = "minilm-efflite0"
+HUB_PREFIXES = ("hf-clip", "hf-siglip", "open_clip")
 _CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+class UnknownModelError(KeyError):
+    """A `--model` value that names nothing loadable; its message is one line for a terminal."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+def _unknown(ref: str) -> UnknownModelError:
+    return UnknownModelError(f"unknown model {ref!r}: not a model or run folder, and not one of "
+                             f"{', '.join(list_models())}, nor hf-clip:<id>, hf-siglip:<id>, open_clip:<arch>/<tag> "
+                             "(see `shopclip models`)")
+
+
+def check_model_ref(name_or_path: str | Path) -> None:
+    """Raise UnknownModelError / FileNotFoundError now for a reference `load_model` could never load.
+
+    Cheap (no weights are read), so commands can refuse a typo before doing any work.
+    """
+    ref = str(name_or_path)
+    p = Path(ref)
+    if ref == "default" or ref in _CONFIGS or (p / CONFIG_FILE).exists() or (p / "model" / CONFIG_FILE).exists():
+        return
+    if ":" in ref and ref.split(":", 1)[0] in HUB_PREFIXES and ref.split(":", 1)[1]:
+        return
+    if p.exists():
+        raise FileNotFoundError(f"{p} exists but holds no shopclip model ({CONFIG_FILE} not found)")
+    raise _unknown(ref)
 
 
 def _scan_configs() -> None:
@@ -48,7 +78,7 @@ def pretrained_dir(name: str = "default") -> Path | None:
 def create_model(name: str = DEFAULT_BASE, **overrides: Any) -> DualEncoder:
     """A fresh (untrained-heads) dual encoder from a registered architecture."""
     if name not in _CONFIGS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        raise _unknown(name)
     cfg = DualEncoderConfig.from_dict({**_CONFIGS[name], **overrides})
     return DualEncoder.from_config(cfg)
 
@@ -81,15 +111,14 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
         model = DualEncoder.load(p / "model")
     elif ref in _CONFIGS:
         model = create_model(ref)
-    elif ":" in ref and ref.split(":", 1)[0] in ("hf-clip", "hf-siglip", "open_clip"):
+    elif ":" in ref and ref.split(":", 1)[0] in HUB_PREFIXES:
         image_tower, text_tower = create_tower_pair(ref)
         cfg = DualEncoderConfig(name=ref, pair=ref, head="identity", embed_dim=text_tower.output_dim, trained=True)
         model = DualEncoder(cfg, image_tower, text_tower)
     elif p.exists():
         raise FileNotFoundError(f"{p} exists but holds no shopclip model ({CONFIG_FILE} not found)")
     else:
-        raise KeyError(f"unknown model {ref!r}: not a folder, and not one of {', '.join(list_models())} "
-                       "or hf-clip:/hf-siglip:/open_clip: specs")
+        raise _unknown(ref)
     model.eval()
     if device is not None:
         model.to(device)

@@ -28,12 +28,13 @@ from shopclip.core.io import read_jsonl
 from shopclip.core.stages import Stage
 from shopclip.enrich.pipeline import enrich_stage
 from shopclip.grounding.pipeline import ground_stage
-from shopclip.models import DualEncoder, load_model
+from shopclip.index.store import DTYPES
+from shopclip.models import DualEncoder, check_model_ref, load_model
 from shopclip.models.dual_encoder import CONFIG_FILE
 from shopclip.pipeline.workdir import WorkDir
 from shopclip.train.stage import train_stage
 
-__all__ = ["BuildContext", "BuildOptions", "Stage", "StageResult", "build", "planned_stages", "register_stage",
+__all__ = ["BuildContext", "BuildOptions", "BuildOptionsError", "Stage", "StageResult", "build", "planned_stages", "register_stage",
            "stages"]
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,23 @@ class BuildOptions:
     sample: int | None = None  # embed a deterministic sample of N valid products (demos)
     progress: bool = True
     force: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # options of stages added by later issues
+    extra: dict[str, Any] = field(default_factory=dict)  # options of the optional stages
+
+    def check(self) -> None:
+        """Refuse bad options before any stage touches the work folder (a typo must cost nothing)."""
+        from shopclip.index import available_backends
+
+        if self.dtype not in DTYPES:
+            raise BuildOptionsError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.backend not in available_backends():
+            raise BuildOptionsError(f"unknown index backend {self.backend!r}; known: {', '.join(available_backends())}")
+        if self.sample is not None and self.sample < 1:
+            raise BuildOptionsError(f"--sample must be at least 1, got {self.sample}")
+        check_model_ref(self.model)  # UnknownModelError lists the known names
+
+
+class BuildOptionsError(ValueError):
+    """An option `build` cannot work with; raised before anything runs."""
 
 
 class BuildContext:
@@ -230,6 +247,7 @@ def build(catalog: str | Path, workdir: str | Path, options: BuildOptions | None
           only: Collection[str] | None = None) -> list[StageResult]:
     """Run the enabled stages in order (or just those named in `only`), skipping those up to date."""
     options = options or BuildOptions()
+    options.check()
     ctx = BuildContext(Path(catalog), WorkDir(Path(workdir)), options)
     ctx.manifest.setdefault("stages", {})
     ctx.manifest["options"] = asdict(options)

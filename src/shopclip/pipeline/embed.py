@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from shopclip.catalog import Catalog, Product
 from shopclip.core.hashing import file_sha1, sha1_bytes
-from shopclip.index.store import EmbeddingStore
+from shopclip.index.store import DTYPES, EmbeddingStore
 from shopclip.models import DualEncoder
 from shopclip.models.augment import AugmentConfig
 from shopclip.models.features import (
@@ -26,7 +28,7 @@ from shopclip.models.features import (
     view_key,
 )
 
-__all__ = ["EmbedResult", "embed_catalog", "fused_vectors", "model_fingerprint", "product_hash", "product_meta"]
+__all__ = ["EmbedResult", "StoreConflictError", "embed_catalog", "fused_vectors", "model_fingerprint", "product_hash", "product_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,13 @@ class EmbedResult:
     embedded: int
     skipped: int
     store: Path
+    replaced: str | None = None  # the other model whose embeddings were deleted first
 
     def summary(self) -> str:
-        return f"{self.total} products: {self.embedded} embedded, {self.skipped} already up to date → {self.store}"
+        s = f"{self.total} products: {self.embedded} embedded, {self.skipped} already up to date → {self.store}"
+        if self.replaced:
+            s += f"; deleted the old embeddings of another model, {self.replaced}"
+        return s
 
 
 def product_meta(p: Product, catalog: Catalog) -> dict:
@@ -63,7 +69,8 @@ def embed_catalog(
     texts: dict[str, str] | None = None,
     images: dict[str, Path] | None = None,
     dtype: str = "float16",
-    chunk: int = 512,
+    chunk: int = 128,
+    flush_seconds: float = 30.0,
     image_batch_size: int = 16,
     text_batch_size: int = 64,
     num_workers: int = 4,
@@ -77,19 +84,16 @@ def embed_catalog(
     With `feature_cache` (a folder), tower outputs are read from / added to the trainer's
     feature cache (keyed by tower weights + content), so re-embedding after training new
     heads, or after the train stage featurised the same photos, costs only the heads.
+    Progress is committed every `chunk` products or about every `flush_seconds`, whichever
+    comes first, so an interrupted run resumes close to where it stopped.
     """
     out = Path(out)
+    if dtype not in DTYPES:  # before anything on disk is touched
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     fp = model_fingerprint(model)
-    try:
-        store = EmbeddingStore.create(out, model=fp, dim=model.embed_dim, dtype=dtype,
-                                      model_info={"name": model.name, "config": model.config.to_dict()})
-    except ValueError as e:
-        log.warning("existing embeddings in %s were made by another model (%s); re-embedding", out, e)
-        import shutil
-
-        shutil.rmtree(out)
-        store = EmbeddingStore.create(out, model=fp, dim=model.embed_dim, dtype=dtype,
-                                      model_info={"name": model.name, "config": model.config.to_dict()})
+    info = {"name": model.name, "config": model.config.to_dict()}
+    replaced = _replace_other_model(out, fp, model.embed_dim, dtype)
+    store = EmbeddingStore.create(out, model=fp, dim=model.embed_dim, dtype=dtype, model_info=info)
     texts = texts or {}
     images = images or {}
     have = store.hashes()
@@ -108,8 +112,10 @@ def embed_catalog(
 
         bar = tqdm(total=len(todo), unit="product", desc="embed")
     try:
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
+        start, size = 0, chunk
+        while start < len(todo):
+            part = todo[start : start + size]
+            t0 = time.monotonic()
             if cached is not None:
                 img_vecs = cached.images([(str(x[2]), x[4]) for x in part], image_batch_size, num_workers)
                 txt_vecs = cached.texts([x[1] for x in part], text_batch_size)
@@ -121,13 +127,47 @@ def embed_catalog(
                 [x[0].id for x in part], [x[3] for x in part], {"image": img_vecs, "text": txt_vecs},
                 [product_meta(x[0], catalog) | {"text": x[1], "image": str(x[2])} for x in part],
             )
+            start += len(part)
+            # Each part is a commit: a kill loses at most one part's work. Keep parts under
+            # ~flush_seconds on slow machines or big models, never above `chunk` products.
+            took = time.monotonic() - t0
+            if took > 0:
+                size = max(8, min(chunk, int(len(part) * flush_seconds / took)))
             if bar is not None:
                 bar.update(len(part))
     finally:
         if bar is not None:
             bar.close()
     store.compact(keep_ids=catalog.ids)
-    return EmbedResult(total=len(catalog), embedded=len(todo), skipped=len(catalog) - len(todo), store=out)
+    return EmbedResult(total=len(catalog), embedded=len(todo), skipped=len(catalog) - len(todo), store=out,
+                       replaced=replaced)
+
+
+class StoreConflictError(ValueError):
+    """The folder holds embeddings that must not be replaced silently (same model, another dtype)."""
+
+
+def _replace_other_model(out: Path, fingerprint: str, dim: int, dtype: str) -> str | None:
+    """Delete a store at `out` made by another model (its vectors are useless now); say which.
+
+    Returns the old model's name when it deleted one. A store of the same model at another
+    dtype is not deleted: that is a ValueError naming both, so a typo costs nothing.
+    """
+    if not (out / "manifest.json").exists():
+        return None
+    old = EmbeddingStore.open(out)  # a foreign or damaged folder raises here, untouched
+    if old.model == fingerprint and old.dim == dim:
+        if old.dtype != dtype:
+            raise StoreConflictError(f"{out} holds {old.dtype} embeddings of this model; asked for {dtype}: "
+                             f"pass --dtype {old.dtype}, or delete {out} to re-embed at {dtype}")
+        return None
+    name = old.manifest.get("model_info", {}).get("name") or "?"
+    what = f"{name} ({old.dim}-d, fingerprint {old.model[:10]})"
+    log.warning("%s holds %d embeddings of another model, %s; deleting them to re-embed with %s",
+                out, len(old), what, fingerprint[:10])
+    del old  # drop its memory maps before the files go
+    shutil.rmtree(out)
+    return what
 
 
 class _CachedTowers:
