@@ -329,3 +329,48 @@ def test_uploaded_photo_is_removed_when_no_product_uses_it(client, server):
     assert delete(client, "up-b").status_code == 200
     assert uploads(work) == before
     error(client.get("/products/up-b/image"), 404, "not_found")
+
+
+def test_random_product_bodies_are_stored_readable_or_refused(client, server):
+    """Property: any JSON object sent as `product` is either refused with a 4xx and leaves
+    nothing behind, or stored and then read back exactly as the PUT answered it."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    # every code point, unpaired surrogates and zero-width characters included
+    text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | text
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+                          max_leaves=12)
+    listed = st.lists(scalars, max_size=3)
+    plausible = {  # each field: mostly the right shape with hostile contents, sometimes anything at all
+        "title": text.filter(str.strip), "description": text, "category": text | st.lists(text, max_size=3),
+        "attributes": st.dictionaries(text, scalars, max_size=4),
+        "labels": st.dictionaries(text, scalars | listed, max_size=4), "price": scalars, "url": text,
+        "group": text | st.integers(), "split": st.sampled_from(["train", "val", "test"]) | text, "vendor_sku": values,
+    }
+    shaped = {name: st.one_of(good, good, good, values) for name, good in plausible.items()}
+    fields = st.fixed_dictionaries({"title": shaped.pop("title")}, optional=shaped)
+    image = photo(server[1], 6)
+    seen = {"n": 0, "stored": 0, "refused": 0}
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(fields)
+    def check(product: dict) -> None:
+        seen["n"] += 1
+        pid = f"prop-{seen['n']}"
+        r = put(client, pid, json.dumps(product), image)  # ensure_ascii: surrogates travel as \\ud800 escapes
+        assert r.status_code in (201, 422), (r.status_code, r.text[:300])
+        got = client.get(f"/products/{pid}")
+        if r.status_code == 422:
+            assert r.json()["error"] == "invalid_product" and got.status_code == 404
+            seen["refused"] += 1
+            return
+        assert got.status_code == 200, got.text[:300]
+        assert got.json() == r.json()["product"]
+        assert delete(client, pid).status_code == 200
+        seen["stored"] += 1
+
+    check()
+    assert seen["stored"] >= 5 and seen["refused"] >= 5, seen  # both sides of the property were exercised
