@@ -131,3 +131,31 @@ def test_bad_options_fail_in_one_line_before_touching_the_work_folder(tmp_path, 
         assert "unknown model 'nope'" in out and "minilm-efflite0" in out and "shopclip models" in out
         assert "Traceback" not in out and "KeyError" not in out
     assert sorted(str(p) for p in wd.rglob("*")) == files
+
+
+def test_search_and_similar_say_when_the_index_is_out_of_date(tmp_path):
+    rows = pick_rows(7)
+    wd = tmp_path / "w"
+    assert run("build", write_catalog(tmp_path / "c", rows[:6]), "--workdir", wd).exit_code == 0
+    assert run("search", wd, "shoes", "-k", "2").exit_code == 0
+    # re-embedding with another model leaves the index behind
+    assert run("embed", tmp_path / "c" / "catalog.jsonl", "--out", wd, "--model", "minilm-efflite0").exit_code == 0
+    for args in (["search", wd, "shoes"], ["similar", wd, rows[0]["id"]], ["search", wd, "--image",
+                                                                            tmp_path / "c" / rows[0]["image"]]):
+        res = run(*args)
+        out = flat(res.output)
+        assert res.exit_code == 1, out
+        assert f"index is out of date with the embeddings (the embeddings were made by another model " \
+               f"since the index was built): run `shopclip index build {wd}`" in out
+        assert "Traceback" not in out
+    assert run("index", "build", wd).exit_code == 0
+    assert run("similar", wd, rows[0]["id"], "-k", "2").exit_code == 0
+    # a newly embedded product: `similar` on it says so instead of a KeyError
+    cat = write_catalog(tmp_path / "c", rows)
+    assert run("embed", cat, "--out", wd, "--model", "minilm-efflite0").exit_code == 0
+    res = run("similar", wd, rows[6]["id"])
+    assert res.exit_code == 1 and "1 products in the embeddings are not in the image index" in flat(res.output)
+    # `build` notices the store changed under its index and rebuilds it
+    out = flat(run("build", cat, "--workdir", wd, "--model", "minilm-efflite0").output)
+    assert "embed up to date" in out and "index ran" in out
+    assert run("similar", wd, rows[6]["id"], "-k", "2").exit_code == 0

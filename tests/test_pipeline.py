@@ -160,3 +160,58 @@ def test_another_model_replaces_the_store_and_says_so(tmp_path, mini_catalog, mo
     assert "deleted the old embeddings of another model" in res.summary()
     assert "deleting them to re-embed" in caplog.text
     assert EmbeddingStore.open(out).dim == other.embed_dim
+
+
+def test_search_refuses_an_index_built_from_other_embeddings(tmp_path, mini_catalog, model):
+    from shopclip.pipeline.indexing import IndexOutOfDateError, build_indexes
+    from shopclip.pipeline.workdir import WorkDir
+
+    wd = WorkDir(tmp_path / "w")
+    cat = Catalog.load(mini_catalog)
+    embed_catalog(cat.subset(cat.ids[:8]), wd.embeddings, model, progress=False)
+    build_indexes(wd.embeddings, wd.index)
+    assert len(SearchEngine(wd.root)) == 8  # current: opens
+    # a newly embedded product is not in the index
+    embed_catalog(cat.subset(cat.ids[:9]), wd.embeddings, model, progress=False)
+    with pytest.raises(IndexOutOfDateError, match=r"1 products in the embeddings are not in the image index.*"
+                                                  r"run `shopclip index build"):
+        SearchEngine(wd.root)
+    build_indexes(wd.embeddings, wd.index)
+    # a re-embedded product (new photo, same id): the index still holds its old vector
+    folder = tmp_path / "cat"
+    shutil.copytree(mini_catalog.parent, folder)
+    moved = Catalog.load(folder / mini_catalog.name).subset(cat.ids[:9])
+    shutil.copyfile(folder / moved.products[1].image, folder / moved.products[0].image)
+    embed_catalog(moved, wd.embeddings, model, progress=False)
+    with pytest.raises(IndexOutOfDateError, match="re-embedded since the image index was built"):
+        SearchEngine(wd.root)
+    build_indexes(wd.embeddings, wd.index)
+    SearchEngine(wd.root).similar(moved.ids[0], k=2)
+    # another model: the whole store changed
+    embed_catalog(moved, wd.embeddings, load_model("minilm-efflite0"), progress=False)
+    with pytest.raises(IndexOutOfDateError, match="made by another model"):
+        SearchEngine(wd.root)
+
+
+def test_an_index_kept_in_step_with_the_store_stays_current(tmp_path, mini_catalog, model):
+    """What the server does on an upsert: commit to the store, then add the same vectors to every index."""
+    from shopclip.index import load_index
+    from shopclip.pipeline.embed import fused_vectors
+    from shopclip.pipeline.indexing import VIEWS, build_indexes
+    from shopclip.pipeline.workdir import WorkDir
+
+    wd = WorkDir(tmp_path / "w")
+    cat = Catalog.load(mini_catalog)
+    embed_catalog(cat.subset(cat.ids[:6]), wd.embeddings, model, progress=False)
+    build_indexes(wd.embeddings, wd.index)
+    embed_catalog(cat.subset(cat.ids[:7]), wd.embeddings, model, progress=False)
+    store = EmbeddingStore.open(wd.embeddings)
+    new = cat.ids[6]
+    row = store.ids.index(new)
+    for view in VIEWS:
+        index = load_index(wd.index / view)
+        vecs = fused_vectors(store) if view == "fused" else store.vectors(view)
+        index.add([new], vecs[row : row + 1], [store.get(new)["category"]])
+        index.save(wd.index / view)
+    eng = SearchEngine(wd.root)  # opens: the changed product's vectors match the store's
+    assert len(eng) == 7 and eng.similar(new, k=3)

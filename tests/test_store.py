@@ -306,3 +306,19 @@ def test_opening_8k_products_is_fast(tmp_path):
     assert image.shape == text.shape == (n, dim) and len(hashes) == n
     np.testing.assert_allclose(image[123], unit(vecs["image"][123:124])[0], atol=FP16_ATOL)
     assert best < 0.2, f"open + vectors took {best:.3f} s"
+
+
+def test_state_key_follows_content_not_row_order(tmp_path):
+    store = make(tmp_path / "s")
+    store.append(*batch(0, 5))
+    key = store.state_key()
+    assert EmbeddingStore.open(tmp_path / "s").state_key() == key  # a reader sees the same key
+    store.compact(keep_ids=[f"sku-{i:05d}" for i in (4, 3, 2, 1, 0)])  # reordered, same content
+    assert store.state_key() == key
+    store.append(*batch(2, 1, salt=1))  # one product re-embedded
+    changed = store.state_key()
+    assert changed != key
+    store.append(*batch(5, 1))  # one product added
+    assert store.state_key() not in (key, changed)
+    store.delete(["sku-00005"])
+    assert store.state_key() == changed

@@ -145,13 +145,17 @@ def index_build(
 
 
 def _engine(workdir: Path):
-    from shopclip.search import SearchEngine
+    """Open a work folder; a missing index exits 2, one built from other embeddings exits 1."""
+    from shopclip.search import IndexOutOfDateError, SearchEngine
 
     try:
         return SearchEngine(workdir)
     except FileNotFoundError as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+    except IndexOutOfDateError as e:
+        err.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

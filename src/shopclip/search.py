@@ -1,7 +1,9 @@
 """Query a built work folder: text → products, image → products, product → similar products.
 
 Loads the stored embeddings and indexes once; the model is loaded only when a text
-or image query needs encoding, so `similar` answers without touching a tower.
+or image query needs encoding, so `similar` answers without touching a tower. Indexes
+built from other embeddings than the store holds (``shopclip embed`` ran since) raise
+:class:`IndexOutOfDateError` on opening rather than answer from stale vectors.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from shopclip.index.store import EmbeddingStore
 from shopclip.models import DualEncoder, load_model
-from shopclip.pipeline.indexing import load_indexes
+from shopclip.pipeline.indexing import IndexOutOfDateError, check_indexes, load_indexes
 from shopclip.pipeline.workdir import WorkDir
 
 
@@ -30,6 +32,9 @@ class Result:
         return asdict(self)
 
 
+__all__ = ["IndexOutOfDateError", "Result", "SearchEngine"]
+
+
 class SearchEngine:
     def __init__(self, workdir: str | Path, model: DualEncoder | str | None = None) -> None:
         self.workdir = WorkDir(Path(workdir))
@@ -40,6 +45,7 @@ class SearchEngine:
             )
         self.store = EmbeddingStore.open(self.workdir.embeddings)
         self.indexes = load_indexes(self.workdir.index)
+        check_indexes(self.store, self.workdir.index, self.indexes, self.workdir.root)
         self._model = model if isinstance(model, DualEncoder) else None
         self._model_ref = model if isinstance(model, str) else self.workdir.model_ref()
         self._meta = {m["id"]: m for m in self.store.meta()}
@@ -84,5 +90,8 @@ class SearchEngine:
     def similar(self, product_id: str, k: int = 10, category: str | None = None, view: str = "fused") -> list[Result]:
         """Products closest to this one (itself excluded); the fused view matched categories best."""
         self.product(product_id)
+        if product_id not in self.indexes[view]:  # only if the folder changed after opening
+            raise IndexOutOfDateError(f"product {product_id!r} is not in the {view} index: "
+                                      f"run `shopclip index build {self.workdir.root}`")
         vec = self.indexes[view].get_vector(product_id)
         return self.search_vector(vec, view, k, category, exclude=(product_id,))

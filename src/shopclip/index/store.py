@@ -24,6 +24,7 @@ Appending is safe from several processes at once (each writes its own part); `co
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -245,6 +246,17 @@ class EmbeddingStore:
     def hashes(self) -> dict[str, str]:
         """id -> content hash, so an embedding run can skip products that did not change."""
         return dict(self._hash)
+
+    def state_key(self) -> str:
+        """Changes whenever what the store holds changes (model, ids or any product's content hash).
+
+        Indexes record it when built, so a reader can tell an index built from other
+        embeddings. Row order (which compaction may change) does not count.
+        """
+        h = hashlib.sha1(f"{self.model}\x1e{self.dim}\x1e".encode())
+        for i in sorted(self._hash):
+            h.update(f"{i}\x1f{self._hash[i]}\x1e".encode())
+        return h.hexdigest()
 
     # ------------------------------------------------------------------ reading
 

@@ -200,7 +200,11 @@ def _embed_run(ctx: BuildContext) -> str:
 
 
 def _index_fp(ctx: BuildContext) -> str:
-    return json_sha1([ctx.upstream("index"), ctx.options.backend])
+    # The store's state too: `shopclip embed` or the server may have changed it since.
+    from shopclip.index.store import EmbeddingStore
+
+    store = EmbeddingStore.open(ctx.workdir.embeddings).state_key() if ctx.workdir.embeddings.exists() else None
+    return json_sha1([ctx.upstream("index"), ctx.options.backend, store])
 
 
 def _index_run(ctx: BuildContext) -> str:
