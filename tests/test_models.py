@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from conftest import SAMPLE_DIR, pick_rows
 from shopclip.models import DualEncoder, ImageTransform, create_model, list_models, load_model
@@ -175,11 +176,107 @@ def test_hub_clip_adapters_with_tiny_random_configs(tmp_path, kind, rows):
     assert fmap.shape == (1, dim, 3, 3)
 
 
-def test_open_clip_adapter_reports_why_it_cannot_load():
+def _open_clip_or_skip():
+    try:
+        import open_clip
+    except Exception as e:
+        pytest.skip(f"open_clip is not importable here ({type(e).__name__}: {e}); it needs torchvision, "
+                    "which does not import beside torch 2.13 CPU")
+    return open_clip
+
+
+def test_open_clip_model_embeds_both_ways(tmp_path):
+    """The real thing, where open_clip imports: a randomly initialised ViT-B-32 saved locally (no download)."""
+    open_clip = _open_clip_or_skip()
+    model, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    ckpt = tmp_path / "vitb32.pt"
+    torch.save(model.state_dict(), ckpt)
+    m = load_model(f"open_clip:ViT-B-32/{ckpt}")
+    img = m.encode_image([Image.new("RGB", (64, 80), (200, 30, 30))])
+    txt = m.encode_text(["red shoes"])
+    assert img.shape == txt.shape == (1, 512)
+    ref = model.eval().encode_text(open_clip.get_tokenizer("ViT-B-32")(["red shoes"]), normalize=True)
+    np.testing.assert_allclose(txt[0], ref[0].detach().numpy(), atol=1e-5)
+
+
+def test_open_clip_missing_is_a_clear_error():
     try:
         import open_clip  # noqa: F401
     except Exception:
-        with pytest.raises(RuntimeError, match="torchvision"):
+        from shopclip.models import ModelUnavailableError
+
+        with pytest.raises(ModelUnavailableError, match=r"open_clip_torch.*torchvision"):
             load_model("open_clip:ViT-B-32/laion2b_s34b_b79k")
+        with pytest.raises(ValueError, match="expected open_clip:<arch>/<pretrained tag>"):
+            load_model("open_clip:ViT-B-32")  # the spec is checked before the import
         return
-    pytest.skip("open_clip imports here: the adapter needs a hub download to test further")  # pragma: no cover
+    pytest.skip("open_clip imports here: nothing is missing")  # pragma: no cover
+
+
+class _TinyOpenClip(nn.Module):
+    """open_clip's CLIP layout in miniature: `visual` beside text weights held on the model itself."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.visual = nn.Sequential(nn.Conv2d(3, dim, 4, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.visual.output_dim = dim
+        self.visual.preprocess_cfg = {"size": (32, 32), "mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5),
+                                      "resize_mode": "squash"}
+        self.token_embedding = nn.Embedding(50, 16)
+        self.text_projection = nn.Parameter(torch.randn(16, dim))
+        self.logit_scale = nn.Parameter(torch.ones([]))
+
+    def encode_image(self, pixels, normalize=False):
+        f = self.visual(pixels)
+        return torch.nn.functional.normalize(f, dim=-1) if normalize else f
+
+    def encode_text(self, ids, normalize=False):
+        f = self.token_embedding(ids).mean(1) @ self.text_projection
+        return torch.nn.functional.normalize(f, dim=-1) if normalize else f
+
+
+class _FakeOpenClipModule:
+    """The three calls the adapter makes, answering like open_clip does; only used where open_clip cannot import."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = _TinyOpenClip()
+        self.calls: list[tuple] = []
+
+    def create_model_and_transforms(self, arch, pretrained=None):
+        self.calls.append(("create", arch, pretrained))
+        return self.model, None, None
+
+    def get_tokenizer(self, arch):
+        self.calls.append(("tokenizer", arch))
+
+        def tok(texts):
+            return torch.tensor([[(ord(c) % 49) + 1 for c in t[:6].ljust(6)] for t in texts])
+
+        tok.context_length = 6
+        return tok
+
+    def get_model_preprocess_cfg(self, model):
+        return model.visual.preprocess_cfg
+
+
+def test_open_clip_adapter_wraps_the_model_as_two_towers():
+    """The wrapping logic, on a stand-in with open_clip's interface (the real model needs torchvision)."""
+    from shopclip.models.open_clip_adapter import open_clip_towers
+
+    oc = _FakeOpenClipModule()
+    img, txt = open_clip_towers("Tiny-1/some_tag", open_clip=oc)
+    assert oc.calls == [("create", "Tiny-1", "some_tag"), ("tokenizer", "Tiny-1")]
+    assert img.output_dim == txt.output_dim == 8 and txt.max_length == 6
+    tf = img.transform
+    assert (tf.size, tf.mean, tf.std, tf.mode) == (32, (0.1, 0.2, 0.3), (0.5, 0.5, 0.5), "resize")
+    pixels = tf(Image.new("RGB", (50, 70), (10, 200, 30))).unsqueeze(0)
+    torch.testing.assert_close(img(pixels), oc.model.encode_image(pixels))
+    ids = txt.tokenize(["red shoes", "a bag"])["input_ids"]
+    torch.testing.assert_close(txt(txt.tokenize(["red shoes", "a bag"])), oc.model.encode_text(ids))
+    # each tower holds only its half: locking one never trains or fingerprints the other
+    img_params = {id(p) for p in img.parameters()}
+    txt_params = {id(p) for p in txt.parameters()}
+    assert not img_params & txt_params
+    assert id(oc.model.logit_scale) not in img_params | txt_params
+    assert img_params | txt_params | {id(oc.model.logit_scale)} == {id(p) for p in oc.model.parameters()}

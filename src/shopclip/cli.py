@@ -19,14 +19,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 class _Group(typer.core.TyperGroup):
-    """Every command: an unknown `--model` is one line listing the known names and exit code 2, not a traceback."""
+    """Every command: an unknown `--model` (or one whose package is missing) is one line and exit code 2."""
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
-        from shopclip.models.factory import UnknownModelError
+        from shopclip.models import ModelUnavailableError, UnknownModelError
 
         try:
             return super().invoke(ctx)
-        except UnknownModelError as e:
+        except (UnknownModelError, ModelUnavailableError) as e:
             err.print(f"[red]{e}[/red]", soft_wrap=True)
             raise typer.Exit(2) from None
 

@@ -12,6 +12,7 @@ from shopclip.models.factory import (
 )
 from shopclip.models.towers import (
     ImageTower,
+    ModelUnavailableError,
     TextTower,
     create_tower,
     create_tower_pair,
@@ -21,7 +22,7 @@ from shopclip.models.towers import (
 from shopclip.models.transforms import ImageTransform
 
 __all__ = [
-    "DualEncoder", "DualEncoderConfig", "ImageTower", "ImageTransform", "TextTower", "UnknownModelError",
+    "DualEncoder", "DualEncoderConfig", "ImageTower", "ImageTransform", "ModelUnavailableError", "TextTower", "UnknownModelError",
     "add_model_config", "check_model_ref", "create_model", "create_tower", "create_tower_pair", "list_models", "list_towers", "load_model",
     "register_tower", "resolve_model_ref",
 ]
