@@ -221,6 +221,49 @@ def test_non_rgb_16bit_png(tmp_path, rows):
     assert (err.line, err.field, err.reason) == (3, "image", "non-RGB image (mode I;16)")
 
 
+def _alpha(img: Image.Image) -> Image.Image:
+    img.putalpha(Image.linear_gradient("L").resize(img.size))
+    return img
+
+
+# (file name, how to make it from an RGB photo, expected warning); every row is kept
+CONVERTED = [
+    ("cmyk.jpg", lambda im: im.convert("CMYK"), "CMYK image (converted to RGB)"),
+    ("grey.png", lambda im: im.convert("L"), "greyscale image (mode L, converted to RGB)"),
+    ("grey-alpha.png", lambda im: _alpha(im.convert("LA")),
+     "greyscale image (mode LA, converted to RGB, transparency flattened onto white)"),
+    ("palette.png", lambda im: im.convert("P"), "palette image (mode P, converted to RGB)"),
+    ("alpha.png", lambda im: _alpha(im.convert("RGBA")), "transparent image (mode RGBA, flattened onto white)"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "warning"), CONVERTED, ids=[c[0] for c in CONVERTED])
+def test_convertible_image_modes_are_warnings_and_the_row_is_kept(tmp_path, rows, name, make, warning):
+    row = with_image(rows[0], tmp_path, name)
+    make(Image.open(SAMPLE_DIR / rows[0]["image"]).convert("RGB")).save(tmp_path / "images" / name)
+    path = write_lines(tmp_path, [rows[1], row])
+    report = validate_catalog(path)
+    assert report.ok and report.errors == [] and [p.id for p in report.products] == [rows[1]["id"], row["id"]]
+    assert [(w.line, w.field, w.reason, w.id, w.severity) for w in report.warnings] == [
+        (2, "image", warning, row["id"], "warning")]
+    assert "2 rows, 2 valid, 0 rejected (1 warnings, rows kept)" in report.summary()
+    assert f"image: {warning.split(' (')[0]} (warning)" in report.summary()
+    assert report.findings[0].to_dict()["severity"] == "warning"
+
+
+def test_palette_with_transparency_and_opaque_rgba(tmp_path, rows):
+    clear = with_image(rows[0], tmp_path, "clear.png")
+    im = Image.open(SAMPLE_DIR / rows[0]["image"]).convert("P")
+    im.info["transparency"] = 0
+    im.save(tmp_path / "images" / "clear.png", transparency=0)
+    opaque = with_image(rows[1], tmp_path, "opaque.png")  # an alpha channel nobody uses: nothing to say
+    Image.open(SAMPLE_DIR / rows[1]["image"]).convert("RGBA").save(tmp_path / "images" / "opaque.png")
+    report = validate_catalog(write_lines(tmp_path, [clear, opaque]))
+    assert report.ok and len(report.products) == 2
+    assert [w.reason for w in report.warnings] == [
+        "palette image (mode P, converted to RGB, transparency flattened onto white)"]
+
+
 def test_unreadable_and_missing_image_files(tmp_path, rows):
     garbage = with_image(rows[0], tmp_path, "garbage.jpg")
     (tmp_path / "images" / "garbage.jpg").write_bytes(b"this is not a picture\n" * 20)
@@ -228,7 +271,7 @@ def test_unreadable_and_missing_image_files(tmp_path, rows):
     path = write_lines(tmp_path, [garbage, rows[2], missing])
     report = validate_catalog(path)
     assert [(e.line, e.field) for e in report.errors] == [(1, "image"), (3, "image")]
-    assert report.errors[0].reason.startswith("unreadable image: cannot identify image file")
+    assert report.errors[0].reason == "unreadable image: cannot identify image file"  # no <_io.BufferedReader …>
     assert report.errors[1].reason == "image file not found"
     assert [p.id for p in report.products] == [rows[2]["id"]]
 
@@ -300,7 +343,8 @@ def test_errors_file(tmp_path, rows):
     write_errors(report.errors, out)
     lines = [json.loads(s) for s in out.read_text().splitlines()]
     assert lines == [
-        {"line": 2, "field": "title", "reason": "missing field", "id": rows[1]["id"], "value": None}
+        {"line": 2, "field": "title", "reason": "missing field", "id": rows[1]["id"], "value": None,
+         "severity": "error"}
     ]
 
 

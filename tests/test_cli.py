@@ -171,3 +171,23 @@ def test_a_model_whose_package_is_missing_is_one_line(tmp_path):
         assert res.exit_code == 2 and "open_clip models need the open_clip_torch package" in out and "Traceback" not in out
         return
     pytest.skip("open_clip imports here")  # pragma: no cover
+
+
+def test_validate_reports_warnings_and_still_exits_0(tmp_path):
+    from PIL import Image
+
+    rows = pick_rows(3)
+    cat = write_catalog(tmp_path / "c", rows)
+    Image.open(cat.parent / rows[1]["image"]).convert("CMYK").save(cat.parent / rows[1]["image"])
+    res = run("validate", cat)
+    out = flat(res.output)
+    assert res.exit_code == 0, out
+    assert "line 2: warning: image: CMYK image (converted to RGB)" in out
+    assert "3 rows, 3 valid, 0 rejected (1 warnings, rows kept)" in out
+    findings = [json.loads(x) for x in Path(f"{cat}.errors.jsonl").read_text().splitlines()]
+    assert findings == [{"line": 2, "field": "image", "reason": "CMYK image (converted to RGB)", "id": rows[1]["id"],
+                         "value": repr(rows[1]["image"]), "severity": "warning"}]
+    assert "warnings alone still exit 0" in flat(run("validate", "--help").output)
+    # the build keeps the row and embeds it converted
+    res = run("build", cat, "--workdir", tmp_path / "w")
+    assert res.exit_code == 0 and "3 valid" in flat(res.output) and "3 products: 3 embedded" in flat(res.output)

@@ -76,13 +76,19 @@ def _results_table(title: str, results: list) -> Table:
 def validate(
     catalog: Annotated[Path, typer.Argument(help="Catalog file: .jsonl, .csv or .parquet")],
     errors: Annotated[Path | None, typer.Option(help="Where to write bad rows (default: <catalog>.errors.jsonl)")] = None,
-    check_images: Annotated[bool, typer.Option(help="Open every image (unreadable, truncated, tiny, non-RGB)")] = True,
+    check_images: Annotated[bool, typer.Option(help="Open every image (unreadable, truncated, tiny, non-RGB; "
+                                                    "CMYK/greyscale/palette are warnings)")] = True,
     min_image_size: Annotated[int, typer.Option(help="Smallest accepted image: at least N x N pixels in area, short side at least N/4")] = 32,
 ) -> None:
     """Check a catalog row by row; report each bad row with its line, field and reason.
 
-    Good rows are kept; bad ones go to the errors file (one JSON object per problem).
-    Exit code: 0 all valid, 1 some rows rejected, 2 the file itself cannot be read.
+    Good rows are kept; bad ones go to the errors file (one JSON object per problem, with
+    "severity": "error"). Images that are usable only after a conversion (CMYK, greyscale,
+    palette, transparency flattened onto white) are reported too, as "severity": "warning":
+    those rows are kept and converted to RGB.
+
+    Exit code: 0 no row rejected (warnings alone still exit 0), 1 some rows rejected,
+    2 the file itself cannot be read.
 
     Example: shopclip validate ../shared/data/products/catalog.jsonl
     """
@@ -94,17 +100,21 @@ def validate(
         err.print(f"[red]cannot read {catalog}:[/red] {e}")
         raise typer.Exit(2) from None
     out = errors or default_errors_path(catalog)
-    for e in report.errors[:20]:
-        err.print(f"line {e.line}: {e.field}: {e.reason}" + (f" (id {e.id})" if e.id else ""))
-    if len(report.errors) > 20:
-        err.print(f"… and {len(report.errors) - 20} more")
-    console.print(report.summary())
-    if report.errors:
-        write_errors(report.errors, out)
-        console.print(f"errors written to {out}")
-        raise typer.Exit(1)
-    if out.exists() and errors is None:
+    findings = report.findings
+    for e in findings[:20]:
+        tag = "warning: " if e.severity == "warning" else ""
+        err.print(f"line {e.line}: {tag}{e.field}: {e.reason}" + (f" (id {e.id})" if e.id else ""),
+                  markup=False, highlight=False)
+    if len(findings) > 20:
+        err.print(f"… and {len(findings) - 20} more")
+    console.print(report.summary(), markup=False, highlight=False)
+    if findings:
+        write_errors(findings, out)
+        console.print(f"{'errors' if report.errors else 'warnings'} written to {out}", markup=False)
+    elif out.exists() and errors is None:
         out.unlink()  # a stale errors file from an earlier run would mislead
+    if report.errors:
+        raise typer.Exit(1)
 
 
 @app.command()

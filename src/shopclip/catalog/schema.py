@@ -69,6 +69,8 @@ class RowError:
     reason: str
     id: str | None = None
     value: str | None = None
+    # "error": the row is rejected; "warning": the row is kept (e.g. a CMYK photo converted to RGB).
+    severity: str = "error"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,11 +79,13 @@ class RowError:
             "reason": self.reason,
             "id": self.id,
             "value": self.value,
+            "severity": self.severity,
         }
 
     def __str__(self) -> str:
         who = f" (id {self.id})" if self.id else ""
-        return f"line {self.line}{who}: {self.field}: {self.reason}"
+        tag = "warning: " if self.severity == "warning" else ""
+        return f"line {self.line}{who}: {tag}{self.field}: {self.reason}"
 
 
 @dataclass

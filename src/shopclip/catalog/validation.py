@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
@@ -31,7 +31,7 @@ from shopclip.catalog.schema import (
     short_repr,
     split_category,
 )
-from shopclip.core.images import check_image
+from shopclip.core.images import inspect_image
 from shopclip.core.images import size_problem as image_size_problem  # re-exported
 from shopclip.core.io import atomic_write_jsonl
 
@@ -52,34 +52,54 @@ _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 @dataclass
 class ValidationReport:
-    """What validate_catalog found: the good products and one RowError per problem."""
+    """What validate_catalog found: the good products, one RowError per problem, one per warning.
+
+    Errors reject their row; warnings (severity "warning") keep it and say what was done
+    to it (a CMYK or greyscale photo converted to RGB), so nothing changes silently either.
+    """
 
     products: list[Product]
     errors: list[RowError]
     total_rows: int
     source: Path
+    warnings: list[RowError] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """No row rejected (warnings do not count)."""
         return not self.errors
 
     @property
     def rejected_rows(self) -> int:
         return len({e.line for e in self.errors})
 
+    @property
+    def findings(self) -> list[RowError]:
+        """Errors and warnings together, by line: what the errors file holds."""
+        return sorted([*self.errors, *self.warnings], key=lambda e: e.line)
+
     def reason_counts(self) -> Counter[str]:
         """Errors per (field, reason kind), e.g. 'image: truncated image'."""
         return Counter(f"{e.field}: {reason_kind(e.reason)}" for e in self.errors)
 
+    def warning_counts(self) -> Counter[str]:
+        """Warnings per (field, reason kind), e.g. 'image: CMYK image'."""
+        return Counter(f"{e.field}: {reason_kind(e.reason)}" for e in self.warnings)
+
     def summary(self, examples: int = 0) -> str:
-        """A few lines for a terminal: totals, counts per reason (and the first `examples` errors)."""
+        """A few lines for a terminal: totals, counts per reason (and the first `examples` findings)."""
+        counts = [f"{len(self.errors)} errors"] if self.errors else []
+        if self.warnings:
+            counts.append(f"{len(self.warnings)} warnings, rows kept")
         lines = [
             f"{self.source}: {self.total_rows} rows, {len(self.products)} valid, {self.rejected_rows} rejected"
-            + (f" ({len(self.errors)} errors)" if self.errors else "")
+            + (f" ({', '.join(counts)})" if counts else "")
         ]
         for kind, n in sorted(self.reason_counts().items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {n:>6}  {kind}")
-        for e in self.errors[:examples]:
+        for kind, n in sorted(self.warning_counts().items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {n:>6}  {kind} (warning)")
+        for e in self.findings[:examples]:
             lines.append(f"  e.g. {e}")
         return "\n".join(lines)
 
@@ -100,7 +120,7 @@ def default_errors_path(catalog_path: str | os.PathLike[str]) -> Path:
 
 
 def write_errors(errors: Iterable[RowError], path: str | os.PathLike[str]) -> None:
-    """One JSON object per error (line, field, reason, id, value), written atomically."""
+    """One JSON object per finding (line, field, reason, id, value, severity), written atomically."""
     atomic_write_jsonl(path, (e.to_dict() for e in errors))
 
 
@@ -392,14 +412,16 @@ def validate_catalog(
         if product is not None:
             candidates.append(product)
 
+    warnings: list[RowError] = []
     if check_images and to_check:
-        bad = _check_images(root, to_check, min_image_size, workers, progress)
+        bad, warnings = _check_images(root, to_check, min_image_size, workers, progress)
         errors.extend(bad)
         bad_lines = {e.line for e in bad}
         candidates = [p for p in candidates if p.line not in bad_lines]
 
     errors.sort(key=lambda e: e.line)  # stable: a row's own field order is kept
-    return ValidationReport(products=candidates, errors=errors, total_rows=total, source=source)
+    return ValidationReport(products=candidates, errors=errors, total_rows=total, source=source,
+                            warnings=warnings)
 
 
 def _usable_image(row: dict[str, Any]) -> str | None:
@@ -412,24 +434,34 @@ def _usable_image(row: dict[str, Any]) -> str | None:
 
 def _check_images(
     root: Path, items: list[tuple[int, str | None, str]], min_size: int, workers: int, progress: bool
-) -> list[RowError]:
-    """Decode every image in threads (PIL releases the GIL while decoding); one error per bad row."""
+) -> tuple[list[RowError], list[RowError]]:
+    """Decode every image in threads (PIL releases the GIL while decoding).
+
+    Returns (errors, warnings): one error per row whose image is refused, one warning per
+    row whose image is usable only after a conversion (CMYK, greyscale, palette, alpha).
+    """
     from tqdm.auto import tqdm
 
-    def check(image: str) -> str | None:
-        return check_image(root / image_relpath(image), min_size=min_size)[0]
+    def check(image: str):  # -> ImageCheck
+        return inspect_image(root / image_relpath(image), min_size=min_size)
 
     unique = list(dict.fromkeys(image for _, _, image in items))
-    results: dict[str, str | None] = {}
+    results = {}
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
         tqdm(total=len(unique), desc="checking images", unit="img", disable=not progress) as bar,
     ):
-        for image, reason in zip(unique, pool.map(check, unique), strict=True):
-            results[image] = reason
+        for image, result in zip(unique, pool.map(check, unique), strict=True):
+            results[image] = result
             bar.update()
-    return [
-        RowError(line, "image", results[image], pid, short_repr(image))
+    errors = [
+        RowError(line, "image", results[image].reason, pid, short_repr(image))
         for line, pid, image in items
-        if results[image] is not None
+        if results[image].reason is not None
     ]
+    warnings = [
+        RowError(line, "image", results[image].warning, pid, short_repr(image), severity="warning")
+        for line, pid, image in items
+        if results[image].reason is None and results[image].warning is not None
+    ]
+    return errors, warnings

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -46,7 +48,7 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
         except Image.DecompressionBombError as e:
             raise ImageError("image too large (decompression bomb)") from e
         except (OSError, SyntaxError, ValueError) as e:
-            msg = str(e)
+            msg = _clean(str(e))
             if "truncated" in msg.lower():
                 raise ImageError("truncated image") from e
             raise ImageError(f"unreadable image: {msg or type(e).__name__}") from e
@@ -60,32 +62,89 @@ def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
     return open_image(source)
 
 
-def check_image(path: str | Path, *, min_size: int = 32) -> tuple[str | None, tuple[int, int] | None]:
-    """Return (reason, size): reason is None when the file is a usable RGB-able photo.
+# Pixel formats that are not photos (depth maps, 16-bit scans, bilevel): refused, not guessed.
+REFUSED_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1")
+_FILE_OBJECT = re.compile(r"\s*<_io\.\w+ name=.*?>")
 
-    Reasons are the ones `shopclip validate` reports: unreadable, truncated, tiny,
-    non-RGB (a colour mode we refuse to guess, e.g. CMYK without profile is fine,
-    but 16-bit single channel "I;16" or "F" data are not photos).
+
+def _clean(msg: str) -> str:
+    """PIL names the file object ("cannot identify image file <_io.BufferedReader name='x.jpg'>"):
+    the report already shows the path, so keep only the words."""
+    return _FILE_OBJECT.sub("", msg).strip()
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What validation learns from decoding one image file."""
+
+    reason: str | None  # why it is refused; None when usable
+    size: tuple[int, int] | None
+    warning: str | None = None  # usable, but converted on the way in (say so, keep the row)
+
+
+def conversion_note(img: Image.Image) -> str | None:
+    """How `open_image` will change this picture to make it RGB, or None when it is RGB already.
+
+    Every consumer converts the same way (`_flatten`); validation says so per row, because
+    a CMYK or greyscale photo embeds differently from the colour photo a shopper sees.
     """
+    mode = img.mode
+    if mode == "RGB":
+        return None
+    alpha = _has_transparency(img)
+    flat = ", transparency flattened onto white" if alpha else ""
+    if mode == "CMYK":
+        return "CMYK image (converted to RGB)"
+    if mode in ("L", "LA", "La"):
+        return f"greyscale image (mode {mode}, converted to RGB{flat})"
+    if mode in ("P", "PA"):
+        return f"palette image (mode {mode}, converted to RGB{flat})"
+    if mode in ("RGBA", "RGBa"):
+        return f"transparent image (mode {mode}, flattened onto white)" if alpha else None
+    return f"non-RGB image (mode {mode}, converted to RGB{flat})"
+
+
+def _has_transparency(img: Image.Image) -> bool:
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        lo, _ = img.getchannel("A").getextrema()
+        return lo < 255
+    return img.mode == "P" and "transparency" in img.info
+
+
+def inspect_image(path: str | Path, *, min_size: int = 32) -> ImageCheck:
+    """Decode one file fully and judge it: refused (reason), usable, or usable after conversion (warning)."""
     try:
         with open(path, "rb") as fp:
             img = Image.open(fp)
             mode = img.mode
             img.load()
     except FileNotFoundError:
-        return "image file not found", None
+        return ImageCheck("image file not found", None)
     except Image.DecompressionBombError:
-        return "image too large (decompression bomb)", None
+        return ImageCheck("image too large (decompression bomb)", None)
     except OSError as e:
-        msg = str(e)
+        msg = _clean(str(e))
         if "truncated" in msg.lower():
-            return "truncated image", None
-        return f"unreadable image: {msg or type(e).__name__}", None
+            return ImageCheck("truncated image", None)
+        return ImageCheck(f"unreadable image: {msg or type(e).__name__}", None)
     except (SyntaxError, ValueError) as e:
-        return f"unreadable image: {e}", None
-    if mode in ("I", "I;16", "I;16B", "I;16L", "F", "1"):
-        return f"non-RGB image (mode {mode})", img.size
-    return size_problem(img.size, min_size), img.size
+        return ImageCheck(f"unreadable image: {_clean(str(e)) or type(e).__name__}", None)
+    if mode in REFUSED_MODES:
+        return ImageCheck(f"non-RGB image (mode {mode})", img.size)
+    problem = size_problem(img.size, min_size)
+    return ImageCheck(problem, img.size, None if problem else conversion_note(img))
+
+
+def check_image(path: str | Path, *, min_size: int = 32) -> tuple[str | None, tuple[int, int] | None]:
+    """Return (reason, size): reason is None when the file is a usable RGB-able photo.
+
+    Reasons are the ones `shopclip validate` reports: unreadable, truncated, tiny,
+    non-RGB data that are not photos (16-bit single channel "I;16", float "F", bilevel "1").
+    CMYK, greyscale and palette images are usable: :func:`inspect_image` also says how
+    they are converted.
+    """
+    c = inspect_image(path, min_size=min_size)
+    return c.reason, c.size
 
 
 def size_problem(size: tuple[int, int], min_size: int) -> str | None:

@@ -168,7 +168,7 @@ def _validate_fp(ctx: BuildContext) -> str:
 
 def _validate_run(ctx: BuildContext) -> str:
     report = validate_catalog(ctx.catalog_path, check_images=ctx.options.check_images, progress=ctx.options.progress)
-    write_errors(report.errors, ctx.workdir.errors)
+    write_errors(report.findings, ctx.workdir.errors)
     products = sample_products(report.products, ctx.options.sample)
     ctx.manifest["catalog"] = str(ctx.catalog_path.resolve())
     ctx.manifest["catalog_root"] = str(ctx.catalog_path.resolve().parent)
@@ -178,8 +178,8 @@ def _validate_run(ctx: BuildContext) -> str:
     msg = report.summary()
     if ctx.options.sample:
         msg += f"; sampled {len(products)} products"
-    if report.errors:
-        msg += f"; errors in {ctx.workdir.errors}"
+    if report.errors or report.warnings:
+        msg += f"; {'errors' if report.errors else 'warnings'} in {ctx.workdir.errors}"
     return msg
 
 
