@@ -180,7 +180,7 @@ def search(
     """Find products by text or by image.
 
     Examples: shopclip search demo-work "red running shoes" -k 10;
-    shopclip search demo-work --image photo.jpg --category Footwear
+    shopclip search demo-work --image ../shared/data/products/images/myntra-10104.jpg --category Footwear
     """
     _quiet_libraries()
     if (query is None) == (image is None):
@@ -215,7 +215,7 @@ def similar(
 ) -> None:
     """Products most similar to one product (itself excluded).
 
-    Example: shopclip similar demo-work 15970
+    Example: shopclip similar demo-work myntra-10104
     """
     eng = _engine(workdir)
     try:
