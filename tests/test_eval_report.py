@@ -168,6 +168,60 @@ def test_task_numbers_are_sane(report_dir):
     assert t2i["n_queries"] == 16 and 0.0 <= t2i["mrr"] <= 1.0
 
 
+def test_small_samples_carry_counts_intervals_and_a_warning(report_dir):
+    out, r = report_dir
+    real = r["tasks"]["matching"]["real"]
+    assert real["positive_pairs"] == {"eval": 2, "tune": 2} and real["small_sample"] is True
+    assert "only 2 real positive pairs" in real["warning"]
+    for v in ("image", "text", "fused", "probe"):
+        lo, hi = real[v]["ci95"]["auroc"]
+        assert 0.0 <= lo <= real[v]["auroc"] <= hi <= 1.0
+        assert real[v]["small_sample"] and "precision@recall0.9" in real[v]
+    syn = r["tasks"]["matching"]["synthetic"]["fused"]
+    assert len(syn["ci95"]["f1"]) == 2 and "warning" not in r["tasks"]["matching"]["synthetic"]
+    md = (out / "report.md").read_text()
+    assert "**Small sample:** only 2 real positive pairs" in md and "AUROC 95% CI" in md
+    assert "precision @ 90% recall" in md and "percentile bootstrap" in md
+
+
+def test_top_level_zero_shot_aggregates_leaves_and_is_documented(report_dir):
+    out, r = report_dir
+    top = r["tasks"]["category"]["top"]
+    assert "max of the cosines of its leaves' prompts" in top["zero_shot_method"]
+    assert set(top["zero_shot"]) == {"image", "text", "fused"}
+    assert {"accuracy", "macro_f1", "micro_f1"} <= set(top["zero_shot"]["text"])
+    md = (out / "report.md").read_text()
+    assert "Top-level zero-shot: hierarchical" in md and "micro-F1" in md
+
+
+def test_every_attribute_with_enough_values_is_evaluated_and_the_rest_listed(report_dir):
+    out, r = report_dir
+    a = r["tasks"]["attributes"]
+    assert a["selection"]["max_attributes"] is None
+    assert len(a["attributes"]) >= 3  # color, gender, usage, … on 48 train products
+    skipped = a["selection"]["skipped"]  # reasons are checked in test_eval_tasks (attribute_selection)
+    assert all(isinstance(v, str) and v for v in skipped.values())
+    assert not set(skipped) & set(a["attributes"])
+    assert {"color", "gender", "usage", "season"} <= set(a["attributes"]) | set(skipped)
+    md = (out / "report.md").read_text()
+    assert "Accuracy per attribute" in md and "Macro-F1 per attribute" in md
+
+
+def test_clustering_against_groups(report_dir):
+    _, r = report_dir
+    g = r["tasks"]["clustering"]["group"]
+    assert g["k"] == 2 and g["n"] >= 4 and g["small_sample"]  # the two real shirt groups in test
+    assert 0.0 <= g["kmeans"]["fused"]["nmi"] <= 1.0
+
+
+def test_untrained_text_side_equal_to_the_tower_is_said(report_dir):
+    _, r = report_dir
+    same = r["baselines"]["untrained"]["tasks"]["category"]["leaf"]["zero_shot"]["text"]
+    tower = r["baselines"]["text-tower"]["tasks"]["category"]["leaf"]["zero_shot"]["text"]
+    noted = any(n.startswith("untrained: its text side gives the same cosines") for n in r["notes"])
+    assert noted == (same == pytest.approx(tower))
+
+
 def test_adult_task_runs_on_the_labelled_fixture(report_dir):
     _, r = report_dir
     adult = r["tasks"]["adult"]
@@ -218,14 +272,23 @@ def test_cli_command(tiny_model, labelled_catalog, report_dir, tmp_path):
     app.command("eval")(eval_command)
     app.command("noop")(lambda: None)  # two commands: typer keeps `eval` as a sub-command
     runner = CliRunner()
-    res = runner.invoke(app, ["eval", "--help"])
+    res = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "shopclip eval default" in res.output
+    assert "labels.<name>" in res.output  # rich markup must not eat it
     cache = Path(report_dir[1]["data"]["cache"])
+    ids = [json.loads(line)["id"] for line in labelled_catalog.read_text().splitlines()]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("a,b\n" + "".join(f"{a},{b}\n" for a, b in zip(ids[:10], ids[1:11], strict=True)))
     res = runner.invoke(app, ["eval", str(tiny_model), str(labelled_catalog), "--out", str(tmp_path / "cli"),
                               "--cache", str(cache), "--no-default-baselines", "--baseline", TINY, "--no-plots",
-                              "--synthetic-max", "20"])
+                              "--synthetic-max", "20", "--pairs", str(pairs)])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert list(report["baselines"]) == [TINY] and "plots" not in report
+    import hashlib
+
+    assert report["data"]["pairs"] == {"path": str(pairs), "sha1": hashlib.sha1(pairs.read_bytes()).hexdigest(),
+                                       "n_pairs": 10}
+    assert f"sha1 `{report['data']['pairs']['sha1'][:12]}`" in (tmp_path / "cli" / "report.md").read_text()
     assert "report:" in res.output
     assert np.isfinite(report["headline"]["tasks/category/top/probe/fused/accuracy"])

@@ -283,6 +283,12 @@ def test_attribute_targets_selection():
         for i in range(30)])
     targets = T.attribute_targets(ps, min_count=5, min_products=20)
     assert targets == {"color": ["Blue", "Green", "Red"]}  # Pink (1) and every `rare` value are too rare
+    kept, skipped = T.attribute_selection(ps, min_count=5, min_products=20)
+    assert kept == targets and set(skipped) == {"rare"} and "0 value(s) with >= 5 products" in skipped["rare"]
+    kept, skipped = T.attribute_selection(ps, min_count=5, min_products=40)
+    assert kept == {} and "29 labelled products among its 3 usable values < 40" in skipped["color"]
+    kept, skipped = T.attribute_selection(ps, min_count=5, min_products=20, max_attributes=0)
+    assert kept == {} and skipped["color"].startswith("over max_attributes=0")
     assert T.attribute_prompts("color", ["Red"])[0][0] == "color: Red"
 
 
@@ -300,3 +306,48 @@ def test_class_prompt_names_disambiguate_shared_leaves():
                          "Watches"])
     assert names == {"Footwear > Sandal > Sandals": "Sandal Sandals", "Footwear > Shoes > Sandals": "Shoes Sandals",
                      "Apparel > Topwear > Shirts": "Shirts", "Watches": "Watches"}
+
+
+def test_hierarchical_zero_shot_scores_a_top_class_by_its_best_leaf():
+    """Hand-made, leaves A > a1, A > a2, B > b1: item 1 sits on a2, yet the bare word "B" is closer to it than "A"."""
+    leaf_s = np.array([[0.1, 0.9, 0.3],    # clearly a2
+                       [0.2, 0.1, 0.6]])   # clearly b1
+    top_s = np.array([[0.2, 0.5],          # the bare top-level words point the wrong way
+                      [0.7, 0.1]])
+    got = T.hierarchical_scores(leaf_s, [0, 0, 1], 2, top_s)
+    np.testing.assert_allclose(got, [[0.9, 0.5], [0.7, 0.6]])
+    assert got.argmax(1).tolist() == [0, 0]  # row 2: the prompt "A" itself (0.7) beats leaf b1 (0.6)
+    np.testing.assert_allclose(T.hierarchical_scores(leaf_s, [0, 0, 1], 3), [[0.9, 0.3, -np.inf], [0.2, 0.6, -np.inf]])
+    with pytest.raises(ValueError):
+        T.hierarchical_scores(leaf_s, [0, 1], 2)
+
+
+def test_top_level_zero_shot_uses_the_leaf_prompts():
+    """Unit vectors in 3-d: leaf prompts point at the items, the top-level prompts do not."""
+    from shopclip.eval.runner import _top_zero_shot
+
+    e = np.eye(3, dtype=np.float32)
+    leaf_classes = ["A > a1", "A > a2", "B > b1"]
+    items = np.stack([e[0], e[1], e[2], e[1]])  # A, A, B, A
+    top_emb = np.array([[0.6, 0.0, 0.8], [0.7071, 0.7071, 0.0]], dtype=np.float32)  # "A" leans to b1, "B" to A's leaves
+    zs = _top_zero_shot({"text": items}, leaf_classes, e, ["A", "B"], top_emb, cross_modal=False)
+    flat = T.zero_shot_scores({"text": items}, top_emb, cross_modal=False)["text"]
+    y = ["A", "A", "B", "A"]
+    res = T.classification_task({"text": np.tile(items, (3, 1))}, y * 3, {"text": items}, y, classes=["A", "B"],
+                                min_count=2, zero_shot=zs, class_emb=top_emb)
+    assert res["zero_shot"]["text"]["accuracy"] == 1.0
+    assert np.mean(np.asarray(["A", "B"])[flat.argmax(1)] == np.asarray(y)) == 0.0  # the bare words alone
+
+
+def test_binary_scores_report_intervals_operating_points_and_small_samples():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1, 0.05, 0.0])
+    r = T.binary_scores(y, s, threshold=0.5, n_boot=200)
+    # recall 0.9 needs all 3 positives: threshold 0.3 admits 0.9, 0.8, 0.7, 0.3 -> precision 3/4
+    assert r["precision@recall0.9"] == pytest.approx(0.75)
+    assert r["f1"] == pytest.approx(2 * 2 / (3 + 3))  # predicted {0.9, 0.8, 0.7}: tp 2
+    assert r["ci95"]["auroc"][0] <= r["auroc"] <= r["ci95"]["auroc"][1]
+    assert r["small_sample"] and "only 3 positive / 5 negative" in r["warning"]
+    big = np.r_[np.ones(40), np.zeros(40)]
+    assert "small_sample" not in T.binary_scores(big, big + 0.1, None, n_boot=10)
+    assert "ci95" not in T.binary_scores(y, s, None, n_boot=0)

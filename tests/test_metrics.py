@@ -398,6 +398,29 @@ def test_binary_f1_at_by_hand():
     assert M.binary_f1_at([0, 0], [0.1, 0.2], 0.5) == 0.0  # 0/0 -> 0
 
 
+def test_bootstrap_ci_brackets_the_value_and_narrows_with_n():
+    # perfectly separated: every resample keeps AUROC 1, so the interval is the point [1, 1]
+    lo, hi = M.bootstrap_ci([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1], {"auroc": M.roc_auc}, n_boot=200)["auroc"]
+    assert (lo, hi) == (1.0, 1.0)
+    rng = np.random.default_rng(0)
+
+    def width(n_pos: int) -> tuple[float, float, float]:
+        y = np.r_[np.ones(n_pos), np.zeros(3 * n_pos)]
+        s = y * 0.5 + rng.normal(0, 0.5, y.size)  # overlapping classes: AUROC ~0.76
+        lo, hi = M.bootstrap_ci(y, s, {"auroc": M.roc_auc}, n_boot=300, seed=1)["auroc"]
+        return lo, M.roc_auc(y, s), hi
+
+    small, big = width(5), width(400)
+    assert small[0] <= small[1] <= small[2] and big[0] <= big[1] <= big[2]
+    assert small[2] - small[0] > 3 * (big[2] - big[0])  # 5 positives: a far wider interval
+    # seeded: the same call gives the same interval; both classes are always present
+    y, s = [1, 0, 1, 0, 0, 1], [0.3, 0.4, 0.9, 0.1, 0.5, 0.6]
+    a = M.bootstrap_ci(y, s, {"auroc": M.roc_auc, "ap": M.average_precision_score}, n_boot=100, seed=3)
+    assert a == M.bootstrap_ci(y, s, {"auroc": M.roc_auc, "ap": M.average_precision_score}, n_boot=100, seed=3)
+    assert all(np.isfinite(v).all() for v in a.values())
+    assert all(math.isnan(v) for v in M.bootstrap_ci([1, 1], [0.2, 0.3], {"auroc": M.roc_auc})["auroc"])
+
+
 def test_binary_label_conventions_and_validation():
     assert M.roc_auc([True, False], [0.9, 0.1]) == 1.0
     assert M.roc_auc([1, -1], [0.9, 0.1]) == 1.0  # positives are y > 0

@@ -29,7 +29,7 @@ def eval_command(
         help="Embedding cache folder (default: OUT/cache); share one between reports to reuse embeddings")] = None,
     pairs: Annotated[Path | None, typer.Option(
         help="Co-view/co-purchase pairs (JSONL/CSV with a/b id columns, optional weight) for recommendation")] = None,
-    adult_label: Annotated[str, typer.Option(help="Binary label for adult-product recognition (labels.<name>)")] = "adult",
+    adult_label: Annotated[str, typer.Option(help="Binary label for adult-product recognition: the catalog's `labels.<name>` column")] = "adult",
     probe_train_max: Annotated[int, typer.Option(help="Train products the linear probes are fitted on (at most)")] = 2000,
     eval_max: Annotated[int | None, typer.Option(help="Evaluate on at most N products of the split")] = None,
     synthetic_max: Annotated[int, typer.Option(help="Synthetic re-listings for matching (eval split)")] = 400,

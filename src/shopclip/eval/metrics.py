@@ -37,7 +37,7 @@ cells rather than ``n_classes * n_clusters``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +50,7 @@ __all__ = [
     "average_precision_score",
     "best_f1_threshold",
     "binary_f1_at",
+    "bootstrap_ci",
     "confusion_matrix",
     "f1_scores",
     "gather_relevance",
@@ -545,6 +546,44 @@ def binary_f1_at(y_true: ArrayLike, scores: ArrayLike, threshold: float) -> floa
     tp = float((pred & y).sum())
     denom = float(pred.sum() + y.sum())
     return 2.0 * tp / denom if denom > 0 else 0.0
+
+
+def bootstrap_ci(
+    y_true: ArrayLike,
+    scores: ArrayLike,
+    metrics: dict[str, Callable[[NDArray[np.bool_], FloatArray], float]],
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of each ``metric(y, s)``, sharing one set of resamples.
+
+    Positives and negatives are resampled separately (each with replacement, at their own
+    count), so every resample holds both classes and AUROC/AP stay defined; resamples
+    where a metric is NaN are dropped for that metric. Items are treated as independent:
+    with pairs that share products the interval is, if anything, too narrow. Seeded, so a
+    report's intervals are reproducible. ``(nan, nan)`` without both classes.
+    """
+    y, s = _binary(y_true, scores)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    if not pos.size or not neg.size or n_boot < 1:
+        return {name: (float("nan"), float("nan")) for name in metrics}
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {name: [] for name in metrics}
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        yb, sb = y[idx], s[idx]
+        for name, fn in metrics.items():
+            values[name].append(fn(yb, sb))
+    alpha = (1.0 - level) / 2.0
+    out = {}
+    for name, vals in values.items():
+        v = np.asarray(vals, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        out[name] = ((float(np.quantile(v, alpha)), float(np.quantile(v, 1.0 - alpha))) if v.size
+                     else (float("nan"), float("nan")))
+    return out
 
 
 # ---------------------------------------------------------------------- clustering

@@ -37,6 +37,14 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ci(r: dict[str, Any], key: str) -> str:
+    """'[lo, hi]' of a bootstrap interval, '–' when there is none."""
+    lo_hi = (r.get("ci95") or {}).get(key)
+    if not lo_hi or any(v is None for v in lo_hi):
+        return "–"
+    return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+
+
 def _status(d: Any) -> str | None:
     if isinstance(d, dict) and d.get("status") in ("n/a", "skipped"):
         return f"_{d['status']}: {d.get('reason', '')}_"
@@ -111,16 +119,16 @@ def _recommendation(rec: dict[str, Any]) -> str:
 
 def _classification_rows(name: str, res: dict[str, Any]) -> list[list[Any]]:
     if _status(res):
-        return [[name, "–", "–", "–", "–", _status(res)]]
+        return [[name, "–", "–", "–", "–", "–", _status(res)]]
     rows = []
     for variant in ("probe", "zero_shot"):
         for v in VIEWS:
             m = res.get(variant, {}).get(v)
             if m:
-                rows.append([name, variant.replace("_", "-"), v, m["accuracy"], m["macro_f1"],
+                rows.append([name, variant.replace("_", "-"), v, m["accuracy"], m["macro_f1"], m.get("micro_f1"),
                              f"{res['n_classes']} classes, {res['n_eval']} eval, {res['n_train']} train"])
     chance = res.get("chance", {})
-    rows.append([name, "chance", "–", chance.get("majority"), "–", f"uniform {_f(chance.get('uniform'))}"])
+    rows.append([name, "chance", "–", chance.get("majority"), "–", "–", f"uniform {_f(chance.get('uniform'))}"])
     return rows
 
 
@@ -129,25 +137,44 @@ def _category(t: dict[str, Any]) -> str:
     for level in ("leaf", "top"):
         if level in t:
             rows += _classification_rows(level, t[level])
-    return _table(["level", "variant", "view", "accuracy", "macro-F1", "data"], rows)
+    text = _table(["level", "variant", "view", "accuracy", "macro-F1", "micro-F1", "data"], rows)
+    method = t.get("top", {}).get("zero_shot_method")
+    if method:
+        text += f"\nTop-level zero-shot: {method}.\n"
+    return text
 
 
 def _attributes(a: dict[str, Any]) -> str:
     if _status(a):
         return _status(a) + "\n"
-    header = ["attribute", "classes", "eval"] + [f"probe {v}" for v in VIEWS] + [f"zero-shot {v}" for v in VIEWS]
-    rows = []
-    for name, res in a.get("attributes", {}).items():
-        if _status(res):
-            rows.append([name, "–", "–", *["–"] * 6])
-            continue
-        rows.append([name, res["n_classes"], res["n_eval"],
-                     *[res.get("probe", {}).get(v, {}).get("macro_f1") for v in VIEWS],
-                     *[res.get("zero_shot", {}).get(v, {}).get("macro_f1") for v in VIEWS]])
-    s = a.get("summary", {})
-    rows.append(["**mean**", "", "", *[s.get("probe", {}).get(v, {}).get("macro_f1") for v in VIEWS],
-                 *[s.get("zero_shot", {}).get(v, {}).get("macro_f1") for v in VIEWS]])
-    return "Macro-F1 per attribute (eval rows whose value is one of the kept classes).\n\n" + _table(header, rows)
+    header = (["attribute", "classes", "eval", "majority"] + [f"probe {v}" for v in VIEWS]
+              + [f"zero-shot {v}" for v in VIEWS])
+    attrs = a.get("attributes", {})
+    summary = a.get("summary", {})
+    parts = []
+    for metric, title in (("macro_f1", "Macro-F1"), ("accuracy", "Accuracy")):
+        rows = []
+        for name, res in attrs.items():
+            if _status(res):
+                rows.append([name, "–", "–", "–", *["–"] * 6])
+                continue
+            rows.append([name, res["n_classes"], res["n_eval"], res.get("chance", {}).get("majority"),
+                         *[res.get("probe", {}).get(v, {}).get(metric) for v in VIEWS],
+                         *[res.get("zero_shot", {}).get(v, {}).get(metric) for v in VIEWS]])
+        rows.append(["**mean**", "", "", "", *[summary.get("probe", {}).get(v, {}).get(metric) for v in VIEWS],
+                     *[summary.get("zero_shot", {}).get(v, {}).get(metric) for v in VIEWS]])
+        parts.append(f"{title} per attribute (eval rows whose value is one of the kept classes; majority = "
+                     "accuracy of always answering the most common train value).\n\n" + _table(header, rows))
+    sel = a.get("selection", {})
+    skipped = sel.get("skipped") or {}
+    if skipped:
+        shown = list(skipped.items())[:25]
+        lines = [f"- `{k}`: {v}" for k, v in shown]
+        more = f"\n- … {len(skipped) - len(shown)} more in report.json" if len(skipped) > len(shown) else ""
+        parts.append(f"Every attribute with >= {sel.get('min_values_per_class')} products on each of >= 2 values and "
+                     f">= {sel.get('min_labelled_products')} labelled products (in {sel.get('counted_in', 'train')}) "
+                     f"is evaluated; skipped:\n\n" + "\n".join(lines) + more + "\n")
+    return "\n".join(parts)
 
 
 def _matching(m: dict[str, Any]) -> str:
@@ -162,13 +189,17 @@ def _matching(m: dict[str, Any]) -> str:
         for v in (*VIEWS, "probe"):
             r = res.get(v)
             if r:
-                rows.append([v, r.get("auroc"), r.get("average_precision"), r.get("f1"), r.get("precision"),
-                             r.get("recall"), r.get("threshold"), r.get("oracle_f1"),
-                             f"{r.get('n_pos')}/{r.get('n_neg')}"])
+                rows.append([v, r.get("auroc"), _ci(r, "auroc"), r.get("average_precision"), r.get("f1"),
+                             _ci(r, "f1"), r.get("precision"), r.get("recall"), r.get("precision@recall0.9"),
+                             r.get("threshold"), r.get("oracle_f1"), f"{r.get('n_pos')}/{r.get('n_neg')}"])
         src = f" Threshold from {res['threshold_from']}." if res.get("threshold_from") else ""
-        parts.append(f"{title}{src}\n\n" + _table(
-            ["score", "AUROC", "AP", "F1 @ val threshold", "precision", "recall", "threshold", "oracle F1",
-             "pos/neg"], rows))
+        warn = f"\n\n**Small sample:** {res['warning']}." if res.get("warning") else ""
+        parts.append(f"{title}{src}{warn}\n\n" + _table(
+            ["score", "AUROC", "AUROC 95% CI", "AP", "F1 @ val threshold", "F1 95% CI", "precision", "recall",
+             "precision @ 90% recall", "threshold", "oracle F1", "pos/neg"], rows))
+    parts.append("95% CI: percentile bootstrap over the eval pairs (positives and negatives resampled "
+                 "separately, 1000 resamples, seeded); pairs sharing a product are treated as independent, so "
+                 "the intervals are if anything too narrow.\n")
     return "\n".join(parts)
 
 
@@ -180,8 +211,20 @@ def _clustering(c: dict[str, Any]) -> str:
         for v, per in c.get(method, {}).items():
             rows.append([method, v, per["leaf"]["nmi"], per["leaf"]["ari"], per["top"]["nmi"], per["top"]["ari"]])
     k = c.get("k", {})
-    return (f"{c.get('n')} products; k = {k.get('leaf')} (leaf) / {k.get('top')} (top-level).\n\n"
+    text = (f"{c.get('n')} products; k = {k.get('leaf')} (leaf) / {k.get('top')} (top-level).\n\n"
             + _table(["method", "view", "leaf NMI", "leaf ARI", "top NMI", "top ARI"], rows))
+    g = c.get("group")
+    if isinstance(g, dict):
+        if _status(g):
+            text += f"\nAgainst re-listing groups: {_status(g)}\n"
+        else:
+            grow = [[method, v, per["nmi"], per["ari"], per["v_measure"]]
+                    for method in ("kmeans", "agglomerative") for v, per in g.get(method, {}).items()]
+            small = " (small sample)" if g.get("small_sample") else ""
+            text += (f"\nAgainst re-listing groups{small}: the {g.get('n')} products of the {g.get('k')} groups "
+                     f"with >= 2 products, k = {g.get('k')}.\n\n"
+                     + _table(["method", "view", "group NMI", "group ARI", "group V-measure"], grow))
+    return text
 
 
 def _adult(a: dict[str, Any]) -> str:
@@ -194,12 +237,17 @@ def _adult(a: dict[str, Any]) -> str:
             rows.append([variant, "–", _status(per), "", "", "", "", ""])
             continue
         for v, r in per.items():
-            rows.append([variant, v, r.get("auroc"), r.get("average_precision"), r.get("recall@precision0.99"),
-                         r.get("precision"), r.get("recall"), r.get("f1")])
+            rows.append([variant, v, r.get("auroc"), _ci(r, "auroc"), r.get("average_precision"),
+                         r.get("recall@precision0.99"), r.get("precision@recall0.9"), r.get("precision"),
+                         r.get("recall"), r.get("f1"), _ci(r, "f1")])
     pos = a.get("positives", {})
+    warn = next((r["warning"] for per in (a.get("probe", {}), a.get("zero_shot", {})) if isinstance(per, dict)
+                 for r in per.values() if isinstance(r, dict) and r.get("warning")), None)
     return (f"Label column `{a.get('label')}`: {a.get('n_eval')} labelled eval products ({pos.get('eval')} positive), "
-            f"{a.get('n_train')} train ({pos.get('train')} positive), {a.get('n_tune')} tune.\n\n"
-            + _table(["variant", "view", "AUROC", "AP", "recall @ 99% precision", "precision", "recall", "F1"], rows))
+            f"{a.get('n_train')} train ({pos.get('train')} positive), {a.get('n_tune')} tune."
+            + (f"\n\n**Small sample:** {warn}." if warn else "") + "\n\n"
+            + _table(["variant", "view", "AUROC", "AUROC 95% CI", "AP", "recall @ 99% precision",
+                      "precision @ 90% recall", "precision", "recall", "F1", "F1 95% CI"], rows))
 
 
 def _probe_c(report: dict[str, Any]) -> str:
@@ -260,7 +308,11 @@ def render_markdown(report: dict[str, Any]) -> str:
               "1 same parent path. Queries without a relevant item are skipped and counted.",
               f"- **probes**: standardised features + multinomial logistic regression (L-BFGS); C per view: "
               f"{_probe_c(report)}.",
-              f"- **seed**: {cfg['seed']}; cache: `{d.get('cache')}`", ""]
+              f"- **seed**: {cfg['seed']}; cache: `{d.get('cache')}`"]
+    if d.get("pairs"):
+        pr = d["pairs"]
+        lines.append(f"- **co-view/co-purchase pairs**: `{pr['path']}` (sha1 `{pr['sha1'][:12]}`, {pr['n_pairs']} pairs)")
+    lines.append("")
     return "\n".join(lines)
 
 

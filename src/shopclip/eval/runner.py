@@ -50,7 +50,7 @@ class EvalConfig:
     curve_max_k: int = 50
     min_class_count: int = 5
     min_attribute_products: int = 100
-    max_attributes: int = 8
+    max_attributes: int | None = None  # None: every attribute with enough labelled values
     probe_C: float | None = None  # None: chosen per view on the tune set (tasks.choose_probe_C)
     text_fields: tuple[str, ...] = ("title", "description")
     adult_label: str = "adult"
@@ -153,6 +153,22 @@ def prompt_embeddings(emb: Embedder, prompts: Sequence[Sequence[str]]) -> np.nda
     return np.asarray(out, dtype=np.float32).reshape(len(prompts), -1)
 
 
+TOP_ZERO_SHOT_DOC = (
+    "hierarchical: a top-level class scores the max of the cosines of its leaves' prompts and its own prompt "
+    "('a photo of {top}.'); the top-level word alone is far from product text and scored under the majority rate")
+
+
+def _top_zero_shot(views: T.Views, leaf_classes: Sequence[str], leaf_emb: np.ndarray, top_classes: Sequence[str],
+                   top_emb: np.ndarray, cross_modal: bool) -> dict[str, np.ndarray]:
+    """Per view, (n, len(top_classes)) zero-shot scores aggregated over each top class's leaves."""
+    at = {c: i for i, c in enumerate(top_classes)}
+    keep = [i for i, c in enumerate(leaf_classes) if c.split(" > ", 1)[0] in at]
+    parent_of = [at[leaf_classes[i].split(" > ", 1)[0]] for i in keep]
+    leaf = T.zero_shot_scores(views, leaf_emb[keep], cross_modal)
+    top = T.zero_shot_scores(views, top_emb, cross_modal)
+    return {v: T.hierarchical_scores(leaf[v], parent_of, len(top_classes), top[v]) for v in leaf if v in top}
+
+
 # ------------------------------------------------------------------------ evaluation
 
 
@@ -234,25 +250,34 @@ def evaluate_embedder(emb: Embedder, sets: EvalSets, cfg: EvalConfig, *,
     t1 = time.perf_counter()
     stage("category")
     tasks: dict[str, Any] = {"category": {}, "probe_regularisation": probe_c}
+    leaf_classes: list[str] = []
+    leaf_emb = None
     for level, get in (("leaf", lambda ps: ps.paths), ("top", lambda ps: ps.tops)):
         tr_y = [y or None for y in get(sets.train)]
         ev_y = [y or None for y in get(ev)]
         classes = sorted({y for y in tr_y + ev_y if y})
-        cls_emb = None
+        cls_emb, zero_shot = None, None
         if emb.has_text and classes:
             names = class_names(classes) if level == "leaf" else {c: c for c in classes}
             cls_emb = prompt_embeddings(emb, [[t.format(names[c]) for t in CLASS_TEMPLATES] for c in classes])
+            if level == "leaf":
+                leaf_classes, leaf_emb = classes, cls_emb
+            elif leaf_emb is not None:
+                zero_shot = _top_zero_shot(V["eval"], leaf_classes, leaf_emb, classes, cls_emb, emb.cross_modal)
         tasks["category"][level] = T.classification_task(
             V["train"], tr_y, V["eval"], ev_y, class_emb=cls_emb, classes=classes, cross_modal=emb.cross_modal,
             min_count=cfg.min_class_count, C=C, confusion_view=main_view,
-            confusion_top=None if level == "top" else 15)
+            confusion_top=None if level == "top" else 15, zero_shot=zero_shot)
+        if zero_shot is not None and "zero_shot" in tasks["category"][level]:
+            tasks["category"][level]["zero_shot_method"] = TOP_ZERO_SHOT_DOC
     timings["category_s"] = time.perf_counter() - t1
 
     # ---- attributes
     t1 = time.perf_counter()
     stage("attributes")
-    targets = T.attribute_targets(sets.train, min_count=cfg.min_class_count,
-                                  min_products=cfg.min_attribute_products, max_attributes=cfg.max_attributes)
+    targets, skipped_attrs = T.attribute_selection(sets.train, min_count=cfg.min_class_count,
+                                                   min_products=cfg.min_attribute_products,
+                                                   max_attributes=cfg.max_attributes)
     attrs: dict[str, Any] = {}
     for name, values in targets.items():
         allowed = set(values)
@@ -265,7 +290,9 @@ def evaluate_embedder(emb: Embedder, sets: EvalSets, cfg: EvalConfig, *,
     tasks["attributes"] = {"attributes": attrs, "summary": _attribute_summary(attrs),
                            "selection": {"min_values_per_class": cfg.min_class_count,
                                          "min_labelled_products": cfg.min_attribute_products,
-                                         "max_attributes": cfg.max_attributes}}
+                                         "max_attributes": cfg.max_attributes,
+                                         "counted_in": "the probe-train subset",
+                                         "skipped": skipped_attrs}}
     if not attrs:
         tasks["attributes"]["status"] = "skipped"
         tasks["attributes"]["reason"] = "no attribute has enough labelled values in the train subset"
@@ -333,7 +360,15 @@ def _matching(V: dict[str, T.Views], sets: EvalSets, cfg: EvalConfig) -> dict[st
     else:
         res = T.matching_scores(syn_tune_s, syn_y_t, eval_s, real_y_e)
         src = (f"synthetic tune pairs (the tune set has {int(real_y_t.sum())} real positive pairs, fewer than 2)")
-    out["real"] = {"label": "REAL groups of re-listed products (catalog `group`)", "threshold_from": src, **res}
+    n_eval, n_tune = int(real_y_e.sum()), int(real_y_t.sum())
+    out["real"] = {"label": "REAL groups of re-listed products (catalog `group`)", "threshold_from": src,
+                   "positive_pairs": {"eval": n_eval, "tune": n_tune},
+                   "negative_pairs": {"eval": int(len(real_y_e) - n_eval), "tune": int(len(real_y_t) - n_tune)},
+                   **res}
+    if n_eval < T.SMALL_SAMPLE:
+        out["real"]["small_sample"] = True
+        out["real"]["warning"] = (f"only {n_eval} real positive pairs in eval ({n_tune} in tune): a point value "
+                                  "can move by a lot with one pair; read the bootstrap 95 % intervals")
     return out
 
 
@@ -384,7 +419,8 @@ def headline_keys(cfg: EvalConfig) -> list[str]:
     keys += [f"tasks/attributes/summary/zero_shot/{v}/macro_f1" for v in T.VIEWS]
     for kind in ("synthetic", "real"):
         for v in (*T.VIEWS, "probe"):
-            keys += [f"tasks/matching/{kind}/{v}/auroc", f"tasks/matching/{kind}/{v}/f1"]
+            keys += [f"tasks/matching/{kind}/{v}/auroc", f"tasks/matching/{kind}/{v}/f1",
+                     f"tasks/matching/{kind}/{v}/precision@recall0.9"]
     keys += [f"tasks/clustering/kmeans/{v}/leaf/nmi" for v in T.VIEWS]
     keys += [f"tasks/clustering/kmeans/{v}/leaf/ari" for v in T.VIEWS]
     keys += [f"tasks/adult/probe/{v}/auroc" for v in T.VIEWS]
@@ -416,6 +452,32 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
+
+
+def _same_cosines(a: np.ndarray, b: np.ndarray, n: int = 256) -> bool:
+    """Do two embeddings of the same items give the same cosines (first `n` items)?"""
+    a, b = np.asarray(a[:n], np.float64), np.asarray(b[:n], np.float64)
+    return a.shape[0] == b.shape[0] and bool(np.allclose(a @ a.T, b @ b.T, atol=1e-4))
+
+
+def _geometry_notes(extras: dict[str, dict[str, Any]]) -> list[str]:
+    """Say so when a baseline's side is the raw tower in disguise (measured, not assumed).
+
+    An untrained head that maps a narrower tower orthogonally into a wider space (e.g.
+    384-d MiniLM → 768-d) preserves every cosine, so that side's numbers equal the
+    tower baseline's; a reader comparing the two should know it is not a coincidence.
+    """
+    notes = []
+    for name in ("untrained", "model"):
+        views = extras.get(name, {}).get("views", {})
+        for side, tower in (("text", "text-tower"), ("image", "image-tower")):
+            other = extras.get(tower, {}).get("views", {}).get(side)
+            if side in views and other is not None and _same_cosines(views[side], other):
+                notes.append(f"{name}: its {side} side gives the same cosines as `{tower}` (checked on the first "
+                             f"eval items): its {side} head preserves cosines (an untrained orthogonal map), so its "
+                             f"{side}-view numbers equal `{tower}`'s; only the other side and cross-modal "
+                             "numbers differ")
+    return notes
 
 
 def _write_recommendations(path: Path, ps: ProductSet, scores: np.ndarray, k: int) -> str:
@@ -530,6 +592,8 @@ def run_eval(
                     "tasks predict them)",
             "fused": "concatenation of image and text unit vectors / sqrt(2): cosine = mean of the two cosines",
             "synthetic": SYNTHETIC_DOC,
+            "pairs": ({"path": str(cfg.pairs), "sha1": file_sha1(cfg.pairs), "n_pairs": len(pairs or [])}
+                      if cfg.pairs else None),
             "real_groups_in_eval": len({g for g in sets.eval.groups if g}),
             "real_groups_in_tune": len({g for g in sets.tune.groups if g}),
             "cache": str(cache),
@@ -541,6 +605,7 @@ def run_eval(
         "baselines": {},
         "notes": notes,
     }
+    report["notes"] += _geometry_notes(extras)
     for name, emb in base_embs.items():
         head = headline(results[name], keys)
         report["baselines"][name] = {

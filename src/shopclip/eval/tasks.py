@@ -62,6 +62,33 @@ def zero_shot_scores(views: Views, class_emb: np.ndarray, cross_modal: bool) -> 
     return out
 
 
+def hierarchical_scores(child_scores: np.ndarray, parent_of: Sequence[int], n_parents: int,
+                        parent_scores: np.ndarray | None = None) -> np.ndarray:
+    """(n, P) parent-class scores: the max over the parent's children's scores and its own.
+
+    A top-level category is the union of its leaves, so an item belongs to it as much as
+    it matches its best-matching leaf: "Footwear" is scored by "Casual Shoes", "Flip
+    Flops", … and by the prompt "Footwear" itself. Scoring the bare top-level word alone
+    fails because a prompt like "a photo of Apparel." is far from any product text
+    (0.26-0.30 accuracy on the sample catalog, under the 0.43 majority rate). Max is
+    parameter-free; log-sum-exp (the softmax marginal) was measured alongside it and was
+    no better at any temperature in [0.01, 0.05]. Parents with neither children nor
+    their own score get -inf.
+    """
+    child = np.asarray(child_scores, dtype=np.float64)
+    parent_of = np.asarray(parent_of, dtype=np.int64)
+    if child.ndim != 2 or child.shape[1] != len(parent_of):
+        raise ValueError(f"child_scores {child.shape} do not match {len(parent_of)} children")
+    out = np.full((child.shape[0], n_parents), -np.inf)
+    for j in range(n_parents):
+        cols = child[:, parent_of == j]
+        if cols.shape[1]:
+            out[:, j] = cols.max(axis=1)
+    if parent_scores is not None:
+        out = np.maximum(out, np.asarray(parent_scores, dtype=np.float64))
+    return out
+
+
 # --------------------------------------------------------------------------- probes
 
 
@@ -164,7 +191,8 @@ def choose_probe_C(train_x: Views, train_y: Sequence[str | None], tune_x: Views,
 
 def _class_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     f1 = M.f1_scores(y_true, y_pred)
-    return {"accuracy": M.accuracy(y_true, y_pred), "macro_f1": f1["macro_f1"], "weighted_f1": f1["weighted_f1"]}
+    return {"accuracy": M.accuracy(y_true, y_pred), "macro_f1": f1["macro_f1"], "micro_f1": f1["micro_f1"],
+            "weighted_f1": f1["weighted_f1"]}
 
 
 def classification_task(
@@ -180,12 +208,15 @@ def classification_task(
     C: float | dict[str, float] = 1.0,
     confusion_view: str | None = None,
     confusion_top: int | None = None,
+    zero_shot: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Single-label classification, probe and zero-shot, per view.
 
     Classes are the labels with at least ``min_count`` training examples; training and
     eval rows with other (or no) labels are left out and counted. ``class_emb`` holds
-    one prompt embedding per class in ``classes`` order for the zero-shot variant.
+    one prompt embedding per class in ``classes`` order for the zero-shot variant;
+    ``zero_shot`` instead gives the zero-shot scores themselves, per view an
+    ``(len(eval_y), len(classes))`` array (e.g. :func:`hierarchical_scores`).
     ``confusion_view`` adds the probe's confusion matrix for that view (the
     ``confusion_top`` most frequent eval classes, the rest pooled as "(other)").
     """
@@ -219,9 +250,12 @@ def classification_task(
         if view == confusion_view:
             out["confusion"] = _confusion(y_ev, pred, confusion_top)
     out["probe"] = probe
-    if class_emb is not None and classes is not None:
+    if (class_emb is not None or zero_shot is not None) and classes is not None:
         idx = np.asarray([list(classes).index(c) for c in kept], dtype=np.int64)
-        zs = zero_shot_scores({v: x[ev] for v, x in eval_x.items()}, class_emb[idx], cross_modal)
+        if zero_shot is not None:
+            zs = {v: np.asarray(sc)[ev][:, idx] for v, sc in zero_shot.items()}
+        else:
+            zs = zero_shot_scores({v: x[ev] for v, x in eval_x.items()}, class_emb[idx], cross_modal)
         kept_arr = np.asarray(kept, dtype=object)
         out["zero_shot"] = {v: _class_scores(y_ev, kept_arr[np.argmax(s, axis=1)]) for v, s in zs.items()}
     return out
@@ -241,24 +275,52 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, top: int | None) -> dict[
 # ------------------------------------------------------------------------ attributes
 
 
-def attribute_targets(ps: ProductSet, *, min_count: int = 5, min_products: int = 100,
-                      max_attributes: int = 8) -> dict[str, list[str]]:
-    """Attributes worth a classifier: >= 2 values with ``min_count`` examples each and
-    ``min_products`` labelled products among those values; most labelled first."""
+def attribute_selection(ps: ProductSet, *, min_count: int = 5, min_products: int = 100,
+                        max_attributes: int | None = None) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Which attributes get a classifier, and why each other one does not.
+
+    Kept: >= 2 values with ``min_count`` examples each and ``min_products`` labelled
+    products among those values, most labelled first (at most ``max_attributes``; None:
+    all of them). Returns ``(targets, skipped)``: ``targets`` maps name -> kept values;
+    ``skipped`` maps each attribute with at least ``min_count`` labelled products to its
+    reason, and counts the rarer ones (a long tail of one-off spec fields) under
+    ``"(rarer attributes)"``.
+    """
     per: dict[str, Counter[str]] = {}
     for attrs in ps.attributes:
         for name, value in attrs.items():
             v = str(value).strip()
             if v:
                 per.setdefault(name, Counter())[v] += 1
-    chosen = []
+    chosen, skipped, rare = [], {}, 0
     for name, counter in per.items():
         values = sorted(v for v, n in counter.items() if n >= min_count)
         labelled = sum(counter[v] for v in values)
         if len(values) >= 2 and labelled >= min_products:
             chosen.append((labelled, name, values))
+        elif sum(counter.values()) < min_count:
+            rare += 1
+        elif len(values) < 2:
+            skipped[name] = (f"{len(values)} value(s) with >= {min_count} products "
+                             f"({sum(counter.values())} labelled in all)")
+        else:
+            skipped[name] = f"{labelled} labelled products among its {len(values)} usable values < {min_products}"
     chosen.sort(key=lambda t: (-t[0], t[1]))
-    return {name: values for _, name, values in chosen[:max_attributes]}
+    if max_attributes is not None:
+        for labelled, name, _values in chosen[max_attributes:]:
+            skipped[name] = f"over max_attributes={max_attributes} ({labelled} labelled products)"
+        chosen = chosen[:max_attributes]
+    skipped = dict(sorted(skipped.items()))
+    if rare:
+        skipped["(rarer attributes)"] = f"{rare} attributes with fewer than {min_count} labelled products each"
+    return {name: values for _, name, values in chosen}, skipped
+
+
+def attribute_targets(ps: ProductSet, *, min_count: int = 5, min_products: int = 100,
+                      max_attributes: int | None = None) -> dict[str, list[str]]:
+    """The kept attributes of :func:`attribute_selection` (name -> values)."""
+    return attribute_selection(ps, min_count=min_count, min_products=min_products,
+                               max_attributes=max_attributes)[0]
 
 
 ATTRIBUTE_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -355,11 +417,25 @@ def pair_cosines(left: Views, right: Views, pairs: np.ndarray) -> dict[str, np.n
             for v in VIEWS if v in left and v in right}
 
 
-def binary_scores(y: np.ndarray, s: np.ndarray, threshold: float | None) -> dict[str, float]:
-    """AUROC, AP, recall at 99 % precision, and P/R/F1 at a given threshold."""
-    out = {"auroc": M.roc_auc(y, s), "average_precision": M.average_precision_score(y, s),
-           "recall@precision0.99": M.recall_at_precision(y, s, 0.99),
-           "n_pos": int((y > 0).sum()), "n_neg": int((y <= 0).sum())}
+SMALL_SAMPLE = 30  # fewer positives (or negatives) than this: the report flags the numbers as anecdotal
+BOOTSTRAP = 1000  # resamples for the 95 % intervals
+
+
+def binary_scores(y: np.ndarray, s: np.ndarray, threshold: float | None, *, n_boot: int = BOOTSTRAP,
+                  seed: int = 0) -> dict[str, Any]:
+    """AUROC, AP, recall at 99 % precision, precision at 90 % recall, and P/R/F1 at a given threshold.
+
+    ``ci95`` holds percentile-bootstrap 95 % intervals (classes resampled separately,
+    ``n_boot`` resamples, :func:`metrics.bootstrap_ci`) of AUROC, AP and the F1 at the
+    threshold; ``small_sample`` is set, with a warning, when either class has fewer than
+    :data:`SMALL_SAMPLE` items, where one pair more or less moves a number by a lot.
+    """
+    n_pos, n_neg = int((y > 0).sum()), int((y <= 0).sum())
+    out: dict[str, Any] = {"auroc": M.roc_auc(y, s), "average_precision": M.average_precision_score(y, s),
+                           "recall@precision0.99": M.recall_at_precision(y, s, 0.99),
+                           "precision@recall0.9": M.precision_at_recall(y, s, 0.9),
+                           "n_pos": n_pos, "n_neg": n_neg}
+    fns: dict[str, Any] = {"auroc": M.roc_auc, "average_precision": M.average_precision_score}
     if threshold is not None and np.isfinite(threshold):
         pred = s >= threshold
         tp = float((pred & (y > 0)).sum())
@@ -367,7 +443,14 @@ def binary_scores(y: np.ndarray, s: np.ndarray, threshold: float | None) -> dict
         out["precision"] = tp / float(pred.sum()) if pred.sum() else 0.0
         out["recall"] = tp / float((y > 0).sum()) if (y > 0).sum() else float("nan")
         out["f1"] = M.binary_f1_at(y, s, threshold)
+        fns["f1"] = lambda yb, sb: M.binary_f1_at(yb, sb, threshold)
     out["oracle_f1"] = M.best_f1_threshold(y, s)[1]  # best threshold chosen on eval itself: a ceiling
+    if n_boot > 0:
+        out["ci95"] = {k: list(v) for k, v in M.bootstrap_ci(y, s, fns, n_boot=n_boot, seed=seed).items()}
+    if min(n_pos, n_neg) < SMALL_SAMPLE:
+        out["small_sample"] = True
+        out["warning"] = (f"only {n_pos} positive / {n_neg} negative items: read the 95 % intervals, "
+                          "not the point values")
     return out
 
 
@@ -413,7 +496,10 @@ def matching_scores(tune_s: dict[str, np.ndarray], tune_y: np.ndarray, eval_s: d
 def clustering_task(views: Views, ps: ProductSet, *, seed: int = 0,
                     methods: Sequence[str] = ("kmeans", "agglomerative")) -> dict[str, Any]:
     """Cluster each view into as many clusters as there are categories; NMI/ARI/V-measure
-    against the leaf category (full path) and the top-level category.
+    against the leaf category (full path) and the top-level category. Where the set holds
+    re-listing groups (catalog ``group``, >= 2 products each), ``group`` clusters just
+    those products into as many clusters as groups and scores against the groups: do
+    re-listings of one product end up together?
 
     ``agglomerative`` is Ward linkage on the unit vectors (Euclidean on unit vectors
     orders pairs as cosine does); products without a category are left out.
@@ -422,7 +508,33 @@ def clustering_task(views: Views, ps: ProductSet, *, seed: int = 0,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # tiny problems; OpenMP threads on a busy machine made KMeans 50x slower
-        return _clustering(views, ps, KMeans, AgglomerativeClustering, seed, methods)
+        out = _clustering(views, ps, KMeans, AgglomerativeClustering, seed, methods)
+        out["group"] = _group_clustering(views, ps, KMeans, AgglomerativeClustering, seed, methods)
+        return out
+
+
+def _group_clustering(views: Views, ps: ProductSet, kmeans: Any, agglomerative: Any, seed: int,
+                      methods: Sequence[str]) -> dict[str, Any]:
+    sizes = Counter(g for g in ps.groups if g)
+    keep = np.asarray([i for i, g in enumerate(ps.groups) if g and sizes[g] >= 2], dtype=np.int64)
+    y = np.asarray([ps.groups[i] for i in keep], dtype=object)
+    k = len(set(y.tolist()))
+    out: dict[str, Any] = {"n": int(len(keep)), "k": k}
+    if k < 2:
+        return {**out, "status": "skipped", "reason": f"{k} re-listing group(s) with >= 2 products in this set"}
+    if len(keep) < SMALL_SAMPLE:
+        out["small_sample"] = True
+    for method in methods:
+        res: dict[str, Any] = {}
+        for v in (v for v in VIEWS if v in views):
+            x = views[v][keep]
+            if method == "kmeans":
+                pred = kmeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)
+            else:
+                pred = agglomerative(n_clusters=k, linkage="ward").fit_predict(x)
+            res[v] = {"nmi": M.nmi(y, pred), "ari": M.ari(y, pred), "v_measure": M.v_measure(y, pred)}
+        out[method] = res
+    return out
 
 
 def _clustering(views: Views, ps: ProductSet, kmeans: Any, agglomerative: Any, seed: int,
@@ -509,6 +621,6 @@ def _prompt_margin(views: Views, idx: np.ndarray, pos: np.ndarray, neg: np.ndarr
     return {v: p[v][:, 0] - n[v][:, 0] for v in p}
 
 
-__all__ = ["ADULT_PROMPTS", "VIEWS", "attribute_prompts", "attribute_targets", "binary_scores", "binary_task",
+__all__ = ["ADULT_PROMPTS", "VIEWS", "attribute_prompts", "attribute_selection", "attribute_targets", "binary_scores", "binary_task",
            "choose_probe_C", "classification_task", "clustering_task", "fit_probe", "LinearProbe", "fuse", "group_pairs", "make_views",
            "matching_scores", "pair_cosines", "relisting_pairs", "tune_threshold", "zero_shot_scores"]
