@@ -20,7 +20,7 @@ def run(*args: str):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-COMMANDS = [["validate"], ["embed"], ["index", "build"], ["search"], ["similar"], ["build"], ["demo"], ["models"]]
+COMMANDS = [["validate"], ["embed"], ["index"], ["index", "build"], ["search"], ["similar"], ["build"], ["demo"], ["models"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
@@ -106,7 +106,9 @@ def test_overwritten_image_is_re_embedded_by_embed_and_build(tmp_path):
     assert float(img[store.ids.index(victim["id"])] @ img[store.ids.index(donor["id"])]) > 0.99
     # the build path sees the same change: the validate and embed stages re-run, the index follows
     out = flat(run("build", cat, "--workdir", wd, "--model", "minilm-efflite0").output)
+    assert "stages: validate → embed → index " in out  # only what runs: no ground/enrich/train unless asked
     assert "validate up to date" in out and "embed up to date" in out and "index ran" in out
+    assert "already up to date" not in out  # a skipped stage does not reprint its old summary
     shutil.copyfile(cat.parent / rows[2]["image"], cat.parent / victim["image"])
     out = flat(run("build", cat, "--workdir", wd, "--model", "minilm-efflite0").output)
     assert "validate ran" in out and "1 embedded, 5 already up to date" in out and "index ran" in out

@@ -215,3 +215,22 @@ def test_an_index_kept_in_step_with_the_store_stays_current(tmp_path, mini_catal
         index.save(wd.index / view)
     eng = SearchEngine(wd.root)  # opens: the changed product's vectors match the store's
     assert len(eng) == 7 and eng.similar(new, k=3)
+
+
+def test_an_interrupted_embed_keeps_every_finished_chunk(tmp_path, mini_catalog, model):
+    import inspect
+
+    from shopclip.core.images import ImageError
+
+    assert inspect.signature(embed_catalog).parameters["chunk"].default <= 128
+    folder = tmp_path / "cat"
+    shutil.copytree(mini_catalog.parent, folder)
+    cat = Catalog.load(folder / mini_catalog.name)
+    cat = cat.subset(cat.ids[:12])
+    (folder / cat.products[9].image).write_bytes(b"not a picture")  # the run dies in the third chunk
+    with pytest.raises(ImageError):
+        embed_catalog(cat, tmp_path / "emb", model, chunk=4, progress=False)
+    assert sorted(EmbeddingStore.open(tmp_path / "emb").ids) == sorted(cat.ids[:8])
+    shutil.copyfile(SAMPLE_DIR / cat.products[9].image, folder / cat.products[9].image)
+    res = embed_catalog(cat, tmp_path / "emb", model, chunk=4, progress=False)
+    assert (res.embedded, res.skipped) == (4, 8)

@@ -40,7 +40,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-index_app = typer.Typer(help="Build ANN indexes over stored embeddings.", no_args_is_help=True)
+index_app = typer.Typer(help="Build ANN indexes over stored embeddings (after `shopclip embed`, or to refresh "
+                        "an index that search says is out of date).\n\nExample: shopclip index build work",
+                        no_args_is_help=True)
 app.add_typer(index_app, name="index")
 console = Console()
 err = Console(stderr=True)

@@ -132,7 +132,7 @@ def embed_catalog(
             # ~flush_seconds on slow machines or big models, never above `chunk` products.
             took = time.monotonic() - t0
             if took > 0:
-                size = max(8, min(chunk, int(len(part) * flush_seconds / took)))
+                size = max(min(8, chunk), min(chunk, int(len(part) * flush_seconds / took)))
             if bar is not None:
                 bar.update(len(part))
     finally:
