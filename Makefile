@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean chromium llm
+.PHONY: install demo test lint bench clean chromium llm llm-optional
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -41,11 +41,24 @@ $(LLM_STAMP): $(STAMP)
 
 llm: $(LLM_STAMP)
 
+# `make test` tries the same build but never fails because of it: a failed compile is
+# announced loudly and left unstamped (tried again next time), and the LLM tests skip
+# with the reason. A successful build is stamped above, so it is not redone.
+llm-optional: $(STAMP)
+	@$(MAKE) --no-print-directory $(LLM_STAMP) || { \
+	  echo ""; \
+	  echo "################################################################################"; \
+	  echo "## WARNING: building llama-cpp-python failed (see the compiler output above)."; \
+	  echo "## Continuing without it: tests needing the offline LLM will SKIP with the reason."; \
+	  echo "## Fix the build and run 'make llm' to retry."; \
+	  echo "################################################################################"; \
+	  echo ""; }
+
 # The browser test drives Debian's Chromium; install it where missing (CI runs as root).
 chromium:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "chromium missing: tests/test_serve_browser.py will skip"
 
-test: $(STAMP) $(LLM_STAMP) chromium
+test: $(STAMP) llm-optional chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
