@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import pick_rows
-from shopclip.enrich.checks import SourceIndex, canon_tokens, check_output, repair
+from shopclip.enrich.checks import CheckConfig, SourceIndex, canon_tokens, check_output, repair
 from shopclip.enrich.normalize import clean_description, normalize_product, normalize_title, normalize_units
 
 KURTA = {"id": "k1", "title": "W Women Solid Grey Kurtas", "category": ["Apparel", "Topwear", "Kurtas"],
@@ -151,3 +151,69 @@ def test_repair_trims_unsupported_clauses_and_repeats():
     fixed = repair(out, check_output(out, p), p)
     assert fixed["description"] == "Adidas Men Athlos Sports Shoes."
     assert check_output(fixed, p).verdicts["description_supported"]
+
+
+# ---------------------------------------------------------------------------- the audit's probes
+
+PROBE_KURTA = {"id": "k1", "title": "W Women Solid Grey Kurtas", "category": ["Apparel", "Topwear", "Kurtas"],
+               "attributes": {"color": "Grey", "usage": "Ethnic", "gender": "Women"}}
+PROBE_BASE = "A solid grey kurta for women, for ethnic wear."
+
+
+@pytest.mark.parametrize(("desc", "attrs", "code", "verdict"), [
+    ("A solid grey kurta for women by biba, for ethnic wear.", {}, "brand", "no_new_brands"),
+    ("Biba makes this solid grey kurta for women, for ethnic wear.", {}, "brand", "no_new_brands"),
+    ("A solid grey kurta for women, machine washable, for ethnic wear.", {}, "claim", "no_new_claims"),
+    ("A soft, breezy solid grey kurta for women, for ethnic wear.", {}, "claim", "no_new_claims"),
+    ("A solid grey kurta for women with long sleeves, for ethnic wear.", {}, "unsupported_detail",
+     "description_supported"),
+    (PROBE_BASE, {"usage": "Women"}, "unsupported_attribute", "attributes_supported"),
+    (PROBE_BASE, {"fit": "Solid"}, "unsupported_attribute", "attributes_supported"),
+    (PROBE_BASE, {"brand": "biba"}, "unsupported_attribute", "attributes_supported"),
+    ("A solid grey kurta for women for ethnic wear, rupees 499.", {}, "price", "no_price"),
+    ("A solid grey kurta for women for ethnic wear, Rs. 499.", {}, "price", "no_price"),
+    ("A solid grey kurta for women for ethnic wear, ₹499.", {}, "price", "no_price"),
+    ("A solid grey kurta for women for ethnic wear, 499/- only.", {}, "price", "no_price"),
+])
+def test_audit_probes_are_flagged(desc, attrs, code, verdict):
+    rep = check_output({"description": desc, "attributes": attrs, "product_type": "Kurta"}, PROBE_KURTA)
+    assert code in {i.code for i in rep.issues}, rep.issues
+    assert not rep.verdicts[verdict]
+
+
+@pytest.mark.parametrize(("desc", "attrs", "src_extra"), [
+    (PROBE_BASE, {"usage": "Ethnic", "gender": "Women", "pattern": "Solid"}, {}),
+    ("A solid grey kurta for women by W, for ethnic wear.", {"brand": "W"}, {}),
+    ("W makes this solid grey kurta for women, for ethnic wear.", {}, {}),
+    ("A solid grey kurta for women, designed to be worn by anyone, for ethnic wear.", {}, {}),
+    ("A soft, machine washable solid grey kurta for women with long sleeves, for ethnic wear.", {},
+     {"description": "Soft fabric with long sleeves. Machine washable."}),
+    (PROBE_BASE, {"machine_washable": "Yes"}, {"attributes": {**PROBE_KURTA["attributes"], "machine_washable": "Yes"}}),
+])
+def test_faithful_counterparts_of_the_probes_pass(desc, attrs, src_extra):
+    src = {**PROBE_KURTA, **src_extra}
+    rep = check_output({"description": desc, "attributes": attrs, "product_type": "Kurta"}, src)
+    assert rep.passed, rep.issues
+
+
+def test_attribute_values_are_checked_against_the_same_source_key():
+    towel = {"title": "IWS Cotton Bath Towel", "category": ["Home Furnishing", "Bath Linen", "Towels"],
+             "attributes": {"machine_washable": "Yes", "material": "Cotton", "type": "Bath Towel"}}
+    bad = {"description": "IWS cotton bath towel.", "attributes": {"machine_washable": "IWS Cotton Bath Towel",
+                                                                   "type": "Cotton"}, "product_type": "Bath Towel"}
+    rep = check_output(bad, towel, CheckConfig(min_chars=0, min_words=0))
+    assert {i.field for i in rep.issues} == {"attributes.machine_washable", "attributes.type"}
+    ok = dict(bad, attributes={"machine_washable": "Yes", "type": "Towel", "material": "cotton"})
+    assert check_output(ok, towel, CheckConfig(min_chars=0, min_words=0)).passed
+
+
+def test_counts_and_attribute_casing_are_normalised():
+    assert normalize_title("Steel Bowl Set 2pcs") == "Steel Bowl Set 2 pieces"
+    assert normalize_title("HP Desktop PC 1pc") == "HP Desktop PC 1 piece"  # a bare PC stays a computer
+    p = normalize_product({"id": "x", "title": "t", "attributes": {
+        "color": "WHITE", "strap_color": "black", "ideal_for": "men, women", "capacity": "330 ml",
+        "model_name": "iPhone Case", "brand": "YGS", "sales_package": "5 Pcs", "model_id": "4DK14",
+        "type": "SIX PORT USB HUB"}})
+    assert p.attributes == {"color": "White", "strap_color": "Black", "ideal_for": "Men, Women", "capacity": "330 ml",
+                            "model_name": "iPhone Case", "brand": "YGS", "sales_package": "5 pieces",
+                            "model_id": "4DK14", "type": "Six Port USB Hub"}

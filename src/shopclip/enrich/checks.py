@@ -19,13 +19,20 @@ Checks and their verdict names (``CheckReport.verdicts``):
 * ``attributes_supported`` — every attribute value's content tokens occur in the source
   (yes/no values need a source attribute with the same key and value);
 * ``product_type_supported`` — the product type's tokens occur in the source;
-* ``description_supported`` — no number, colour, material, gender/age word or capitalised name
-  in the description that the source lacks, and at most ``max_novel_ratio`` of its content words new;
-* ``no_price`` — no price, currency or discount anywhere in the output (prices go stale and were
-  stripped from the cleaned source; this is stricter than "absent from the source");
-* ``no_new_claims`` — no marketing/quality claim ("waterproof", "premium", "best", "warranty")
-  the source lacks;
-* ``no_new_brands`` — no known brand name the source lacks;
+* ``attributes_supported`` also type-checks a value against its key: a value of another kind
+  ("usage: Women", "fit: Solid", "material: Grey"), or one that shares nothing with the source's
+  own value for the same key ("type: Wristwatch" where the source says "type: Analog",
+  "machine_washable: IWS Cotton Bath Towel" where it says "Yes"), is unsupported;
+* ``description_supported`` — no number, colour, material, gender/age word, construction detail
+  ("long sleeves", "zip pocket") or capitalised name in the description that the source lacks, and
+  at most ``max_novel_ratio`` of its content words new;
+* ``no_price`` — no price, currency or discount anywhere in the output ("Rs. 499", "₹499",
+  "rupees 499", "499/-"; prices go stale and were stripped from the cleaned source; this is
+  stricter than "absent from the source");
+* ``no_new_claims`` — no marketing/quality/care claim ("waterproof", "premium", "soft, breezy",
+  "machine washable") the source lacks;
+* ``no_new_brands`` — no known brand name the source lacks, and no unknown maker either: the word
+  after "by" ("by biba") or a sentence-opening name followed by a maker verb ("Biba makes this …");
 * ``not_repetitive`` — no 3-word phrase repeated 3+ times (small models loop).
 """
 
@@ -84,6 +91,14 @@ paper cardboard fabric microfiber microfibre poly
 
 GENDER_AGE = _words("men women boy girl kid baby unisex teen adult")
 
+#: What a product is for (Myntra's "usage"), its surface pattern and its cut: attribute value kinds.
+USAGES = _words("casual formal ethnic sport sports party smart partywear sportswear festive wedding")
+PATTERNS = _words("""
+solid printed print striped stripe checked check checkered floral abstract geometric polka dot plain
+woven textured colourblocked colorblocked camouflage graphic typography paisley ombre
+""")
+FITS = _words("slim regular relaxed loose skinny straight tapered oversized bootcut")
+
 #: Marketing and quality claims, flagged unless the source makes them too (canonical, joined by space).
 CLAIMS = _words("""
 waterproof water-resistant durable premium luxury luxurious best guaranteed guarantee warranty certified
@@ -92,10 +107,20 @@ antibacterial anti-bacterial genuine authentic original award award-winning best
 top-rated superior high-quality unbreakable scratch-proof rust-proof fireproof shockproof dermatologically
 clinically proven doctor recommended ultimate world-class exclusive limited patented
 non-toxic toxin-free chemical-free bpa-free 100% imported
+soft softer softest breezy airy cozy cosy comfy snug stretchy stretchable silky plush fluffy
+washable absorbent insulated leakproof skidproof ergonomic cushioned padded foldable rechargeable
 """)
 _CLAIM_PHRASES = ("high quality", "top quality", "water resistant", "long lasting", "stain resistant",
                   "wrinkle free", "fade resistant", "skin friendly", "easy to clean", "one of a kind",
-                  "made in", "lifetime", "money back")
+                  "made in", "lifetime", "money back", "machine wash", "hand wash", "dry clean", "quick dry",
+                  "easy care", "non slip", "anti slip", "leak proof", "skid proof", "slip resistant",
+                  "moisture wicking", "dishwasher safe", "microwave safe", "wrinkle resistant")
+
+#: Construction details a listing states or not (canonical, singular): said without the source, invented.
+DETAILS = _words("""
+sleeve sleeveless collar collared hood hooded pocket zip zipper zipped button buttoned drawstring lace laced
+lining lined embroidered embroidery sequin sequinned beaded neck neckline turtleneck waistband insole outsole
+""")
 
 #: Well-known brands (lower case); any other brand is caught by the capitalised-name rule.
 BRANDS = _words("""
@@ -133,8 +158,8 @@ description it this that which wear pair ideal choice option addition add comple
 
 #: Price amounts and discounts: never allowed in an enrichment.
 _PRICE_RE = re.compile(
-    r"(?:\b(?:rs\.?|inr|usd|eur|mrp)|₹|\$|€|£)\s*:?\s*\d[\d,.]*|\b\d[\d,]*\s*(?:rs|rupees|inr|dollars|usd)\b|"
-    r"\b\d+\s*%\s*off\b",
+    r"(?:\b(?:rs\.?|inr|usd|eur|mrp|rupees?|dollars?)|₹|\$|€|£)\s*:?\s*\d[\d,.]*|"
+    r"\b\d[\d,]*\s*(?:rs|rupees?|inr|dollars?|usd)\b|\b\d[\d,]*(?:\.\d+)?\s*/-|\b\d+\s*%\s*off\b",
     re.I,
 )
 #: Price talk without an amount: allowed only when the source says it too.
@@ -142,6 +167,19 @@ _PRICE_WORDS = _words("price priced discount discounted sale cheap cheapest cost
 _TOKEN_RE = re.compile(r"\d+(?:\.\d+)?|[a-z][a-z0-9]*")
 # a capitalised word not starting a sentence and not part of a code ("Dv6", "T-Shirt", "You'Re")
 _CAP_RE = re.compile(r"(?<![.!?]\s)(?<!^)(?<![\w'’\-])([A-Z][a-zA-Z'’]*[a-zA-Z])(?![\w'’\-])")
+# "by <maker>" in any case ("by biba", "by Biba"): a brand the checker's list cannot know
+_BY_RE = re.compile(r"\bby\s+(?:the\s+)?([A-Za-z][\w'’&\-]*)", re.I)
+# a sentence opening with a name that then acts as the maker ("Biba makes this", "Biba's kurta")
+_LEAD_MAKER_RE = re.compile(
+    r"(?:^|(?<=[.!?])\s+)([A-Z][a-zA-Z'’\-]*[a-zA-Z])(?:'s\b|’s\b|\s+(?:makes|made|offers|brings|presents|introduces|"
+    r"designs|designed|creates|created|crafts|crafted|manufactures|manufactured|launches|is\s+proud)\b)")
+#: Objects of "by" that are not makers (people in general, manners); participles and adverbs
+#: ("by the renowned …", "by simply …") are skipped by their ending.
+_BY_NOT_MAKERS = _words("""
+hand machine far default itself nature anyone everyone everybody anybody someone somebody people person
+all many most others anybody users user customers customer wearers wearer buyers buyer individuals those
+""")
+_NOT_A_NAME_END = ("ed", "ing", "ly")
 
 
 # ---------------------------------------------------------------------------- canonical tokens
@@ -262,6 +300,7 @@ _VERDICT_OF = {
     "unsupported_number": "description_supported", "unsupported_colour": "description_supported",
     "unsupported_material": "description_supported", "unsupported_gender": "description_supported",
     "unsupported_name": "description_supported", "off_source": "description_supported",
+    "unsupported_detail": "description_supported",
     "example_copy": "description_supported",
     "price": "no_price", "claim": "no_new_claims", "brand": "no_new_brands", "repetition": "not_repetitive",
 }
@@ -312,19 +351,34 @@ def _is_yes_no(value: str) -> bool:
 
 
 _YES_NO = {"yes": "yes", "y": "yes", "true": "yes", "no": "no", "n": "no", "false": "no"}
+_EMPTY_CANON = frozenset({"", "na", "n a", "none", "nil", "null", "not applicable"})
 
 
 def _key_kind(key: str) -> str | None:
-    k = key.lower()
+    k = key.lower().replace(" ", "_")
     if "material" in k or "fabric" in k:
         return "material"
     if "colo" in k or k in {"shade"}:
         return "colour"
-    if k in {"gender", "ideal_for", "ideal for", "for"}:
+    if k in {"gender", "ideal_for", "for"}:
         return "gender"
     if k == "brand":
         return "brand"
+    if k in {"usage", "occasion"}:
+        return "usage"
+    if k in {"pattern", "print"}:
+        return "pattern"
+    if k in {"fit", "fit_type"}:
+        return "fit"
     return None
+
+
+#: Value kinds recognised by their words, and how a reason names them.
+_VALUE_KINDS: dict[str, tuple[frozenset[str], str]] = {
+    "colour": (COLOURS, "a colour"), "material": (MATERIALS, "a material"),
+    "gender": (GENDER_AGE, "who the product is for"), "usage": (USAGES, "a usage"),
+    "pattern": (PATTERNS, "a pattern"), "fit": (FITS, "a fit"),
+}
 
 
 def _kind_issue(key: str, value: str, vt: list[str], src: SourceIndex) -> Issue | None:
@@ -345,6 +399,12 @@ def _kind_issue(key: str, value: str, vt: list[str], src: SourceIndex) -> Issue 
         bad = "is not who the product is for"
     elif kind == "brand" and any(t in GENDER_AGE or t in COLOURS for t in content):
         bad = "mixes the brand with a gender or colour word"
+    elif kind in {"usage", "pattern", "fit"}:  # wholly a value of another kind: "usage: Women", "fit: Solid"
+        own = _VALUE_KINDS[kind][0]
+        for other, (words, name) in _VALUE_KINDS.items():
+            if other != kind and all(t in words for t in content) and not any(t in own for t in content):
+                bad = f"is {name}, not a {kind}"
+                break
     if bad:
         return Issue("unsupported_attribute", f"attributes.{key}", value, f"attribute '{key}: {value}': '{value}' {bad}")
     return None
@@ -365,9 +425,11 @@ def check_attribute(key: str, value: str, src: SourceIndex) -> Issue | None:
     vt = canon_tokens(value)
     if issue := _kind_issue(key, value, vt, src):
         return issue
+    # the source gives this very key another value: its words elsewhere in the listing do not make it
+    # this key's value ("machine_washable: IWS Cotton Bath Towel" where the source says Yes)
     same = src.attributes.get(" ".join(canon_tokens(key.replace("_", " "))))
     content = {t for t in vt if t not in STOPWORDS}
-    if same and content and not (set(same.split()) & content) and _key_kind(key) in {"colour", "material", "gender"}:
+    if same and same not in _EMPTY_CANON and content and not (set(same.split()) & content):
         return Issue("unsupported_attribute", f"attributes.{key}", value,
                      f"attribute '{key}: {value}' contradicts the source's {key}: {same}")
     return None
@@ -391,7 +453,8 @@ def check_text(text: str, src: SourceIndex, fieldname: str = "description",
     cfg = cfg or CheckConfig()
     issues: list[Issue] = []
     if m := _PRICE_RE.search(text):
-        issues.append(Issue("price", fieldname, m.group(0).strip(), "do not mention prices, discounts or costs"))
+        issues.append(Issue("price", fieldname, m.group(0).strip().rstrip(".,"),
+                            "do not mention prices, discounts or costs"))
     toks = canon_tokens(text)
     seen: set[tuple[str, str]] = set()
 
@@ -417,6 +480,8 @@ def check_text(text: str, src: SourceIndex, fieldname: str = "description",
             add("claim", t, f"the claim '{t}' is not made by the source")
         elif t in _PRICE_WORDS:
             add("price", t, f"do not talk about '{t}' (prices, discounts, offers)")
+        elif t in DETAILS:
+            add("unsupported_detail", t, f"the detail '{t}' is not in the source")
         elif t in leak:
             add("example_copy", t, f"'{t}' comes from the examples, not from this listing")
     low = " ".join(toks)
@@ -424,8 +489,19 @@ def check_text(text: str, src: SourceIndex, fieldname: str = "description",
         cp = " ".join(canon_tokens(phrase))
         if f" {cp} " in f" {low} " and not src.has_phrase(phrase):
             add("claim", phrase, f"the claim '{phrase}' is not made by the source")
+    clean = basic_clean(text)
+    # makers the brand list cannot know: "by biba", "Biba makes this …" (a name opening a sentence is
+    # otherwise indistinguishable from an ordinary first word, so only the maker pattern counts)
+    makers = [m.group(1) for m in _BY_RE.finditer(clean)] + [m.group(1) for m in _LEAD_MAKER_RE.finditer(clean)]
+    for word in makers:
+        ct = canon_tokens(word)
+        if not ct or ct[0] in src.tokens or ct[0] in STOPWORDS or ct[0] in GLUE or ct[0] in _BY_NOT_MAKERS \
+                or ct[0] in COLOURS or ct[0] in MATERIALS or ct[0] in GENDER_AGE or ct[0][0].isdigit() \
+                or ct[0].endswith(_NOT_A_NAME_END):
+            continue
+        add("brand", ct[0], f"the maker '{word}' is not in the source")
     # capitalised names mid-sentence (brands, places, films) that the source never mentions
-    for m in _CAP_RE.finditer(basic_clean(text)):
+    for m in _CAP_RE.finditer(clean):
         word = m.group(1)
         ct = canon_tokens(word)
         if not ct:

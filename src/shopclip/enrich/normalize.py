@@ -15,7 +15,11 @@ What it does, in order:
 * casing: ALL-CAPS words longer than 3 letters become Title case unless they are known acronyms
   (USB, LED, HDMI…); an all-lowercase title gets Title case;
 * units: a space between number and unit, one spelling per unit (``10ml`` → 10 ml, ``15 cm cm`` → 15 cm,
-  ``5 cms`` → 5 cm, ``2 ltr`` → 2 L, ``12 inches`` → 12 inch);
+  ``5 cms`` → 5 cm, ``2 ltr`` → 2 L, ``12 inches`` → 12 inch); counts spelled out (``2pcs`` / ``2 Pcs`` →
+  2 pieces, ``1pc`` → 1 piece; a bare "PC" stays a computer);
+* attribute values cased one way: all-caps and all-lowercase values become Title Case (``WHITE``,
+  ``white`` → White; units, codes and mixed-case words such as "iPhone" are left alone), so the same
+  value reads the same in every product;
 * a plural article type at the end of a Myntra title becomes singular ("Grey Kurtas" → "Grey Kurta").
 """
 
@@ -49,7 +53,7 @@ COLOUR_CODES.pop("colour")
 
 #: Abbreviations (whole words, case-insensitive) → expansion.
 ABBREVIATIONS: dict[str, str] = {
-    "sz": "size", "pcs": "pieces", "pc": "piece", "pkt": "packet", "qty": "quantity", "approx": "approximately",
+    "sz": "size", "pcs": "pieces", "pkt": "packet", "qty": "quantity", "approx": "approximately",
     "mens": "men's", "womens": "women's", "boys'": "boys'", "girls'": "girls'", "kid's": "kids'",
     "lt": "light", "dk": "dark", "blu": "blue", "runing": "running", "runnning": "running", "snkr": "sneaker",
     "snkrs": "sneakers", "tshirt": "T-shirt", "tshirts": "T-shirts", "t-shirts": "T-shirts", "tee": "T-shirt",
@@ -99,6 +103,8 @@ _UNIT_ALT = "|".join(sorted((re.escape(u) for u in _UNIT_CANON if u != '"'), key
 # number + optional space + unit (+ the same unit repeated, "15 cm cm"), not followed by a letter.
 _UNIT_RE = re.compile(rf"(?<![\w.])(\d+(?:[.,]\d+)?)\s*({_UNIT_ALT})(?:\s+\2)?(?![\w])", re.I)
 _INCH_QUOTE_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:\"|'')(?!\w)")
+# a count of pieces: "2pcs", "2 Pcs", "1pc", "3 pieces" (a bare "PC" is a computer: left alone)
+_PIECES_RE = re.compile(r"(?<![\w.])(\d+)\s*(?:pcs|pc|pieces|piece)(?![\w])", re.I)
 
 # Boilerplate sentences / fragments in marketplace descriptions.
 _PRICE_RE = re.compile(r"(?:rs\.?|inr|₹|\$|usd|€|eur|£|mrp)\s*:?\s*\d[\d,]*(?:\.\d+)?(?:\s*/-)?", re.I)
@@ -141,7 +147,8 @@ def basic_clean(text: Any) -> str:
 
 
 def normalize_units(text: str) -> str:
-    """`10ml` → `10 ml`, `15 cm cm` → `15 cm`, `5 cms` → `5 cm`, `2 Ltr` → `2 L`, `12"` → `12 inch`."""
+    """`10ml` → `10 ml`, `15 cm cm` → `15 cm`, `5 cms` → `5 cm`, `2 Ltr` → `2 L`, `12"` → `12 inch`,
+    `2pcs` → `2 pieces`."""
 
     def unit(m: re.Match[str]) -> str:
         number, raw = m.group(1), m.group(2)
@@ -153,6 +160,7 @@ def normalize_units(text: str) -> str:
         return f"{number} {canon}"
 
     text = _INCH_QUOTE_RE.sub(lambda m: f"{m.group(1)} inch", text)
+    text = _PIECES_RE.sub(lambda m: f"{m.group(1)} {'piece' if m.group(1) == '1' else 'pieces'}", text)
     return _UNIT_RE.sub(unit, text)
 
 
@@ -275,8 +283,44 @@ EMPTY_VALUES = frozenset({"", "na", "n/a", "none", "nil", "-", "null", "not appl
 BOOKKEEPING_KEYS = frozenset({"year", "season"})
 
 
+#: Words a value keeps in lower case after its first word: units, counts and small joining words.
+_LOWER_IN_VALUES = frozenset(u for u in _UNIT_CANON.values() if u.islower()) | _words(
+    "a an and or of for with to in on at by the x piece pieces")
+
+
+def case_value(value: str) -> str:
+    """One casing for attribute values, so the same value reads the same in every product.
+
+    All-caps or all-lowercase values become Title Case ("WHITE", "white" → "White"; "men, women" →
+    "Men, Women"; "SIX PORT USB HUB" → "Six Port USB Hub"), keeping acronyms, units and small words
+    ("330 ml", "Pack of 1"); mixed case is kept as written ("iPhone", "Party-Wedding"), and so is one
+    short or hyphenated all-caps word, which is a code ("YGS", "BEG-LAR"). Words joined to digits
+    ("4DK14", "200gm") are never touched."""
+    words = list(_WORD_RE.finditer(value))
+    plain = [m.group(0) for m in words if m.group(0) not in ACRONYMS]
+    if not plain:
+        return value
+    if all(w.isupper() for w in plain):
+        if len(words) == 1 and (len(plain[0]) <= 3 or "-" in plain[0]):
+            return value
+    elif not all(w.islower() for w in plain):
+        return value
+    first = words[0].start()
+
+    def fix(m: re.Match[str]) -> str:
+        w = m.group(0)
+        if w in ACRONYMS:
+            return w
+        low = w.lower()
+        if m.start() != first and low in _LOWER_IN_VALUES:
+            return low
+        return low[:1].upper() + low[1:]
+
+    return _WORD_RE.sub(fix, value)
+
+
 def normalize_value(value: Any) -> str:
-    s = normalize_text(value)
+    s = normalize_text(case_value(basic_clean(value)))
     # "15 cm cm" already collapsed by normalize_units; "1 L L" too; trailing punctuation off
     return s.strip(" ,;:")
 
