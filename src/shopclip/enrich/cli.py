@@ -52,7 +52,8 @@ def enrich_command(
                                                 "json_schema (OpenAI, vLLM); object-schema = json_object + schema "
                                                 "(llama-cpp-python server); object = json_object (Ollama); none = "
                                                 "prompt only")] = JsonMode.schema,
-    threads: Annotated[int | None, typer.Option(help="local: CPU threads for llama.cpp (default: all usable)")] = None,
+    threads: Annotated[int | None, typer.Option(help="local: CPU threads for llama.cpp (default: half the usable "
+                                                "cores, at least 1: its threads busy-wait on a shared CPU)")] = None,
     n_ctx: Annotated[int, typer.Option(help="local: context window in tokens")] = 2048,
     max_rounds: Annotated[int, typer.Option(min=1, help="LLM calls per product at most: 1 = generate only, "
                                             "each more = one refine with the failed checks")] = 2,

@@ -15,7 +15,7 @@
 ``enrich_max_rounds``      LLM calls per product at most (default 2)
 ``enrich_max_tokens``      tokens per call (default 160)
 ``enrich_prompt_version``  prompt set (default ``v2``)
-``enrich_threads``         llama.cpp threads (default: all usable cores)
+``enrich_threads``         llama.cpp threads (default: half the usable cores, at least 1)
 =========================  ==================================================================
 
 Outputs ``<workdir>/enrich/enriched.jsonl`` and a cache ``<workdir>/enrich/cache.sqlite`` (kept
