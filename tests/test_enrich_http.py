@@ -172,3 +172,78 @@ def test_rate_limit(server):
     assert time.perf_counter() - t0 >= 0.09
     with pytest.raises(ValueError):
         RateLimiter(0)
+
+
+# ---------------------------------------------------------------------------- strict structured outputs
+
+
+def test_strict_schema_rules_are_checked():
+    """OpenAI strict mode: root object (not anyOf), additionalProperties false and every property required
+    on every object (a schema-valued additionalProperties is a free map: forbidden), no allOf/not/if."""
+    from shopclip.enrich.backends import strict_schema_problems
+
+    ok = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": ["string", "null"]}},
+          "required": ["a", "b"], "additionalProperties": False}
+    assert strict_schema_problems(ok) == []
+    free_map = {**ok, "properties": {"m": {"type": "object", "additionalProperties": {"type": "string"}}},
+                "required": ["m"]}
+    assert any("$.m: additionalProperties must be false" in p for p in strict_schema_problems(free_map))
+    optional = {**ok, "required": ["a"]}
+    assert strict_schema_problems(optional) == ["$: every property must be required (missing b)"]
+    nested_open = {**ok, "properties": {"n": {"type": "object", "properties": {"x": {"type": "string"}},
+                                              "required": ["x"]}}, "required": ["n"]}
+    assert any("$.n: additionalProperties" in p for p in strict_schema_problems(nested_open))
+    assert any("anyOf" in p for p in strict_schema_problems({"anyOf": [ok]}))
+    assert any("'allOf'" in p for p in strict_schema_problems({**ok, "allOf": [ok]}))
+    deep: dict = {"type": "string"}
+    for _ in range(11):
+        deep = {"type": "object", "properties": {"d": deep}, "required": ["d"], "additionalProperties": False}
+    assert any("levels" in p for p in strict_schema_problems(deep))
+
+
+def test_answer_schema_strict_form_is_valid_and_llama_schema_unchanged():
+    from shopclip.enrich.agent import ANSWER_SCHEMA, answer_schema
+    from shopclip.enrich.backends import strict_schema_problems, to_strict_schema
+
+    per_product = answer_schema(["color", "usage", "gender"])
+    assert strict_schema_problems(per_product)  # what the llama.cpp grammar gets: optional attributes
+    strict = to_strict_schema(per_product)
+    assert strict is not None and strict_schema_problems(strict) == []
+    attrs = strict["properties"]["attributes"]
+    assert attrs["required"] == list(attrs["properties"]) == ["color", "usage", "gender", "brand", "model", "pattern"]
+    assert all(v["type"] == ["string", "null"] for v in attrs["properties"].values())
+    assert strict["properties"]["description"] == {"type": "string"}  # required fields stay non-null
+    assert "required" not in per_product["properties"]["attributes"]  # the input is not modified
+    assert to_strict_schema(ANSWER_SCHEMA) is None  # a free-form attribute map has no strict form
+
+
+def test_schema_mode_sends_strict_only_when_valid(server):
+    from shopclip.enrich.agent import ANSWER_SCHEMA, answer_schema
+    from shopclip.enrich.backends import strict_schema_problems
+
+    url, script = server
+    be = OpenAIBackend(base_url=url, model="m1")
+    for schema in (answer_schema(["color"]), ANSWER_SCHEMA):
+        assert be.chat(ChatRequest(messages=[{"role": "user", "content": "x"}], json_schema=schema)).ok
+    sent_strict, sent_generic = (b["response_format"]["json_schema"] for b in script.bodies)
+    assert sent_strict["strict"] is True and strict_schema_problems(sent_strict["schema"]) == []
+    assert sent_generic["strict"] is False and sent_generic["schema"] == ANSWER_SCHEMA
+
+
+def test_cache_key_includes_the_server_url(server, tmp_path):
+    """Two servers serving different models under one alias must not share cache entries."""
+    from shopclip.enrich.agent import EnrichConfig, Enricher
+    from shopclip.enrich.cache import EnrichCache
+
+    url, script = server
+    other = url.replace("127.0.0.1", "localhost")  # the same test server under another URL
+    cache = EnrichCache(tmp_path / "c.sqlite")
+    kurta = {"id": "k1", "title": "W Women Solid Grey Kurtas", "category": ["Apparel", "Topwear", "Kurtas"],
+             "attributes": {"color": "Grey", "gender": "Women"}}
+    a = Enricher(OpenAIBackend(base_url=url, model="smollm2"), EnrichConfig(max_rounds=1), cache=cache)
+    b = Enricher(OpenAIBackend(base_url=other, model="smollm2"), EnrichConfig(max_rounds=1), cache=cache)
+    assert a.cache_backend == f"openai@{url}" and a.cache_backend != b.cache_backend
+    assert not a.enrich(kurta).cached and a.enrich(kurta).cached and len(script.bodies) == 1
+    assert not b.enrich(kurta).cached and len(script.bodies) == 2 and len(cache) == 2
+    assert a.provenance() == {"backend": f"openai@{url}", "model": "smollm2", "prompt": a.prompt_id}
+    cache.close()

@@ -10,14 +10,19 @@ Each step is a plain method, testable on its own:
 * :func:`parse_output` — strict JSON parsing (one object, optionally inside a code fence; nothing else);
 * :meth:`Enricher.evaluate` — the deterministic checks of :mod:`.checks` first, then any
   ``extra_checks`` (e.g. an LLM critic) only when those pass;
-* refine — the failed checks' reasons go back to the model with its previous answer;
+* refine — the failed checks' reasons go back to the model. Whether its previous answer goes too is
+  the prompt set's choice: ``refine.txt`` may use ``{previous}`` (v1 does); the default v2 does not,
+  because SmolLM2 copied a shown answer back verbatim;
 * finalise — a passing answer is kept (``method="llm"``); after the last round a failing one is
   repaired (unsupported attributes and sentences removed, :func:`.checks.repair`) and kept if it then
   passes (``"llm+repair"``); otherwise the cleaned source text is used (``"fallback"``,
   ``fallback=True``). With no backend the rules alone produce the result (``"rules"``).
 
 :meth:`Enricher.enrich_many` runs the rounds batch-synchronously so an HTTP backend can send a whole
-batch concurrently; results are cached in SQLite (:mod:`.cache`).
+batch concurrently; results are cached in SQLite (:mod:`.cache`) under :attr:`Enricher.cache_backend`
+(the backend's name, plus the server URL for an OpenAI-compatible one), the model and the prompt id. A
+cache hit costs one hash of the source fields: the rule normalisation and the checker's index are only
+built for the products the backend has to see.
 """
 
 from __future__ import annotations
@@ -121,8 +126,10 @@ _FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 def parse_output(text: str) -> dict[str, Any]:
     """Strict: the whole answer is one JSON object (a ```json fence around it is tolerated).
 
-    Attribute values that are numbers become strings; nested values, a non-object answer, trailing
-    prose or a truncated object raise :class:`ParseError`. Unknown top-level keys are dropped.
+    Attribute values that are numbers become strings; ``null`` and empty values are dropped (a strict
+    schema makes a server answer ``null`` for every attribute the listing does not state); nested values,
+    a non-object answer, trailing prose or a truncated object raise :class:`ParseError`. Unknown
+    top-level keys are dropped.
     """
     s = (text or "").strip()
     if m := _FENCE_RE.match(s):
@@ -143,7 +150,9 @@ def parse_output(text: str) -> dict[str, Any]:
     if isinstance(attrs, dict):
         clean: dict[str, str] = {}
         for k, v in attrs.items():
-            if isinstance(v, bool | dict | list) or v is None:
+            if v is None:
+                continue
+            if isinstance(v, bool | dict | list):
                 raise ParseError(f"attribute {k!r} is not a string")
             if str(v).strip():  # an empty value says nothing: dropped, not an error
                 clean[str(k).strip()] = str(v).strip()
@@ -195,6 +204,7 @@ class EnrichResult:
     completion_tokens: int = 0
     llm_seconds: float = 0.0
     cached: bool = False
+    input_hash: str = ""  # of the source fields + settings it was made from (see Enricher.input_hash)
 
     def to_row(self) -> dict[str, Any]:
         return {"id": self.id, "text": self.text, "description": self.description, "attributes": self.attributes,
@@ -204,11 +214,12 @@ class EnrichResult:
     def to_cache(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("cached")
+        d.pop("input_hash")  # it is the cache key
         return d
 
     @classmethod
-    def from_cache(cls, d: dict[str, Any], product_id: str) -> EnrichResult:
-        return cls(**{**d, "id": product_id, "cached": True})
+    def from_cache(cls, d: dict[str, Any], product_id: str, input_hash: str = "") -> EnrichResult:
+        return cls(**{**d, "id": product_id, "cached": True, "input_hash": input_hash})
 
 
 @dataclass
@@ -282,6 +293,17 @@ class Enricher:
     def prompt_id(self) -> str:
         return self.prompts.id if self.backend is not None else "rules"
 
+    @property
+    def cache_backend(self) -> str:
+        """The backend part of the cache key: two OpenAI-compatible servers may serve different models
+        under one alias, so their base URL is part of it ("openai@http://127.0.0.1:8000/v1")."""
+        url = getattr(self.backend, "base_url", None)
+        return f"{self.backend_name}@{url}" if url else self.backend_name
+
+    def provenance(self) -> dict[str, str]:
+        """What produced a result (written into every output row; resume redoes rows that differ)."""
+        return {"backend": self.cache_backend, "model": self.model_name, "prompt": self.prompt_id}
+
     def input_hash(self, product: Any) -> str:
         get = (lambda k: product.get(k)) if isinstance(product, dict) else (lambda k: getattr(product, k, None))
         src = {"title": get("title") or "", "description": get("description") or "",
@@ -289,9 +311,9 @@ class Enricher:
         return json_sha1({"src": src, "cfg": self.config.fingerprint(), "rules": _RULES_VERSION})
 
     # -- steps --------------------------------------------------------------------------
-    def prepare(self, product: Any) -> _State:
+    def prepare(self, product: Any, input_hash: str | None = None) -> _State:
         return _State(norm=normalize_product(product), src=SourceIndex.from_product(product), product=product,
-                      input_hash=self.input_hash(product))
+                      input_hash=input_hash or self.input_hash(product))
 
     def listing_attributes(self, norm: NormalizedProduct) -> list[tuple[str, str]]:
         return [(k, v) for k, v in norm.attributes.items() if v.lower() not in EMPTY_VALUES
@@ -427,7 +449,7 @@ class Enricher:
         return EnrichResult(id=state.norm.id, text=text, description=desc, attributes=attrs, product_type=ptype,
                             checks=checks, rounds=state.rounds, fallback=method == "fallback", method=method,
                             prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
-                            llm_seconds=state.seconds)
+                            llm_seconds=state.seconds, input_hash=state.input_hash)
 
     # -- drivers ------------------------------------------------------------------------
     def enrich(self, product: Any) -> EnrichResult:
@@ -435,15 +457,15 @@ class Enricher:
 
     def enrich_many(self, products: Sequence[Any]) -> list[EnrichResult]:
         """Enrich a batch; each round's requests go to the backend together (concurrently over HTTP)."""
-        states = [self.prepare(p) for p in products]
+        hashes = [self.input_hash(p) for p in products]
         results: dict[int, EnrichResult] = {}
         if self.cache is not None:
-            hits = self.cache.get_many(self.backend_name, self.model_name, self.prompt_id,
-                                       [s.input_hash for s in states])
-            for i, s in enumerate(states):
-                if s.input_hash in hits:
-                    results[i] = EnrichResult.from_cache(hits[s.input_hash], s.norm.id)
-        todo = [i for i in range(len(states)) if i not in results]
+            hits = self.cache.get_many(self.cache_backend, self.model_name, self.prompt_id, hashes)
+            for i, h in enumerate(hashes):
+                if h in hits:
+                    results[i] = EnrichResult.from_cache(hits[h], _product_id(products[i]), h)
+        todo = [i for i in range(len(products)) if i not in results]
+        states = {i: self.prepare(products[i], hashes[i]) for i in todo}  # hits need no normalising
         if self.backend is not None:
             for _ in range(self.config.max_rounds):
                 active = [i for i in todo if not states[i].done]
@@ -458,11 +480,15 @@ class Enricher:
                     self._observe(states[i], res)
         fresh = {i: self.finalize(states[i]) for i in todo}
         if self.cache is not None and fresh:
-            self.cache.put_many(self.backend_name, self.model_name, self.prompt_id,
+            self.cache.put_many(self.cache_backend, self.model_name, self.prompt_id,
                                 [(states[i].input_hash, r.to_cache()) for i, r in fresh.items()])
         results.update(fresh)
-        return [results[i] for i in range(len(states))]
+        return [results[i] for i in range(len(products))]
+
+
+def _product_id(product: Any) -> str:
+    return str(product.get("id", "") if isinstance(product, dict) else getattr(product, "id", ""))
 
 
 #: Bump when normalize/checks change behaviour, so cached results are recomputed.
-_RULES_VERSION = "rules-4"
+_RULES_VERSION = "rules-5"

@@ -1,10 +1,14 @@
 """Resumable batch enrichment of a catalog into ``enriched.jsonl``.
 
 Rows are appended (and fsync'ed) one batch at a time, so a run killed at any moment keeps every
-finished batch; the next run reads the ids already in the output and does only the rest (a
-truncated last line is dropped and redone). The SQLite cache makes a full re-run cheap too.
+finished batch; the next run reads the rows already in the output and does only the rest (a
+truncated last line is dropped and redone). A row counts as done only if it was made by the same
+backend (and server URL), model and prompt, from the same source fields and settings
+(``input_hash``): rows made otherwise, or by an older version that did not record this, are removed
+from the file and redone (``RunSummary.rows_redone``). The SQLite cache makes a full re-run cheap too.
 
-Output rows: ``id, text, description, attributes, product_type, checks, rounds, fallback, method``.
+Output rows: ``id, text, description, attributes, product_type, checks, rounds, fallback, method,
+backend, model, prompt, input_hash``.
 """
 
 from __future__ import annotations
@@ -17,13 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shopclip.core.io import atomic_write_bytes
 from shopclip.enrich.agent import Enricher, EnrichResult
+
+#: The row fields that say how a row was made; all must match for resume to skip it.
+PROVENANCE_KEYS = ("backend", "model", "prompt", "input_hash")
 
 
 @dataclass
 class RunSummary:
     rows_total: int = 0  # products asked for
-    rows_done_before: int = 0  # already in the output (resumed)
+    rows_done_before: int = 0  # already in the output, made the same way (skipped)
+    rows_redone: int = 0  # in the output but made by another backend/model/prompt or from other inputs: redone
     rows_processed: int = 0  # enriched in this run (cache hits included)
     rows_enriched: int = 0  # method llm or llm+repair (or rules in rules-only mode)
     rows_repaired: int = 0  # llm+repair
@@ -63,7 +72,9 @@ class RunSummary:
         return [
             f"backend {self.backend} · model {self.model} · prompt {self.prompt}",
             f"rows: {self.rows_total} asked, {self.rows_done_before} already done, {self.rows_processed} processed "
-            f"({self.cache_hits} from cache)",
+            f"({self.cache_hits} from cache)" + (
+                f", of which {self.rows_redone} redone (made by another backend, model, prompt or settings)"
+                if self.rows_redone else ""),
             f"enriched {self.rows_enriched} (of which repaired {self.rows_repaired}), fell back {self.rows_fallback}",
             f"average rounds {self.avg_rounds:.2f} · {self.completion_tokens} tokens generated · "
             f"{self.tokens_per_s:.1f} tokens/s · {self.products_per_s:.2f} products/s · {self.seconds:.1f}s",
@@ -71,11 +82,12 @@ class RunSummary:
         ]
 
 
-def read_done_ids(out: Path) -> set[str]:
-    """Ids already in `out`; a trailing partial line (a killed run) is cut off the file."""
+def read_done_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """id → the row's provenance fields (:data:`PROVENANCE_KEYS`, None where a row lacks one) for every
+    complete row in `out`; a trailing partial line (a killed run) is cut off the file."""
     if not out.exists():
-        return set()
-    done: set[str] = set()
+        return {}
+    done: dict[str, dict[str, Any]] = {}
     good_bytes = 0
     with open(out, "rb") as fp:
         for raw in fp:
@@ -85,12 +97,24 @@ def read_done_ids(out: Path) -> set[str]:
                 break
             if not raw.endswith(b"\n"):
                 break
-            done.add(str(row["id"]))
+            done[str(row["id"])] = {k: row.get(k) for k in PROVENANCE_KEYS}
             good_bytes += len(raw)
     if good_bytes != out.stat().st_size:
         with open(out, "r+b") as fp:
             fp.truncate(good_bytes)
     return done
+
+
+def read_done_ids(out: Path) -> set[str]:
+    """Ids already in `out` (whatever made them); a trailing partial line is cut off the file."""
+    return set(read_done_rows(out))
+
+
+def _drop_rows(out: Path, ids: set[str]) -> None:
+    """Rewrite `out` without the rows of `ids` (atomically: a kill leaves the old or the new file)."""
+    with open(out, "rb") as fp:
+        kept = [raw for raw in fp if str(json.loads(raw)["id"]) not in ids]
+    atomic_write_bytes(out, b"".join(kept))
 
 
 def _append(out: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -113,9 +137,19 @@ def run_enrichment(products: Sequence[Any], out: str | Path, enricher: Enricher,
     out.parent.mkdir(parents=True, exist_ok=True)
     if not resume and out.exists():
         out.unlink()
-    done = read_done_ids(out) if resume else set()
-    todo = [p for p in products if _pid(p) not in done]
-    s = RunSummary(rows_total=len(products), rows_done_before=len(products) - len(todo),
+    done = read_done_rows(out) if resume else {}
+    prov = enricher.provenance()
+    valid: set[str] = set()
+    stale: set[str] = set()
+    for p in products:
+        pid = _pid(p)
+        if pid in done:
+            same = done[pid] == {**prov, "input_hash": enricher.input_hash(p)}
+            (valid if same else stale).add(pid)
+    if stale:
+        _drop_rows(out, stale)
+    todo = [p for p in products if _pid(p) not in valid]
+    s = RunSummary(rows_total=len(products), rows_done_before=len(products) - len(todo), rows_redone=len(stale),
                    backend=enricher.backend_name, model=enricher.model_name, prompt=enricher.prompt_id, out=str(out))
     bar = None
     if progress:
@@ -129,7 +163,7 @@ def run_enrichment(products: Sequence[Any], out: str | Path, enricher: Enricher,
             wall0 = enricher.llm_wall_seconds
             results = enricher.enrich_many(batch)
             s.llm_seconds += enricher.llm_wall_seconds - wall0
-            _append(out, (r.to_row() for r in results))
+            _append(out, ({**r.to_row(), **prov, "input_hash": r.input_hash} for r in results))
             for r in results:
                 _count(s, r, rules_only=enricher.backend is None)
             if on_batch:
