@@ -206,14 +206,15 @@ def rescore_handcheck(rows: list[dict]) -> dict:
 def shipped_stats(results, products) -> dict:
     """The checker's verdict on what the agent finally ships (description, merged attributes, product type;
     a fallback row's source text is not held to the model's length rules), as the agent's own final check
-    does. The attribute rate counts the model's extras and the source's own values alike."""
+    does (without the few-shot leak words, so it is a lower bound for llm rows). The attribute rate counts the model's extras and the source's own values alike."""
     from dataclasses import replace as dc_replace
 
     from shopclip.enrich.checks import CheckConfig, check_output
 
     values = unsupported = failing = 0
     for r, p in zip(results, products, strict=True):
-        cfg = CheckConfig() if not r.fallback else dc_replace(CheckConfig(), min_chars=0, min_words=0)
+        source_text = r.method in ("fallback", "rules")  # as Enricher.finalize checks it
+        cfg = dc_replace(CheckConfig(), min_chars=0, min_words=0) if source_text else CheckConfig()
         rep = check_output({"description": r.description, "attributes": r.attributes,
                             "product_type": r.product_type}, p, cfg)
         values += rep.n_attr_values
