@@ -181,7 +181,9 @@ def test_small_samples_carry_counts_intervals_and_a_warning(report_dir):
     assert len(syn["ci95"]["f1"]) == 2 and "warning" not in r["tasks"]["matching"]["synthetic"]
     md = (out / "report.md").read_text()
     assert "**Small sample:** only 2 real positive pairs" in md and "AUROC 95% CI" in md
-    assert "precision @ 90% recall" in md and "percentile bootstrap" in md
+    assert "precision @ 90% recall" in md and "percentile bootstrap" in md and "recall 95% CI" in md
+    lo, hi = real["fused"]["ci95"]["recall_wilson"]
+    assert lo < real["fused"]["recall"] <= hi or hi == real["fused"]["recall"] == 1.0
 
 
 def test_top_level_zero_shot_aggregates_leaves_and_is_documented(report_dir):

@@ -348,6 +348,7 @@ def test_binary_scores_report_intervals_operating_points_and_small_samples():
     assert r["f1"] == pytest.approx(2 * 2 / (3 + 3))  # predicted {0.9, 0.8, 0.7}: tp 2
     assert r["ci95"]["auroc"][0] <= r["auroc"] <= r["ci95"]["auroc"][1]
     assert r["small_sample"] and "only 3 positive / 5 negative" in r["warning"]
+    assert r["ci95"]["recall_wilson"] == pytest.approx(list(M.wilson_interval(2, 3)))
     big = np.r_[np.ones(40), np.zeros(40)]
     assert "small_sample" not in T.binary_scores(big, big + 0.1, None, n_boot=10)
     assert "ci95" not in T.binary_scores(y, s, None, n_boot=0)

@@ -421,6 +421,15 @@ def test_bootstrap_ci_brackets_the_value_and_narrows_with_n():
     assert all(math.isnan(v) for v in M.bootstrap_ci([1, 1], [0.2, 0.3], {"auroc": M.roc_auc})["auroc"])
 
 
+def test_wilson_interval_by_hand():
+    # 50/100: centre 0.5, half-width z*sqrt(.25/100 + z^2/40000)/(1 + z^2/100) = 0.0962
+    lo, hi = M.wilson_interval(50, 100)
+    assert (lo, hi) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    lo, hi = M.wilson_interval(5, 5)  # all found: the interval still says "n = 5"
+    assert hi == 1.0 and lo == pytest.approx(0.5655, abs=1e-4)
+    assert M.wilson_interval(0, 5)[0] == 0.0 and all(math.isnan(v) for v in M.wilson_interval(0, 0))
+
+
 def test_binary_label_conventions_and_validation():
     assert M.roc_auc([True, False], [0.9, 0.1]) == 1.0
     assert M.roc_auc([1, -1], [0.9, 0.1]) == 1.0  # positives are y > 0

@@ -71,6 +71,7 @@ __all__ = [
     "retrieval_metrics",
     "roc_auc",
     "v_measure",
+    "wilson_interval",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -546,6 +547,21 @@ def binary_f1_at(y_true: ArrayLike, scores: ArrayLike, threshold: float) -> floa
     tp = float((pred & y).sum())
     denom = float(pred.sum() + y.sum())
     return 2.0 * tp / denom if denom > 0 else 0.0
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (95 % for the default z).
+
+    Unlike a bootstrap it does not collapse to a point at 0 or n successes: 5 out of 5
+    gives [0.57, 1], the honest width of five observations. ``(nan, nan)`` when n is 0.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def bootstrap_ci(

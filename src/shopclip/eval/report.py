@@ -190,16 +190,19 @@ def _matching(m: dict[str, Any]) -> str:
             r = res.get(v)
             if r:
                 rows.append([v, r.get("auroc"), _ci(r, "auroc"), r.get("average_precision"), r.get("f1"),
-                             _ci(r, "f1"), r.get("precision"), r.get("recall"), r.get("precision@recall0.9"),
-                             r.get("threshold"), r.get("oracle_f1"), f"{r.get('n_pos')}/{r.get('n_neg')}"])
+                             _ci(r, "f1"), r.get("precision"), r.get("recall"), _ci(r, "recall_wilson"),
+                             r.get("precision@recall0.9"), r.get("threshold"), r.get("oracle_f1"),
+                             f"{r.get('n_pos')}/{r.get('n_neg')}"])
         src = f" Threshold from {res['threshold_from']}." if res.get("threshold_from") else ""
         warn = f"\n\n**Small sample:** {res['warning']}." if res.get("warning") else ""
         parts.append(f"{title}{src}{warn}\n\n" + _table(
             ["score", "AUROC", "AUROC 95% CI", "AP", "F1 @ val threshold", "F1 95% CI", "precision", "recall",
-             "precision @ 90% recall", "threshold", "oracle F1", "pos/neg"], rows))
-    parts.append("95% CI: percentile bootstrap over the eval pairs (positives and negatives resampled "
+             "recall 95% CI", "precision @ 90% recall", "threshold", "oracle F1", "pos/neg"], rows))
+    parts.append("AUROC / F1 95% CI: percentile bootstrap over the eval pairs (positives and negatives resampled "
                  "separately, 1000 resamples, seeded); pairs sharing a product are treated as independent, so "
-                 "the intervals are if anything too narrow.\n")
+                 "the intervals are if anything too narrow, and a perfect separation bootstraps to [1, 1]. "
+                 "Recall 95% CI: Wilson interval for the positives found at the threshold, which stays as wide as "
+                 "the number of positives allows (5 of 5 found: [0.57, 1]).\n")
     return "\n".join(parts)
 
 

@@ -283,7 +283,7 @@ def attribute_selection(ps: ProductSet, *, min_count: int = 5, min_products: int
     products among those values, most labelled first (at most ``max_attributes``; None:
     all of them). Returns ``(targets, skipped)``: ``targets`` maps name -> kept values;
     ``skipped`` maps each attribute with at least ``min_count`` labelled products to its
-    reason, and counts the rarer ones (a long tail of one-off spec fields) under
+    reason (most labelled first), and counts the rarer ones (a long tail of one-off spec fields) under
     ``"(rarer attributes)"``.
     """
     per: dict[str, Counter[str]] = {}
@@ -292,25 +292,26 @@ def attribute_selection(ps: ProductSet, *, min_count: int = 5, min_products: int
             v = str(value).strip()
             if v:
                 per.setdefault(name, Counter())[v] += 1
-    chosen, skipped, rare = [], {}, 0
+    chosen, reasons, rare = [], [], 0
     for name, counter in per.items():
         values = sorted(v for v, n in counter.items() if n >= min_count)
-        labelled = sum(counter[v] for v in values)
+        labelled, total = sum(counter[v] for v in values), sum(counter.values())
         if len(values) >= 2 and labelled >= min_products:
             chosen.append((labelled, name, values))
-        elif sum(counter.values()) < min_count:
+        elif total < min_count:
             rare += 1
         elif len(values) < 2:
-            skipped[name] = (f"{len(values)} value(s) with >= {min_count} products "
-                             f"({sum(counter.values())} labelled in all)")
+            reasons.append((total, name, f"{len(values)} value(s) with >= {min_count} products ({total} labelled in all)"))
         else:
-            skipped[name] = f"{labelled} labelled products among its {len(values)} usable values < {min_products}"
+            reasons.append((total, name, f"{labelled} labelled products among its {len(values)} usable values "
+                                         f"< {min_products}"))
     chosen.sort(key=lambda t: (-t[0], t[1]))
     if max_attributes is not None:
-        for labelled, name, _values in chosen[max_attributes:]:
-            skipped[name] = f"over max_attributes={max_attributes} ({labelled} labelled products)"
+        reasons += [(labelled, name, f"over max_attributes={max_attributes} ({labelled} labelled products)")
+                    for labelled, name, _values in chosen[max_attributes:]]
         chosen = chosen[:max_attributes]
-    skipped = dict(sorted(skipped.items()))
+    # Most labelled first: the near misses a reader wants to see lead the list.
+    skipped: dict[str, Any] = {name: why for _, name, why in sorted(reasons, key=lambda t: (-t[0], t[1]))}
     if rare:
         skipped["(rarer attributes)"] = f"{rare} attributes with fewer than {min_count} labelled products each"
     return {name: values for _, name, values in chosen}, skipped
@@ -427,7 +428,9 @@ def binary_scores(y: np.ndarray, s: np.ndarray, threshold: float | None, *, n_bo
 
     ``ci95`` holds percentile-bootstrap 95 % intervals (classes resampled separately,
     ``n_boot`` resamples, :func:`metrics.bootstrap_ci`) of AUROC, AP and the F1 at the
-    threshold; ``small_sample`` is set, with a warning, when either class has fewer than
+    threshold, and the Wilson interval of the recall at the threshold (which, unlike the
+    bootstrap, stays wide when every positive is found); ``small_sample`` is set, with a
+    warning, when either class has fewer than
     :data:`SMALL_SAMPLE` items, where one pair more or less moves a number by a lot.
     """
     n_pos, n_neg = int((y > 0).sum()), int((y <= 0).sum())
@@ -447,6 +450,9 @@ def binary_scores(y: np.ndarray, s: np.ndarray, threshold: float | None, *, n_bo
     out["oracle_f1"] = M.best_f1_threshold(y, s)[1]  # best threshold chosen on eval itself: a ceiling
     if n_boot > 0:
         out["ci95"] = {k: list(v) for k, v in M.bootstrap_ci(y, s, fns, n_boot=n_boot, seed=seed).items()}
+    if "recall" in out and n_pos:
+        # A bootstrap of a perfect separation is the point [1, 1]; Wilson says what n_pos items can support.
+        out.setdefault("ci95", {})["recall_wilson"] = list(M.wilson_interval(round(out["recall"] * n_pos), n_pos))
     if min(n_pos, n_neg) < SMALL_SAMPLE:
         out["small_sample"] = True
         out["warning"] = (f"only {n_pos} positive / {n_neg} negative items: read the 95 % intervals, "
