@@ -43,6 +43,7 @@ def main() -> None:
     cache = args.out / "cache"
     if cache.exists() and not args.keep_cache:
         shutil.rmtree(cache)
+    load_start = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
     report = run_eval(args.model, args.catalog, args.out, cache_dir=cache)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -51,6 +52,7 @@ def main() -> None:
         "cpu_s": round(cpu, 1),
         "cache": "warm" if args.keep_cache else "cold (emptied before the run)",
         "command": f"python bench/eval_sample.py{' --keep-cache' if args.keep_cache else ''}",
+        "load_average_1m_at_start": load_start,
         "load_average_1m_at_end": os.getloadavg()[0],
         "note": "wall time on this machine, slowed by other jobs sharing its 2 cores (see the load average); "
                 "cpu_s is the work done: an otherwise idle 2-core machine needs between cpu_s / 2 and cpu_s",
