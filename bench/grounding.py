@@ -32,13 +32,88 @@ SAMPLE = ROOT.parent / "shared" / "data" / "products" / "catalog.jsonl"
 LOCALISERS = ("full_image", "foreground", "saliency", "cam", "textmap", "pose", "combined")
 
 
-def evaluate(loc, scenes, known: set[str]) -> dict:
-    from shopclip.grounding import choose_box
+SWEEP = (0.0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+MAX_HIT_LOSS = 0.01  # a threshold may cost at most this much hit rate on the scenes
+QUANTILES = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def junk_images(prompts: list[str], known: set[str], seed: int) -> list[tuple[str, object, str]]:
+    """Photos with no product at all: blank/one-colour, noise, gradients; each asked for a known and an unknown type."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    imgs: list[tuple[str, Image.Image]] = []
+    for c in ((255, 255, 255), (0, 0, 0), (128, 128, 128), (250, 248, 245), *(tuple(int(x) for x in rng.integers(0, 256, 3))
+                                                                           for _ in range(4))):
+        imgs.append(("uniform", Image.new("RGB", (400, 400) if len(imgs) % 2 else (640, 480), c)))
+    for sigma in (20, 40, 60, 90):
+        imgs.append(("gaussian_noise", Image.fromarray(np.clip(rng.normal(128, sigma, (400, 400, 3)), 0, 255)
+                                                      .astype(np.uint8))))
+    for _ in range(4):
+        imgs.append(("uniform_noise", Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))))
+    yy, xx = np.mgrid[0:400, 0:400] / 399.0
+    for ramp in (xx, yy, (xx + yy) / 2, np.hypot(xx - 0.5, yy - 0.5) / 0.71):
+        col = rng.uniform(0.3, 1.0, 3)
+        imgs.append(("gradient", Image.fromarray((255 * ramp[..., None] * col).astype(np.uint8))))
+    a = sorted(p for p in prompts if p in known)
+    b = sorted(p for p in prompts if p not in known) or a
+    return [(kind, img, q) for i, (kind, img) in enumerate(imgs) for q in (a[i % len(a)], b[i % len(b)])]
+
+
+def _q(values: list[float]) -> list[float] | None:
+    return [round(float(x), 4) for x in np.quantile(values, QUANTILES)] if values else None
+
+
+def confidence(raw: list[tuple[float, float, bool]], junk: list[tuple[str, float, bool]], min_score: float,
+               full_ious: list[float]) -> dict:
+    """Best-box scores of hits vs misses vs junk, and what each threshold in SWEEP would do.
+
+    `raw`: per scene (IoU, score, fallback) of the choice without a threshold; a threshold t
+    keeps that choice when its score >= t and falls back to the full image otherwise (the
+    boxes are sorted, so no lower box can pass) — so the sweep is exact, not re-run.
+    """
+    hit = np.asarray([iou >= 0.5 and not fb for iou, _, fb in raw])
+    score = np.asarray([sc for _, sc, _ in raw])
+    real = np.asarray([not fb for _, _, fb in raw])
+    j_score = np.asarray([sc for _, sc, _ in junk])
+    j_real = np.asarray([not fb for _, _, fb in junk])
+    full_hit = np.asarray(full_ious) >= 0.5
+    sweep = []
+    for t in SWEEP:
+        keep = real & (score >= t)
+        sweep.append({"min_score": t, "hit_rate_iou50": round(float(np.mean(np.where(keep, hit, full_hit))), 4),
+                      "hits_lost": int((hit & ~keep).sum()), "misses_to_fallback": int((real & ~hit & ~keep).sum()),
+                      "junk_fallback_rate": round(float(np.mean(~(j_real & (j_score >= t)))), 4)})
+    base = sweep[0]["hit_rate_iou50"]
+    suggested = max(r["min_score"] for r in sweep if base - r["hit_rate_iou50"] <= MAX_HIT_LOSS + 1e-9)
+    kinds = sorted({k for k, _, _ in junk})
+    return {
+        "min_score": min_score,
+        "suggested_min_score": suggested,
+        "rule": f"largest threshold in {list(SWEEP)} costing at most {MAX_HIT_LOSS} of the scenes' hit rate",
+        "score_quantiles": {"at": list(QUANTILES), "hits": _q(score[hit & real].tolist()),
+                            "misses": _q(score[~hit & real].tolist()),
+                            "junk": _q(j_score[j_real].tolist())},
+        "junk_images": len(junk),
+        "junk_fallback_rate": round(float(np.mean(~(j_real & (j_score >= min_score)))), 4),
+        "junk_fallback_by_kind": {k: round(float(np.mean([fb or sc < min_score for kk, sc, fb in junk if kk == k])), 4)
+                                  for k in kinds},
+        "sweep": sweep,
+    }
+
+
+def evaluate(loc, scenes, known: set[str], junk: list | None = None) -> dict:
+    from shopclip.grounding import Box, choose_box
 
     ious, fallbacks, per_bg, per_kind = [], 0, {}, {"imagenet_prompt": [], "other_prompt": []}
+    raw, full_ious = [], []
     t0 = time.perf_counter()
     for s in scenes:
-        g = choose_box(loc.localise(s.image, s.prompt), s.image.size, margin=0.0, min_score=loc.min_score)
+        boxes = loc.localise(s.image, s.prompt)
+        g = choose_box(boxes, s.image.size, margin=0.0, min_score=loc.min_score)
+        g0 = choose_box(boxes, s.image.size, margin=0.0, min_score=0.0)
+        raw.append((g0.box.iou(s.box), g0.box.score, g0.fallback))
+        full_ious.append(Box.full(*s.image.size).iou(s.box))
         iou = g.box.iou(s.box)
         ious.append(iou)
         fallbacks += g.fallback
@@ -46,6 +121,10 @@ def evaluate(loc, scenes, known: set[str]) -> dict:
         per_kind["imagenet_prompt" if s.prompt in known else "other_prompt"].append(iou)
     secs = time.perf_counter() - t0
     arr = np.asarray(ious)
+    junk_raw = []
+    for kind, img, prompt in junk or []:
+        g0 = choose_box(loc.localise(img, prompt), img.size, margin=0.0, min_score=0.0)
+        junk_raw.append((kind, g0.box.score, g0.fallback))
 
     def stats(v: list[float]) -> dict:
         a = np.asarray(v)
@@ -60,6 +139,7 @@ def evaluate(loc, scenes, known: set[str]) -> dict:
         "ms_per_scene": round(1000 * secs / len(arr), 1),
         "by_background": {k: stats(v) for k, v in sorted(per_bg.items())},
         "by_prompt": {k: stats(v) for k, v in per_kind.items()},
+        "confidence": confidence(raw, junk_raw, loc.min_score, full_ious),
     }
 
 
@@ -106,6 +186,7 @@ def main() -> None:
     scenes = list(generate_scenes(pool, args.scenes, seed=args.seed, textures=textures))
     prompts = sorted(target_prompts(pool))
     known = {p for p in prompts if match_type(p) is not None and match_type(p).classes}
+    junk = junk_images(prompts, known, args.seed)
     print(f"pool {len(pool)} cut-outs, {len(prompts)} target prompts, {len(scenes)} scenes "
           f"in {time.perf_counter() - t0:.0f}s", flush=True)
 
@@ -117,12 +198,14 @@ def main() -> None:
         todo[f"textmap_{tag}"] = ("textmap", {"model": str(Path(folder).resolve())})
     for name, (kind, kwargs) in todo.items():
         loc = create_localiser(kind, **kwargs)
-        results[name] = evaluate(loc, scenes, known)
+        results[name] = evaluate(loc, scenes, known, junk)
         if kwargs:
             results[name]["options"] = kwargs
         r = results[name]
+        c = r["confidence"]
         print(f"{name:12s} hit@0.5={r['hit_rate_iou50']:.3f} mIoU={r['mean_iou']:.3f} "
-              f"{r['ms_per_scene']:.0f} ms/scene", flush=True)
+              f"{r['ms_per_scene']:.0f} ms/scene; min_score {c['min_score']} (suggested {c['suggested_min_score']}), "
+              f"junk fallback {c['junk_fallback_rate']:.2f}", flush=True)
 
     offline = {k: v for k, v in results.items() if k != "full_image"}
     best = max(offline, key=lambda k: (offline[k]["hit_rate_iou50"], offline[k]["mean_iou"]))
@@ -180,6 +263,8 @@ def main() -> None:
             "backgrounds": sorted({s.background for s in scenes}),
             "generator": "shopclip.grounding.synth (module docstring documents every draw)",
             "box_choice": "choose_box(margin=0, min_score=localiser.min_score); IoU of the chosen box",
+            "junk_images": f"{len(junk) // 2} images with no product (blank/one-colour, Gaussian and uniform noise, "
+                           "gradients), each localised with a prompt that has ImageNet classes and one that has none",
         },
         "notes": [
             "pose: the scenes contain no people (apparel photos showing a person are kept out of the pool), "
@@ -188,6 +273,10 @@ def main() -> None:
             "textmap: meaningful only with trained projection heads; 'model_trained' says whether the default "
             "model had them; 'textmap_<name>' entries (when present) use models trained by bench/grounding_ablation.py.",
             "cam: threshold 0.5·max (0.2 gave hit 0.13, 0.35 gave 0.28 on the first 120 scenes).",
+            "confidence: per localiser, the best box's score on scene hits / misses / junk images, and the hit rate "
+            "and junk fallback rate each min_score in the sweep would give (exact: boxes are sorted, so a threshold "
+            "keeps the unthresholded choice or falls back). 'min_score' is the localiser's shipped threshold, "
+            "'suggested_min_score' what the rule picks on this run.",
             "throughput: images/s on this shared 2-core machine (other jobs running; load average recorded); "
             "threads2 is often slower than threads1 here because the cores are contended.",
         ],

@@ -59,7 +59,7 @@ def test_choose_box_picks_best_score_not_first():
     "boxes, reason",
     [
         ([], "no box found"),
-        ([Box(0, 0, 30, 30, 0.01)], "best score"),
+        ([Box(0, 0, 30, 30, 0.01)], "low confidence 0.010 < "),
         ([Box(10, 10, 12, 40, 0.9)], "degenerate box"),
         ([Box(math.nan, 0, 30, 30, 0.9)], "NaN box"),
         ([Box(70, 70, 90, 90, 0.9)], "degenerate box"),  # entirely outside the image: clips to nothing

@@ -169,3 +169,31 @@ def test_combined_keeps_a_set_together_but_not_a_neighbour(sample_catalog):
     union = boxes[0].union(boxes[1]).union(boxes[2])
     assert found.iou(union) > 0.8
     assert best("combined", canvas, "Watches").iou(w) > 0.8
+
+
+@pytest.mark.parametrize("size, colour", [((400, 400), (255, 255, 255)), ((640, 480), (128, 128, 128))])
+def test_combined_falls_back_on_a_blank_image(size, colour):
+    """The audit's case: a blank photo used to get a 0.01-score box and fallback false."""
+    loc = create_localiser("combined")
+    assert loc.min_score > 0  # a real threshold, chosen on bench/grounding.py (see its 'confidence' block)
+    img = Image.new("RGB", size, colour)
+    g = choose_box(loc.localise(img, "Casual Shoes"), img.size, min_score=loc.min_score)
+    assert g.fallback and g.reason and g.box.xyxy == (0, 0, *size)
+
+
+def test_combined_low_confidence_box_falls_back_and_says_so(scene):
+    """A box scoring under the threshold is not used; the reason names the score and the threshold."""
+    loc = create_localiser("combined")
+    image, truth = scene
+    boxes = loc.localise(image, "Watches")
+    assert boxes and boxes[0].score >= loc.min_score
+    g = choose_box(boxes, image.size, min_score=boxes[0].score + 0.01)
+    assert g.fallback and g.reason.startswith(f"low confidence {boxes[0].score:.3f} < ")
+
+
+def test_combined_localises_a_real_product_photo(sample_catalog):
+    loc = create_localiser("combined")
+    img = photo(sample_catalog, SHOE)
+    g = choose_box(loc.localise(img, "Sports Shoes"), img.size, min_score=loc.min_score)
+    assert not g.fallback and g.reason is None
+    assert g.box.area < 0.9 * img.size[0] * img.size[1] and g.score >= loc.min_score

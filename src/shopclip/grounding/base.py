@@ -171,7 +171,7 @@ def choose_box(boxes: list[Box], size: tuple[int, int], *, margin: float = 0.05,
             rejected.append("NaN box")
             continue
         if b.score < min_score:
-            rejected.append(f"best score {b.score:.3f} < {min_score:.3f}")
+            rejected.append(f"low confidence {b.score:.3f} < {min_score:.3f}")
             break  # sorted: every later box scores lower still
         c = b.clip(w, h)
         if c.width < min_side or c.height < min_side or c.area < min_area_frac * w * h:

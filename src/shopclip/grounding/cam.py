@@ -34,7 +34,7 @@ class CamLocaliser(Localiser):
     """
 
     name = "cam"
-    min_score = 0.0
+    min_score = 0.002  # measured: bench/results/grounding.json localisers.cam.confidence
 
     def __init__(self, model: str = "default", long_side: int = 320, threshold: float = 0.5, top_k: int = 5) -> None:
         self.model_ref = model
@@ -93,7 +93,7 @@ class TextMapLocaliser(Localiser):
     """
 
     name = "textmap"
-    min_score = 0.0
+    min_score = 0.2  # best-cell cosine; measured in bench/results/grounding.json
 
     def __init__(self, model: str = "default", long_side: int = 320, threshold: float = 0.5) -> None:
         self.model_ref = model
