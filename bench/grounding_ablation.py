@@ -17,8 +17,16 @@ Relevance is exact (the same product, or its re-listing group). Everything is
 cached under ``--work`` (ground_catalog's cache, scenes, trainer features) so a rerun
 or a crash costs little.
 
-    .venv/bin/python bench/grounding_ablation.py                  # ~1-2 h on 2 busy cores with training
+The file also holds the default localiser's throughput (``throughput``: images/s with
+2 torch threads on real test-split photos and on the composed scenes, what ``shopclip
+ground`` costs), measured in the same run. The script writes the whole file; ``runs``
+says which run (date, command) produced which part. ``--only-throughput`` re-measures
+just the throughput and merges it into an existing file, adding its own ``runs`` entry,
+so the retrieval rows keep saying which (older) run they come from.
+
+    .venv/bin/python bench/grounding_ablation.py                  # ~30 min-2 h on 2 busy cores with training
     .venv/bin/python bench/grounding_ablation.py --no-train       # minutes
+    .venv/bin/python bench/grounding_ablation.py --only-throughput  # ~1 min: merge a fresh throughput block
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +135,50 @@ def scene_catalog(catalog, ids: list[str], paths: dict[str, Path]):
     return Catalog([replace(catalog[i], image=str(paths[i].resolve())) for i in ids], root=catalog.root)
 
 
+def throughput(catalog, scene_paths: list[Path], n: int, threads: int) -> dict:
+    """Images/s of the default localiser (``localise`` only: decoding is done first) on real and composed photos."""
+    from shopclip.core.images import open_image
+    from shopclip.grounding import DEFAULT_METHOD, create_localiser
+    from shopclip.grounding.taxonomy import product_type
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    loc = create_localiser(DEFAULT_METHOD)
+    test = [p for p in catalog if p.split == "test"]
+    real = test[:: max(1, len(test) // n)][:n]  # spread over the split: Myntra and Flipkart
+    sets = {"real_test_photos": ([open_image(catalog.image_path(p)) for p in real], [product_type(p) for p in real]),
+            "composed_scenes": ([open_image(q) for q in scene_paths[:n]], None)}
+    ids = {q: pid for pid, q in _scene_index.items()}
+    out: dict = {"localiser": DEFAULT_METHOD, "threads": threads, "load_average_1m_before": round(os.getloadavg()[0], 2)}
+    try:
+        for name, (imgs, prompts) in sets.items():
+            if prompts is None:
+                prompts = [product_type(catalog[ids[q]]) for q in scene_paths[:n]]
+            loc.localise(imgs[0], prompts[0])  # warm-up: model load, MediaPipe graph
+            t0 = time.perf_counter()
+            for img, prompt in zip(imgs, prompts, strict=True):
+                loc.localise(img, prompt)
+            out[name] = {"images": len(imgs), "images_per_s": round(len(imgs) / (time.perf_counter() - t0), 2)}
+            log(f"throughput {name}: {out[name]}")
+    finally:
+        torch.set_num_threads(old)
+    out["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    out["cpus"] = os.cpu_count()
+    return out
+
+
+_scene_index: dict[str, Path] = {}  # product id -> scene JPEG, filled by main
+
+
+def run_record(parts: list[str], seconds: float, threads: int) -> dict:
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "parts": parts,
+            "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/grounding_ablation.py",
+                                                         *sys.argv[1:]]),
+            "seconds": round(seconds, 1),
+            "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": threads,
+                            "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}}
+
+
 def evaluate_model(name: str, model, sets: dict, groups: dict[str, list[str]] | None = None) -> dict:
     res = {}
     for set_name, (texts, variants, ps) in sets.items():
@@ -143,6 +198,10 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="skip the trained-on-full vs trained-on-crops models")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--throughput-images", type=int, default=100)
+    ap.add_argument("--throughput-threads", type=int, default=2)
+    ap.add_argument("--only-throughput", action="store_true",
+                    help="measure only the default localiser's throughput and merge it into --out (kept otherwise)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grounding_ablation.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -157,6 +216,21 @@ def main() -> None:
     from shopclip.models.factory import pretrained_dir
 
     catalog = Catalog.load(SAMPLE)
+    if args.only_throughput:
+        previous = json.loads(args.out.read_text())
+        log("building scenes (cached in --work)")
+        ids, scene_paths, _ = build_scenes(catalog, args.work, args.seed, args.scene_limit)
+        _scene_index.update({i: scene_paths[i] for i in ids})
+        previous["throughput"] = throughput(catalog, [scene_paths[i] for i in ids], args.throughput_images,
+                                            args.throughput_threads)
+        runs = previous.get("runs")
+        if not isinstance(runs, list):  # an older file: its rows came from runs not recorded as a list
+            runs = [{"parts": ["all rows"], "note": "recorded before runs were listed: see git log of this file",
+                     "old": runs}]
+        previous["runs"] = [*runs, run_record(["throughput"], time.perf_counter() - t_start, args.throughput_threads)]
+        args.out.write_text(json.dumps(previous, indent=2) + "\n")
+        log(json.dumps(previous["throughput"], indent=2))
+        return
     test = [p for p in catalog if p.split == "test"]
     ps = ProductSet.from_products("test", catalog, test)
     texts = ps.texts
@@ -173,6 +247,7 @@ def main() -> None:
     # 2. scenes: one per eligible test product
     log("building scenes")
     ids, scene_paths, boxes = build_scenes(catalog, args.work, args.seed, args.scene_limit)
+    _scene_index.update({i: scene_paths[i] for i in ids})
     sc_cat = scene_catalog(catalog, ids, scene_paths)
     gs = ground_catalog(sc_cat, args.work / "ground-scenes", method=DEFAULT_METHOD, sheet=24, progress=False)
     log(gs.summary())
@@ -224,17 +299,30 @@ def main() -> None:
                               augment=False, image_views=0, progress=False, num_workers=1, device="cpu",
                               cache_dir=str(args.work / "features"), val_every=0, seed=args.seed)
             model_dir = Path(cfg.out) / "model"
-            t0 = time.perf_counter()
+            timing_file = Path(cfg.out) / "train_seconds.json"
             if not (model_dir / "config.json").exists():
                 log(f"training {name}")
-                Trainer(cfg, catalog=cat).fit()
+                t0 = time.perf_counter()
+                Trainer(cfg, catalog=cat).fit()  # featurising (tower features, cached) + the head epochs
+                timing_file.write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1),
+                                                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}))
+                trained_here = True
+            else:
+                trained_here = False
+            timing = json.loads(timing_file.read_text()) if timing_file.exists() else {"train_seconds": None}
             trained = load_model(model_dir)
-            results[name] = {"train_seconds": round(time.perf_counter() - t0, 1),
+            results[name] = {"train_seconds": timing["train_seconds"], "trained_in_this_run": trained_here,
+                             **({} if trained_here else {"trained_on": timing.get("date")}),
                              **evaluate_model(name, trained, sets, groups)}
         training.update(done=True, config={"epochs": args.epochs, "batch_size": 512, "lock": "both (heads only, LiT)",
                                            "augment": False, "train_split": "train", "val_split": "val",
                                            "crops": f"{DEFAULT_METHOD} localiser, prompt = product type; "
-                                                    "fallback rows keep the full photo"})
+                                                    "fallback rows keep the full photo",
+                                           "train_seconds": "Trainer.fit wall time only (featurising the photos "
+                                                            "not yet in the shared feature cache + the head "
+                                                            "epochs); evaluation and model loading excluded"})
+
+    tput = throughput(catalog, [scene_paths[i] for i in ids], args.throughput_images, args.throughput_threads)
 
     def delta(block: dict, a: str, b: str) -> dict:
         return {k: round(block[b][k] - block[a][k], 4) for k in ("hits@5", "hits@10", "mrr")}
@@ -264,9 +352,11 @@ def main() -> None:
                        "mean_iou": round(float(np.mean(scene_ious)), 4),
                        "distractors": "train split cut-outs", "seed": args.seed},
         },
+        "throughput": tput,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
                         "load_average_1m": round(os.getloadavg()[0], 2)},
         "seconds": round(time.perf_counter() - t_start, 1),
+        "runs": [run_record(["all"], time.perf_counter() - t_start, args.threads)],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
