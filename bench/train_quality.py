@@ -8,9 +8,14 @@ On the sample catalog's test split (821 products; text i must find image i among
                          mean-pooled MiniLM and EfficientNet-Lite0 (224 px, padded to square)
                          features, symmetric InfoNCE, AdamW, 10 epochs at batch 512;
 * ``lit_baseline_d768``  the same recipe with 768-d heads (the default's width);
-* ``trained``            `shopclip train` with the default TrainConfig (what ships as "default");
-* ``trained_no_fn_mask`` the same with false-negative masking off (``fn_mode="none"``);
-* ``trained_fn_positive``  the same with duplicates as extra positives (``--full`` only).
+* ``trained``            `shopclip train` with the default TrainConfig (what ships as "default"):
+                         the multi-level towers of ``minilm-efflite0-ml`` (EfficientNet-Lite0 head +
+                         5 stage averages; MiniLM last layer + word-piece embedding layer);
+* ``trained_single_level`` the same recipe on the plain towers (``minilm-efflite0``: pooled head
+                         features only), to show what the multi-level features bring;
+* ``trained_no_fn_mask`` the default with false-negative masking off (``fn_mode="none"``);
+* ``trained_fn_positive``  the same with duplicates as extra positives (``--full`` only);
+* ``best_text_unlocked`` the default, then MiniLM's last 2 blocks fine-tuned (``--best`` only).
 
 Texts are the product text `shopclip embed` indexes (`Product.text()`: title, category path,
 attributes, description); ``title_only`` repeats text→image with the bare title as the
@@ -139,7 +144,7 @@ def main() -> None:
     catalog = Catalog.load(a.catalog)
     split = {s: [p for p in catalog.products if p.split == s] for s in ("train", "val", "test")}
     base = create_model("minilm-efflite0")
-    te_img, te_txt, te_title, te_full_texts, te_titles = features(catalog, split["test"], base, a.cache_dir)
+    te_img, te_txt, te_title, *_ = features(catalog, split["test"], base, a.cache_dir)
     tr_img, tr_txt, *_ = features(catalog, split["train"], base, a.cache_dir)
     results: dict[str, dict] = {}
     seconds: dict[str, float] = {}
@@ -156,7 +161,8 @@ def main() -> None:
                                    F.normalize(head_t(te_txt), dim=-1).numpy(),
                                    F.normalize(head_t(te_title), dim=-1).numpy())
 
-    runs = {"trained": {}, "trained_no_fn_mask": {"fn_mode": "none"}}
+    runs = {"trained": {}, "trained_single_level": {"model": "minilm-efflite0"},
+            "trained_no_fn_mask": {"fn_mode": "none"}}
     if a.full:
         runs["trained_fn_positive"] = {"fn_mode": "positive"}
     if a.best:
@@ -171,12 +177,10 @@ def main() -> None:
         res = train(cfg)
         seconds[name] = round(time.time() - t, 1)
         model = load_model(res.run_dir)  # the saved model, as every other command will load it
-        if cfg.lock == "both":
-            results[name] = report(*project(model, te_img, te_txt, te_title))
-        else:  # the text tower changed: its cached features are stale, encode the texts afresh
-            with torch.no_grad():
-                img = model.project_image(te_img).numpy()
-            results[name] = report(img, model.encode_text(te_full_texts), model.encode_text(te_titles))
+        # Tower features of *this* model (cached by tower fingerprint, so a fine-tuned text tower
+        # gets fresh ones), through its trained heads: what encode_image / encode_text return.
+        img, txt, title, *_ = features(catalog, split["test"], model, a.cache_dir)
+        results[name] = report(*project(model, img, txt, title))
         val[name] = {k: round(v, 4) for k, v in res.val.items()}
         configs[name] = over
         if name == "trained" and a.ship:

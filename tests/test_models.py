@@ -280,3 +280,47 @@ def test_open_clip_adapter_wraps_the_model_as_two_towers():
     assert not img_params & txt_params
     assert id(oc.model.logit_scale) not in img_params | txt_params
     assert img_params | txt_params | {id(oc.model.logit_scale)} == {id(p) for p in oc.model.parameters()}
+
+
+def test_multi_level_image_tower_is_the_normalised_stage_averages(rows):
+    """efficientnet-lite0-ml: [head, 5 stage outputs], each pooled, L2-normalised to LEVEL_NORM."""
+    from shopclip.models.towers import LEVEL_NORM, create_tower
+
+    tower = create_tower("efficientnet-lite0-ml").eval()
+    net = tower.net
+    px = torch.stack([tower.transform(Image.open(SAMPLE_DIR / r["image"]).convert("RGB")) for r in rows[:3]])
+    with torch.inference_mode():
+        out = tower(px)
+        x = net._swish(net._bn0(net._conv_stem(px)))
+        taps = []
+        for i, block in enumerate(net._blocks):
+            x = block(x)
+            if i in tower.levels:
+                taps.append(x.mean(dim=(2, 3)))
+        head = net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
+        expect = torch.cat([nn.functional.normalize(t, dim=1) * LEVEL_NORM for t in (head, *taps)], dim=1)
+        fmap = tower.feature_map(px)
+        cells = tower.cells(fmap)
+    assert out.shape == (3, tower.output_dim) == (3, 1280 + 40 + 80 + 112 + 192 + 320)
+    torch.testing.assert_close(out, expect, atol=1e-4, rtol=1e-4)
+    # The ImageNet classifier still reads the head channels (CAM grounding), and every cell
+    # is a vector of the pooled space: each level of it has norm LEVEL_NORM.
+    assert fmap.shape[1] == tower.output_dim and tower.classifier().in_features == 1280
+    torch.testing.assert_close(fmap[:, :1280].mean(dim=(2, 3)), head, atol=1e-4, rtol=1e-4)
+    norms = torch.stack([c.norm(dim=1) for c in torch.split(cells, [1280, *tower.level_dims], dim=1)])
+    torch.testing.assert_close(norms, torch.full_like(norms, LEVEL_NORM), atol=1e-3, rtol=1e-4)
+
+
+def test_multi_level_text_tower_adds_the_embedding_layer():
+    from shopclip.models.towers import LEVEL_NORM, create_tower
+
+    plain, ml = create_tower("minilm-l6").eval(), create_tower("minilm-l6-ml").eval()
+    texts = ["Puma Men White Casual Shoes", "W Women Solid Grey Kurta with a long description " * 3]
+    with torch.inference_mode():
+        a, b = plain(plain.tokenize(texts)), ml(ml.tokenize(texts))
+        emb = plain.model.embeddings(input_ids=plain.tokenize(texts)["input_ids"])
+    assert b.shape == (2, 768) and ml.output_dim == 768
+    torch.testing.assert_close(b[:, :384], nn.functional.normalize(a, dim=1) * LEVEL_NORM, atol=1e-4, rtol=1e-4)
+    mask = plain.tokenize(texts)["attention_mask"].unsqueeze(-1).float()
+    bag = (emb * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(b[:, 384:], nn.functional.normalize(bag, dim=1) * LEVEL_NORM, atol=1e-4, rtol=1e-4)

@@ -155,7 +155,7 @@ def test_real_towers_heads_only(tmp_path, mini_catalog):
     assert model.config.trained and model.config.tower_weights == "pretrained"
     assert model.config.info["training"]["train_pairs"] == 32
     size = sum(f.stat().st_size for f in result.model_dir.iterdir())
-    assert size < 5 * 2**20
+    assert size < 10 * 2**20  # heads only: 768-d projections of the 2024-d + 768-d multi-level features
     # the saved (standardisation-folded) heads reproduce the trainer's own validation embeddings
     catalog = Catalog.load(mini_catalog)
     _, val = split_catalog(catalog)

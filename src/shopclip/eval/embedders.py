@@ -15,7 +15,7 @@ Stores are keyed by content (sha1 of what produced the vector + the image file o
 text), not by product id, so synthetic re-listings, prompts and a second catalog holding
 the same photo all hit the same entries. ``embed_catalog`` is not used because it embeds
 catalog products only and in the model's space; the eval also needs raw tower features
-(1280-d and 384-d) and non-catalog inputs.
+(e.g. 2024-d and 768-d for the multi-level towers) and non-catalog inputs.
 """
 
 from __future__ import annotations
@@ -248,9 +248,11 @@ def tower_embedders(model: DualEncoder, cache: Path, *, progress: bool = False, 
     towers = TowerFeatures.of(base, cache, image_batch_size=image_batch_size, num_workers=num_workers,
                               progress=progress)
     img_info = {"ref": "image-tower", "tower": base.config.image_tower, "dim": base.image_tower.output_dim,
-                "note": "pretrained image tower, global-average-pooled features, no projection head"}
+                "note": "pretrained image tower's pooled features (for a multi-level tower: head + stage "
+                        "averages, each L2-normalised), no projection head"}
     txt_info = {"ref": "text-tower", "tower": base.config.text_tower, "dim": base.text_tower.output_dim,
-                "note": "pretrained text tower, mean-pooled features, no projection head"}
+                "note": "pretrained text tower's mean-pooled features (for a multi-level tower: last layer + "
+                        "embedding layer, each L2-normalised), no projection head"}
     return {
         "image-tower": Embedder("image-tower", "image-tower", img_info, image_fn=towers.image),
         "text-tower": Embedder("text-tower", "text-tower", txt_info, text_fn=towers.text),

