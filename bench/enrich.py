@@ -3,6 +3,10 @@
     .venv/bin/python bench/enrich.py quality     # → bench/results/enrich.json (~30 min on 2 cores)
     .venv/bin/python bench/enrich.py handcheck   # → bench/enrich_handcheck.jsonl (30 drafts to label by hand)
     .venv/bin/python bench/enrich.py ablation    # → bench/results/enrich_ablation.json
+    .venv/bin/python bench/enrich.py train-texts --limit 1600 --shard 0 --shards 2 &   # LLM text for train
+    .venv/bin/python bench/enrich.py train-texts --limit 1600 --shard 1 --shards 2     # products (~35 min)
+    .venv/bin/python bench/enrich.py ablation --texts-from bench/results/enrich_llm_texts_test.jsonl \
+        --train-enriched --train-llm-texts bench/results/enrich_llm_texts_train.jsonl
 
 * The fixed sample: the first 200 products of the sample catalog's *test* split in
   sha1("shopclip-enrich-bench/1:" + id) order (so the same LLM outputs also serve the ablation).
@@ -446,16 +450,65 @@ def cmd_handcheck(args) -> None:
 # ---------------------------------------------------------------------------- ablation
 
 
-def train_on_rules_text(cat, test, evaluate) -> dict:
-    """The same default training, with every train/val product's full text replaced by its
-    rule-enriched text (the agent's pre-step and LLM fallback), then every arm re-scored.
+TRAIN_SALT = "shopclip-enrich-train/1:"
 
-    LLM enrichment of the 6,594 train products would take ~7-9 h with the local backend
-    on 2 cores, so the enriched training text here is the rule-based one; said so in the file.
-    More threads do not help on this shared machine: 20 train products took 1,351 s with
-    ``n_threads=2`` (0.0148 products/s, 1.3 tokens/s; load average 5.7-7.3, llama.cpp's threads
-    busy-wait for each other) against 92 s with 1 thread under the same load (0.218 products/s),
-    i.e. ~53 or ~785 of the 6,594 products in an hour — too few for an LLM-trained arm.
+
+def train_order(cat) -> list:
+    """The train split in a fixed sha1 order: the first N are what `train-texts --limit N` enriches."""
+    train = [p for p in cat if p.split == "train"]
+    return sorted(train, key=lambda p: hashlib.sha1((TRAIN_SALT + p.id).encode()).hexdigest())
+
+
+def cmd_train_texts(args) -> None:
+    """LLM-enrich the first --limit train products (shard --shard of --shards), resumable via SQLite.
+
+    Two shards with one llama.cpp thread each use both cores without their threads waiting on
+    each other (see train_on_text). Rows are appended to OUT/texts_SHARD.jsonl; rerunning with a
+    larger --limit keeps every earlier product in the same shard and its answer in the cache.
+    """
+    from shopclip.catalog import Catalog
+    from shopclip.enrich.cache import EnrichCache
+
+    cat = Catalog.load(CATALOG)
+    mine = train_order(cat)[: args.limit][args.shard :: args.shards]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enr = make_enricher(cache=EnrichCache(out_dir / f"llm_{args.shard}.sqlite"), max_rounds=args.max_rounds,
+                        threads=1)
+    t0 = time.perf_counter()
+    with open(out_dir / f"texts_{args.shard}.jsonl", "a", encoding="utf-8") as fp:
+        for s in range(0, len(mine), 8):
+            for r in enr.enrich_many(mine[s : s + 8]):
+                fp.write(json.dumps(r.to_row()) + "\n")
+            fp.flush()
+            print(f"{min(s + 8, len(mine))}/{len(mine)} {time.perf_counter() - t0:.0f}s", flush=True)
+    enr.backend.close()
+
+
+def read_text_rows(paths) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    for path in paths:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["id"]] = row  # the last row of an id wins (a resumed run may repeat one)
+    return rows
+
+
+def train_on_text(cat, test, evaluate, *, llm_rows: dict[str, dict] | None = None) -> dict:
+    """The default training with every train/val product's full text replaced by enriched text,
+    then every arm re-scored with that model.
+
+    Without ``llm_rows`` the enriched text is the rule-based one (the agent's pre-step and its
+    fallback). With them, a train product the LLM agent enriched trains on the agent's text
+    (whatever it shipped: its answer, its repaired answer or its fallback) and the rest on the
+    rule-based text, as `shopclip build --enrich` would give for those rows; the share is reported.
+
+    Speed of the local backend here: 20 train products took 1,351 s with ``n_threads=2``
+    (0.0148 products/s, 1.3 tokens/s; load average 5.7-7.3, llama.cpp's threads busy-wait for each
+    other) against 92 s with 1 thread under the same load (0.218 products/s); two 1-thread shards
+    on an otherwise quiet machine ran at ~0.4 products/s each (`train-texts`), so all 6,594 train
+    products would take ~2.3 h of both cores.
     """
     import tempfile
     from dataclasses import replace
@@ -469,6 +522,10 @@ def train_on_rules_text(cat, test, evaluate) -> dict:
     rules = Enricher(None)
     fit = [p for p in cat.products if p.split in ("train", "val")]
     text = {r.id: r.text for r in rules.enrich_many(fit)}
+    llm_rows = llm_rows or {}
+    train_ids = {p.id for p in cat.products if p.split == "train"}
+    used = {i: row for i, row in llm_rows.items() if i in train_ids and row.get("text")}
+    text.update({i: row["text"] for i, row in used.items()})
     products = [replace(p, extra={**p.extra, "full_text": text[p.id]}) if p.id in text else p for p in cat.products]
     derived = Catalog(products, root=cat.root, source=cat.source)
     out = Path(tempfile.mkdtemp(prefix="shopclip-enrich-train-"))
@@ -478,12 +535,24 @@ def train_on_rules_text(cat, test, evaluate) -> dict:
     model = load_model(res.run_dir)
     model.eval()
     img = model.encode_image([cat.image_path(p) for p in test], batch_size=16, num_workers=2, progress=True)
-    return {"training_text": "rule-enriched (shopclip.enrich rules) full text for every train/val product; "
-                             "variants (title, title+category, title+attributes) from the source as usual",
-            "config": "TrainConfig() defaults (what ships as 'default')", "train_seconds": round(seconds, 1),
-            "val_at_end": {k: round(v, 4) for k, v in res.val.items()},
-            "full_test_split": evaluate(test, "all test products, model trained on rule-enriched text",
-                                        model=model, img=img)}
+    if used:
+        methods: dict[str, int] = {}
+        for row in used.values():
+            methods[row.get("method", "?")] = methods.get(row.get("method", "?"), 0) + 1
+        what = (f"LLM-agent text (local SmolLM2 backend, prompt v2) for {len(used)} of {len(train_ids)} train "
+                f"products ({len(used) / len(train_ids):.0%}: the first {len(used)} in sha1('{TRAIN_SALT}' + id) "
+                "order, from `bench/enrich.py train-texts`), rule-enriched text for the other train and all val "
+                "products; variants (title, title+category, title+attributes) from the source as usual")
+        extra = {"llm_train_products": len(used), "train_products": len(train_ids), "llm_methods": methods}
+        label = "all test products, model trained on LLM-enriched text"
+    else:
+        what = ("rule-enriched (shopclip.enrich rules) full text for every train/val product; "
+                "variants (title, title+category, title+attributes) from the source as usual")
+        extra = {}
+        label = "all test products, model trained on rule-enriched text"
+    return {"training_text": what, **extra, "config": "TrainConfig() defaults (what ships as 'default')",
+            "train_seconds": round(seconds, 1), "val_at_end": {k: round(v, 4) for k, v in res.val.items()},
+            "full_test_split": evaluate(test, label, model=model, img=img)}
 
 
 def cmd_ablation(args) -> None:
@@ -600,8 +669,10 @@ def cmd_ablation(args) -> None:
                 "paired_bootstrap_vs_raw_title": diffs}
 
     full = evaluate(test, "all test products (LLM arm included only if enriched for all)")
-    trained_on_enriched = train_on_rules_text(cat, test, evaluate) if args.train_enriched else (
+    trained_on_enriched = train_on_text(cat, test, evaluate) if args.train_enriched else (
         "skipped (run with --train-enriched)")
+    trained_on_llm = (train_on_text(cat, test, evaluate, llm_rows=read_text_rows(args.train_llm_texts))
+                      if args.train_llm_texts else "skipped (run with --train-llm-texts FILE ...)")
     sub_products = [by_id[i] for i in llm_ids]
     subset = evaluate(sub_products, f"the {len(sub_products)} test products the LLM enriched") \
         if len(sub_products) < len(test) else None
@@ -621,6 +692,7 @@ def cmd_ablation(args) -> None:
         "full_test_split": full,
         "llm_subset": subset,
         "trained_on_enriched_text": trained_on_enriched,
+        "trained_on_llm_enriched_text": trained_on_llm,
         "chance_hits@5": round(5 / len(test), 4),
         "environment": {**env, "loadavg_end": os.getloadavg()},
     }
@@ -651,9 +723,17 @@ def main() -> None:
     a.add_argument("--texts-note", default=None, help="provenance of --texts-from, written into the results")
     a.add_argument("--train-enriched", action="store_true", help="also train the default config on rule-enriched "
                    "train text and re-score every arm with that model (~2 min with warm feature caches)")
+    a.add_argument("--train-llm-texts", type=Path, nargs="+", default=None, help="also train the default config "
+                   "on these LLM-enriched train texts (JSONL from `train-texts`; rules text for the rest)")
+    t = sub.add_parser("train-texts", help="LLM-enrich the first N train products (for --train-llm-texts)")
+    t.add_argument("--limit", type=int, default=1600)
+    t.add_argument("--shard", type=int, default=0)
+    t.add_argument("--shards", type=int, default=1)
+    t.add_argument("--max-rounds", type=int, default=2)
+    t.add_argument("--out", default=str(CACHE_DIR / "train_texts"))
     args = ap.parse_args()
     {"quality": cmd_quality, "handcheck": cmd_handcheck, "precision": cmd_refresh_precision,
-     "ablation": cmd_ablation}[args.cmd](args)
+     "ablation": cmd_ablation, "train-texts": cmd_train_texts}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -282,7 +282,7 @@ def build_cmd(
                                                     "(any OpenAI-compatible server) or rules (no LLM)")] = None,
     train: Annotated[bool, typer.Option(help="Train the heads on this catalog (cached tower features) before "
                                              "embedding; the build then uses the trained model")] = False,
-    train_epochs: Annotated[int, typer.Option(help="Epochs of the --train stage")] = 30,
+    train_epochs: Annotated[int, typer.Option(help="Epochs of the --train stage")] = 40,
 ) -> None:
     """Run the whole pipeline (validate → [ground] → [enrich] → [train] → embed → index); a re-run does only what changed.
 

@@ -26,7 +26,7 @@ def _config(ctx):
     extra = ctx.options.extra
     return TrainConfig(
         catalog=str(ctx.workdir.catalog), out=str(ctx.workdir.stage_dir(STAGE)),
-        epochs=int(extra.get("train_epochs", 30)), image_views=int(extra.get("train_image_views", 0)),
+        epochs=int(extra.get("train_epochs", TrainConfig.epochs)), image_views=int(extra.get("train_image_views", 0)),
         progress=ctx.options.progress, cache_dir=str(ctx.workdir.root / "cache" / "features"),
     )
 
