@@ -74,3 +74,12 @@ def sample_catalog() -> Path:
 def mini_catalog(tmp_path_factory, sample_catalog) -> Path:
     """40 real products over many categories, images copied into a temp folder."""
     return write_catalog(tmp_path_factory.mktemp("mini"), pick_rows(40))
+
+
+@pytest.fixture(scope="session")
+def serve_workdir(request, sample_catalog) -> Path:
+    """A built work folder over 36 diverse sample products, shared by the serve tests (cached across runs)."""
+    from shopclip.serve.testing import cached_workdir, select_rows
+
+    rows = select_rows(read_sample_rows(), pick_rows(36))
+    return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)

@@ -11,21 +11,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import pick_rows, read_sample_rows, write_catalog
-
 pytest.importorskip("fastapi")
 
 from shopclip.serve.app import create_app  # noqa: E402
-from shopclip.serve.testing import cached_workdir, running, select_rows, shared_model  # noqa: E402
+from shopclip.serve.testing import running, shared_model  # noqa: E402
 
 KEY = "test-key-123"
 UPLOAD_LIMIT = 2 * 1024 * 1024
-
-
-@pytest.fixture(scope="session")
-def serve_workdir(request, sample_catalog) -> Path:
-    rows = select_rows(read_sample_rows(), pick_rows(36))
-    return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import ROOT, pick_rows, read_sample_rows, write_catalog
+from conftest import ROOT
 
 pytest.importorskip("fastapi")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,7 +26,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the `playwright` p
 
 from shopclip.core.io import read_json, read_jsonl  # noqa: E402
 from shopclip.serve.app import create_app  # noqa: E402
-from shopclip.serve.testing import cached_workdir, running, select_rows, shared_model  # noqa: E402
+from shopclip.serve.testing import running, shared_model  # noqa: E402
 
 # The committed screenshot is refreshed on request (SHOPCLIP_UPDATE_SCREENSHOT=1); a plain
 # test run writes beside the other test artifacts and leaves the tree clean.
@@ -47,12 +47,6 @@ def tab_to(page, selector: str, limit: int = 15) -> None:
         if page.evaluate("(sel) => !!document.activeElement && document.activeElement.matches(sel)", selector):
             return
     raise AssertionError(f"{selector} not reached with {limit} Tab presses")
-
-
-@pytest.fixture(scope="session")
-def serve_workdir(request, sample_catalog) -> Path:
-    rows = select_rows(read_sample_rows(), pick_rows(36))
-    return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)
 
 
 @pytest.fixture(scope="module")

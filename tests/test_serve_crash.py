@@ -18,8 +18,6 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import pick_rows, read_sample_rows, write_catalog
-
 pytest.importorskip("fastapi")
 
 from shopclip.core.io import read_json, read_jsonl  # noqa: E402
@@ -27,15 +25,9 @@ from shopclip.index.store import EmbeddingStore  # noqa: E402
 from shopclip.pipeline.embed import fused_vectors  # noqa: E402
 from shopclip.serve.errors import ApiError  # noqa: E402
 from shopclip.serve.state import ServeState  # noqa: E402
-from shopclip.serve.testing import ServerProcess, cached_workdir, select_rows, shared_model  # noqa: E402
+from shopclip.serve.testing import ServerProcess, shared_model  # noqa: E402
 
 KEY = "crash-key"
-
-
-@pytest.fixture(scope="session")
-def serve_workdir(request, sample_catalog) -> Path:
-    rows = select_rows(read_sample_rows(), pick_rows(36))
-    return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)
 
 
 @pytest.fixture()

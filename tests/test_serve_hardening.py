@@ -20,24 +20,16 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import pick_rows, read_sample_rows, write_catalog
-
 pytest.importorskip("fastapi")
 
 from shopclip.core.io import read_json, read_jsonl  # noqa: E402
 from shopclip.serve.app import MAX_JSON_DEPTH, create_app, json_depth  # noqa: E402
 from shopclip.serve.fetch import address_allowed  # noqa: E402
 from shopclip.serve.state import TEXT_LIMITS  # noqa: E402
-from shopclip.serve.testing import cached_workdir, free_port, running, select_rows, shared_model  # noqa: E402
+from shopclip.serve.testing import free_port, running, shared_model  # noqa: E402
 
 KEY = "hardening-key"
 UPLOAD_LIMIT = 1024 * 1024
-
-
-@pytest.fixture(scope="session")
-def serve_workdir(request, sample_catalog) -> Path:
-    rows = select_rows(read_sample_rows(), pick_rows(36))
-    return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pick_rows, read_sample_rows, write_catalog
-
 pytest.importorskip("fastapi")
 pytest.importorskip("schemathesis", reason="the `schemathesis` package (dev extra) is missing")
 
 from shopclip.serve.app import create_app  # noqa: E402
-from shopclip.serve.testing import cached_workdir, running, select_rows, shared_model  # noqa: E402
+from shopclip.serve.testing import running, shared_model  # noqa: E402
 
 KEY = "fuzz-key"
-
-
-@pytest.fixture(scope="session")
-def serve_workdir(request, sample_catalog) -> Path:
-    rows = select_rows(read_sample_rows(), pick_rows(36))
-    return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)
 
 
 def test_schemathesis_finds_no_server_errors(serve_workdir, tmp_path):
