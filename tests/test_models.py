@@ -311,6 +311,23 @@ def test_multi_level_image_tower_is_the_normalised_stage_averages(rows):
     torch.testing.assert_close(norms, torch.full_like(norms, LEVEL_NORM), atol=1e-3, rtol=1e-4)
 
 
+def test_image_tower_cpu_inference_in_chunks_equals_one_batch(rows):
+    """CPU inference runs INFERENCE_CHUNK images at a time, channels-last; the result must not change."""
+    from shopclip.models.towers import INFERENCE_CHUNK, create_tower
+
+    tower = create_tower("efficientnet-lite0-ml").eval()
+    imgs = [Image.open(SAMPLE_DIR / r["image"]).convert("RGB") for r in rows[: 2 * INFERENCE_CHUNK + 1]]
+    px = torch.stack([tower.transform(i) for i in imgs])
+    with torch.no_grad():
+        chunked = tower(px)  # 4 + 4 + 1
+        singles = torch.cat([tower(p[None]) for p in px])
+    with torch.enable_grad():  # training-style call: one batch, no chunking
+        whole = tower(px).detach()
+    torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(singles, whole, atol=1e-4, rtol=1e-4)
+    assert tower.net._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_multi_level_text_tower_adds_the_embedding_layer():
     from shopclip.models.towers import LEVEL_NORM, create_tower
 

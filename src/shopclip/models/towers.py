@@ -138,6 +138,9 @@ def _hf_text(model_id: str, max_length: int = 64, **_: Any) -> TextTower:
 # -------------------------------------------------------------------------- image towers
 
 
+INFERENCE_CHUNK = 4  # images per CPU forward at inference (4: 79/s, 8: 70/s, 16: 43/s on 2 cores)
+
+
 class EfficientNetLiteTower(ImageTower):
     """EfficientNet-Lite (ImageNet) features: global-average-pooled 1280-d head activations.
 
@@ -161,10 +164,13 @@ class EfficientNetLiteTower(ImageTower):
         self.output_dim = head_dim + sum(self.level_dims)
         # Lite models expect (x - 0.5) / 0.5.
         self.transform = ImageTransform(size=image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        # Depthwise convolutions run ~1.5x faster channels-last on CPU (bench/embed.py); outputs agree to 1e-5.
+        self.net.to(memory_format=torch.channels_last)
 
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) on the head's grid: the 1280 head channels first (what the ImageNet
         classifier reads), then each level's output average-pooled onto the same grid."""
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
         if not self.levels:
             return self.net.extract_features(pixels)
         net = self.net
@@ -195,6 +201,11 @@ class EfficientNetLiteTower(ImageTower):
         return torch.cat([F.normalize(p, dim=1) * LEVEL_NORM for p in self._split(fmap)], dim=1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        n = INFERENCE_CHUNK
+        if pixels.device.type == "cpu" and not self.training and not torch.is_grad_enabled() and len(pixels) > n:
+            # Inference on CPU: a few images at a time keep the activations in cache, ~1.8x faster
+            # than one batch of 16 (bench/embed.py); eval-mode batch norm makes chunks exact.
+            return torch.cat([self.pool(self.feature_map(c)) for c in torch.split(pixels, n)])
         return self.pool(self.feature_map(pixels))
 
     def blocks(self) -> list[nn.Module]:
