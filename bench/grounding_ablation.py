@@ -158,10 +158,16 @@ def throughput(catalog, scene_paths: list[Path], n: int, threads: int) -> dict:
             if prompts is None:
                 prompts = [product_type(catalog[ids[q]]) for q in scene_paths[:n]]
             loc.localise(imgs[0], prompts[0])  # warm-up: model load, MediaPipe graph
-            t0 = time.perf_counter()
-            for img, prompt in zip(imgs, prompts, strict=True):
-                loc.localise(img, prompt)
-            out[name] = {"images": len(imgs), "images_per_s": round(len(imgs) / (time.perf_counter() - t0), 2)}
+            # Two passes: the first pays oneDNN's kernel set-up for every new input shape (photos
+            # keep their aspect ratio); a long `shopclip ground` run sees the same few shapes again
+            # and again, so the second pass is its steady state.
+            rates = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                for img, prompt in zip(imgs, prompts, strict=True):
+                    loc.localise(img, prompt)
+                rates.append(round(len(imgs) / (time.perf_counter() - t0), 2))
+            out[name] = {"images": len(imgs), "images_per_s": rates[1], "images_per_s_first_pass": rates[0]}
             log(f"throughput {name}: {out[name]}")
     finally:
         torch.set_num_threads(old)
@@ -194,13 +200,43 @@ def evaluate_model(name: str, model, sets: dict, groups: dict[str, list[str]] | 
     return res
 
 
+def _delta(a: dict, b: dict) -> dict:
+    return {k: round(b[k] - a[k], 4) for k in ("hits@5", "hits@10", "mrr")}
+
+
+def summarise(results: dict) -> dict:
+    """Differences read off ``results`` (derived, nothing measured here).
+
+    Per model: crops minus full photos embedded by that same model. ``vl_clip_pipeline``
+    compares whole pipelines, as VL-CLIP's table does: train on crops and embed crops, minus
+    train on full photos and embed full photos.
+    """
+    summary: dict = {}
+    for mname, r in results.items():
+        summary[mname] = {
+            "test_split_crops_minus_full": _delta(r["test_split"]["full"], r["test_split"]["crops"]),
+            "scenes_crops_minus_full": _delta(r["scenes"]["full"], r["scenes"]["crops"]),
+            "scenes_oracle_minus_full": _delta(r["scenes"]["full"], r["scenes"]["oracle_crops"]),
+        }
+    if "trained_on_full" in results and "trained_on_crops" in results:
+        full, crops = results["trained_on_full"], results["trained_on_crops"]
+        summary["vl_clip_pipeline"] = {
+            "what": "trained on crops + crops embedded, minus trained on full photos + full photos embedded",
+            "test_split": _delta(full["test_split"]["full"], crops["test_split"]["crops"]),
+            "scenes": _delta(full["scenes"]["full"], crops["scenes"]["crops"]),
+        }
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "grounding-ablation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scene-limit", type=int, default=None, help="at most this many scenes (default: all eligible)")
     ap.add_argument("--no-train", action="store_true", help="skip the trained-on-full vs trained-on-crops models")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=None, help="head epochs (default: the trainer's default recipe)")
+    ap.add_argument("--no-augment", action="store_true",
+                    help="train without the cached augmented views (faster; the shipped recipe uses them)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--throughput-images", type=int, default=100)
     ap.add_argument("--throughput-threads", type=int, default=2)
@@ -234,7 +270,9 @@ def main() -> None:
             runs[-1] = {**runs[-1], "superseded_throughput": previous["throughput"]}
         previous["throughput"] = throughput(catalog, [scene_paths[i] for i in ids], args.throughput_images,
                                             args.throughput_threads)
-        previous["runs"] = [*runs, run_record(["throughput"], time.perf_counter() - t_start, args.throughput_threads)]
+        previous["summary"] = summarise(previous["results"])  # derived from the kept rows
+        previous["runs"] = [*runs, run_record(["throughput", "summary (recomputed from results)"],
+                                              time.perf_counter() - t_start, args.throughput_threads)]
         args.out.write_text(json.dumps(previous, indent=2) + "\n")
         log(json.dumps(previous["throughput"], indent=2))
         return
@@ -302,9 +340,12 @@ def main() -> None:
         crop_catalog = Catalog([replace(p, image=str(crops[p.id].resolve())) if p.id in crops else p
                                 for p in catalog], root=catalog.root)
         for name, cat in (("trained_on_full", catalog), ("trained_on_crops", crop_catalog)):
-            cfg = TrainConfig(out=str(args.work / "runs" / name), epochs=args.epochs, batch_size=512, lock="both",
-                              augment=False, image_views=0, progress=False, num_workers=1, device="cpu",
-                              cache_dir=str(args.work / "features"), val_every=0, seed=args.seed)
+            recipe = {} if args.epochs is None else {"epochs": args.epochs}
+            if args.no_augment:
+                recipe.update(augment=False, image_views=0)
+            cfg = TrainConfig(out=str(args.work / "runs" / name), batch_size=512, lock="both", progress=False,
+                              num_workers=1, device="cpu", cache_dir=str(args.work / "features"), val_every=0,
+                              seed=args.seed, **recipe)
             model_dir = Path(cfg.out) / "model"
             timing_file = Path(cfg.out) / "train_seconds.json"
             if not (model_dir / "config.json").exists():
@@ -321,8 +362,9 @@ def main() -> None:
             results[name] = {"train_seconds": timing["train_seconds"], "trained_in_this_run": trained_here,
                              **({} if trained_here else {"trained_on": timing.get("date")}),
                              **evaluate_model(name, trained, sets, groups)}
-        training.update(done=True, config={"epochs": args.epochs, "batch_size": 512, "lock": "both (heads only, LiT)",
-                                           "augment": False, "train_split": "train", "val_split": "val",
+        training.update(done=True, config={"model": cfg.model, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                                           "lock": "both (heads only, LiT)", "augment": cfg.augment,
+                                           "image_views": cfg.image_views, "train_split": "train", "val_split": "val",
                                            "crops": f"{DEFAULT_METHOD} localiser, prompt = product type; "
                                                     "fallback rows keep the full photo",
                                            "train_seconds": "Trainer.fit wall time only (featurising the photos "
@@ -331,16 +373,7 @@ def main() -> None:
 
     tput = throughput(catalog, [scene_paths[i] for i in ids], args.throughput_images, args.throughput_threads)
 
-    def delta(block: dict, a: str, b: str) -> dict:
-        return {k: round(block[b][k] - block[a][k], 4) for k in ("hits@5", "hits@10", "mrr")}
-
-    summary = {}
-    for mname, r in results.items():
-        summary[mname] = {
-            "test_split_crops_minus_full": delta(r["test_split"], "full", "crops"),
-            "scenes_crops_minus_full": delta(r["scenes"], "full", "crops"),
-            "scenes_oracle_minus_full": delta(r["scenes"], "full", "oracle_crops"),
-        }
+    summary = summarise(results)
     out = {
         "task": "text→image retrieval, exact relevance (same product or re-listing group); query = title + description",
         "localiser": DEFAULT_METHOD,
