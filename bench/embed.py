@@ -26,12 +26,21 @@ SAMPLE = ROOT.parent / "shared" / "data" / "products"
 def reference_images(model, paths: list[Path], batch: int) -> float:
     from PIL import Image
 
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(paths), batch):
-            x = torch.stack([model.transform(Image.open(p).convert("RGB")) for p in paths[i : i + batch]])
-            model.forward_image(x)
-    return len(paths) / (time.perf_counter() - t0)
+    # The obvious way: NCHW, the whole batch in one forward (the tower's channels-last chunked path off).
+    tower = model.image_tower
+    plain = getattr(tower, "set_fast_path", None)
+    if plain:
+        plain(False)
+    try:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(paths), batch):
+                x = torch.stack([model.transform(Image.open(p).convert("RGB")) for p in paths[i : i + batch]])
+                model.forward_image(x)
+        return len(paths) / (time.perf_counter() - t0)
+    finally:
+        if plain:
+            plain(True)
 
 
 def reference_texts(model, texts: list[str], batch: int) -> float:

@@ -326,6 +326,11 @@ def test_image_tower_cpu_inference_in_chunks_equals_one_batch(rows):
     torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(singles, whole, atol=1e-4, rtol=1e-4)
     assert tower.net._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    tower.set_fast_path(False)  # the plain NCHW path (bench/embed.py's reference) computes the same
+    with torch.no_grad():
+        plain = tower(px)
+    assert tower.net._conv_stem.weight.is_contiguous()
+    torch.testing.assert_close(plain, whole, atol=1e-4, rtol=1e-4)
 
 
 def test_multi_level_text_tower_adds_the_embedding_layer():
