@@ -193,3 +193,22 @@ def test_validate_reports_warnings_and_still_exits_0(tmp_path):
     # the build keeps the row and embeds it converted
     res = run("build", cat, "--workdir", tmp_path / "w")
     assert res.exit_code == 0 and "3 valid" in flat(res.output) and "3 products: 3 embedded" in flat(res.output)
+
+
+def test_index_build_takes_a_store_an_index_kind_and_refuses_bad_ones_in_one_line(tmp_path, serve_workdir):
+    import shutil
+
+    from shopclip.index import load_index
+
+    wd = tmp_path / "w"
+    shutil.copytree(serve_workdir, wd)
+    res = run("index", "build", wd, "--index", "hnsw")
+    assert res.exit_code == 0, res.output
+    assert load_index(wd / "index" / "fused").kind == "hnsw"
+    assert run("search", wd, "white running shoes", "-k", "3", "--store", "faiss", "--json").exit_code == 0
+    for args, needle in [(["--store", "nosuchdb"], "unknown store"), (["--index", "kd-tree"], "unknown --index"),
+                         (["--store", "pgvector"], "needs --uri")]:
+        res = runner.invoke(app, ["index", "build", str(wd), *args])
+        assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    res = runner.invoke(app, ["search", str(wd), "shoes", "--store", "pgvector", "--uri", "embedded"])
+    assert res.exit_code == 2 and "built with --store faiss" in res.output, res.output

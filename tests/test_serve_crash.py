@@ -1,8 +1,9 @@
 """Catalog updates survive crashes: a restart serves exactly the acknowledged writes.
 
-One test kills a real server process (SIGKILL) right after its acknowledgements and
-while a write is in flight; the others stop a write at each internal step (the
-failpoints) and reopen the folder, which is what a crash at that instant leaves on disk.
+Real server processes are killed (SIGKILL) right after their acknowledgements with a
+write in flight, and in the middle of a background index snapshot; the other tests stop
+a write at each internal step (the failpoints) and reopen the folder, which is what a
+crash at that instant leaves on disk.
 """
 
 from __future__ import annotations
@@ -118,13 +119,13 @@ def crashing_at(point: str):
 
 @pytest.mark.parametrize(("point", "lands"), [
     ("upsert:before_commit", False),
-    ("upsert:after_commit", True),   # store committed, no index saved yet
-    ("saved:image", True),           # one of three indexes saved
-    ("saved:fused", True),           # all saved, snapshot not yet swapped
+    ("upsert:after_commit", True),   # store committed, no index changed yet
+    ("applied:image", True),         # one of three in-memory indexes changed
+    ("applied", True),               # all changed in memory, no snapshot saved
 ])
 def test_upsert_stopped_at_any_step_reopens_old_or_new(work, point, lands):
     rows = catalog_rows(work)
-    st = ServeState(work, model=shared_model(), failpoint=crashing_at(point))
+    st = ServeState(work, model=shared_model(), failpoint=crashing_at(point), background=False)
     with pytest.raises(Crash):
         st.upsert("half-done", {"title": "Half Done Lamp", "category": "Home Decor > Lamps"}, photo(work, rows[5]))
     reopened = ServeState(work)
@@ -132,16 +133,16 @@ def test_upsert_stopped_at_any_step_reopens_old_or_new(work, point, lands):
     assert_consistent(reopened)
     uploads = list((work / "uploads").glob("*")) if (work / "uploads").exists() else []
     assert len(uploads) == int(lands)  # an image whose write never committed is collected
-    if point in ("upsert:after_commit", "saved:image"):
-        assert reopened.repaired  # the lagging indexes were caught up and re-saved
-        assert not ServeState(work).repaired  # ...durably
+    if lands:
+        assert reopened.repaired  # the lagging saved indexes were caught up and re-saved
+        assert not ServeState(work, background=False).repaired  # ...durably
 
 
 @pytest.mark.parametrize(("point", "gone"), [("delete:before_commit", False), ("delete:after_commit", True),
-                                             ("saved:text", True)])
+                                             ("applied:text", True), ("applied", True)])
 def test_delete_stopped_at_any_step_reopens_old_or_new(work, point, gone):
     victim = catalog_rows(work)[3]["id"]
-    st = ServeState(work, failpoint=crashing_at(point))
+    st = ServeState(work, failpoint=crashing_at(point), background=False)
     with pytest.raises(Crash):
         st.delete(victim)
     reopened = ServeState(work)
@@ -153,9 +154,10 @@ def test_lost_or_stale_indexes_are_rebuilt_from_the_store(work):
     rows = catalog_rows(work)
     stale = work.parent / "stale-index"
     shutil.copytree(work / "index", stale)
-    st = ServeState(work, model=shared_model())
+    st = ServeState(work, model=shared_model(), background=False)
     st.upsert("late-1", {"title": "Late Arrival", "category": rows[0]["category"]}, photo(work, rows[0]))
     st.delete(rows[1]["id"])
+    st.close()  # a clean shutdown saves the indexes...
     shutil.rmtree(work / "index")
     shutil.copytree(stale, work / "index")  # indexes from before both writes
     shutil.rmtree(work / "index" / "text")  # and one missing entirely
@@ -168,7 +170,7 @@ def test_lost_or_stale_indexes_are_rebuilt_from_the_store(work):
 def test_model_mismatch_refuses_writes(work):
     from shopclip.index.store import EmbeddingStore as Store
 
-    st = ServeState(work, model=shared_model())
+    st = ServeState(work, model=shared_model(), background=False)
     manifest = read_json(work / "embeddings" / "manifest.json")
     st.store = Store(work / "embeddings", {**manifest, "model": "some-other-model"})
     with pytest.raises(ApiError) as e:
@@ -181,7 +183,7 @@ def test_stop_before_an_unused_upload_is_removed_leaves_only_garbage(work, op):
     """The upload is removed after the commit; stopping in between loses nothing and the
     next start collects the file."""
     rows = catalog_rows(work)
-    st = ServeState(work, model=shared_model(), failpoint=crashing_at("drop_upload"))
+    st = ServeState(work, model=shared_model(), failpoint=crashing_at("drop_upload"), background=False)
     st.upsert("photo-owner", {"title": "Photo Owner"}, photo(work, rows[6]))  # new: nothing to remove
     (first,) = (work / "uploads").iterdir()
     with pytest.raises(Crash):
@@ -197,3 +199,89 @@ def test_stop_before_an_unused_upload_is_removed_leaves_only_garbage(work, op):
     if op == "replace":
         (kept,) = (work / "uploads").iterdir()
         assert reopened.snapshot.products["photo-owner"]["image"] == str(kept)
+
+
+def _stray_children(marker: str) -> list[int]:
+    """Live processes whose command line names `marker` (a server's port): forked snapshot children."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                stat = (proc / "stat").read_text()
+                if marker in cmd and ") Z " not in stat:  # zombies are dead already
+                    out.append(int(proc.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc to look for orphaned children")
+def test_server_killed_during_a_background_snapshot_restarts_with_exactly_the_acknowledged_writes(work, tmp_path):
+    """The server dies (exit 137, no cleanup) right after forking its snapshot child, which is
+    mid-write: the child must die with it, the previous saved indexes stay readable, and a
+    restart serves exactly the acknowledged writes (replayed from the store, the log)."""
+    rows = catalog_rows(work)
+    saved_before = {v: read_json(work / "index" / v / "manifest.json")["data"] for v in ("image", "text", "fused")}
+    log = tmp_path / "server.log"
+    # snapshot every 2 writes; die in the parent as soon as the snapshot child is forked
+    srv = ServerProcess(work, api_key=KEY, preload=True, log=log, snapshot_every=2,
+                        crash_at="snapshot:forked").wait_ready(timeout=240)
+    second = None
+    try:
+        with httpx.Client(timeout=120) as c:
+            def put(pid: str, row: dict) -> httpx.Response:
+                return c.put(f"{srv.url}/products/{pid}", headers={"X-API-Key": KEY},
+                             data={"product": json.dumps({"title": f"Snapshot {pid}", "category": row["category"]})},
+                             files={"image": ("p.jpg", photo(work, row), "image/jpeg")})
+
+            assert put("snap-1", rows[0]).status_code == 201  # acknowledged; no snapshot yet
+            with contextlib.suppress(httpx.HTTPError):  # its snapshot kills the server: the answer may be lost
+                second = put("snap-2", rows[1]).status_code
+            deadline = time.monotonic() + 60
+            while srv.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert srv.proc.poll() == 137, "the server should have died mid-snapshot"
+    finally:
+        srv.kill()
+    deadline = time.monotonic() + 10
+    while _stray_children(f" {srv.port}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _stray_children(f" {srv.port}") == []  # the snapshot child died with its parent
+    # killed mid-save or before it began: each view's manifest names one whole saved index
+    from shopclip.index import load_index
+
+    for view in saved_before:
+        assert len(load_index(work / "index" / view)) >= len(rows) - 1
+    reopened = ServeState(work, background=False)
+    assert "snap-1" in reopened.snapshot.products
+    if second == 201:
+        assert "snap-2" in reopened.snapshot.products
+    assert_consistent(reopened)
+
+
+def test_background_snapshots_save_in_place_changes_and_restart_needs_no_repair(work):
+    rows = catalog_rows(work)
+    st = ServeState(work, model=shared_model(), snapshot_every=2, background=False)
+    st.upsert("bg-1", {"title": "Background One", "category": rows[0]["category"]}, photo(work, rows[0]))
+    assert st.maintain() == {}  # one unsaved write: not due yet
+    st.delete(rows[1]["id"])
+    assert st.maintain() == {"snapshot": True}
+    assert st.maintain() == {}
+    again = ServeState(work, background=False)
+    assert again.repaired == {}  # the snapshot holds both writes
+    assert "bg-1" in again.snapshot.products and rows[1]["id"] not in again.snapshot.products
+    assert_consistent(again)
+
+
+def test_store_compaction_runs_beside_writes_and_loses_nothing(work):
+    rows = catalog_rows(work)
+    st = ServeState(work, model=shared_model(), compact_parts=3, background=False)
+    for n in range(4):
+        st.upsert(f"cmp-{n}", {"title": f"Compaction Lamp {n}", "category": rows[0]["category"]}, photo(work, rows[n]))
+    st.delete("cmp-0")
+    assert st.maintain().get("compacted") is True
+    assert not list((work / "embeddings" / "parts").glob("part-*.jsonl"))
+    st.upsert("cmp-9", {"title": "After Compaction", "category": rows[0]["category"]}, photo(work, rows[9]))
+    reopened = ServeState(work, background=False)
+    assert {"cmp-1", "cmp-2", "cmp-3", "cmp-9"} <= set(reopened.snapshot.products)
+    assert "cmp-0" not in reopened.snapshot.products
+    assert_consistent(reopened)

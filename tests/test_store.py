@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from shopclip.index import EmbeddingStore
-from shopclip.index.store import STORE_FORMAT
+from shopclip.index.store import ORPHAN_GRACE_S, STORE_FORMAT
 
 DIM = 32
 FP16_ATOL = 2e-3  # float16 keeps ~3 decimal digits of a unit vector's components
@@ -208,6 +208,11 @@ def test_leftovers_of_killed_writes_are_ignored_then_cleaned(tmp_path):
     # killed mid-compaction, before the state switch: a half-written next generation
     (root / "main-000009.image.npy").write_bytes(b"\x93NUMPY garbage")
     (root / ".main-000009.text.npy.abcd.tmp").write_bytes(b"")
+    long_ago = time.time() - 2 * ORPHAN_GRACE_S
+    for f in [*parts.glob("*0badc0de*"), root / ".main-000009.text.npy.abcd.tmp"]:
+        os.utime(f, (long_ago, long_ago))
+    # a part another process is committing right now (its .npz is there, its .jsonl not yet)
+    np.savez(parts / "part-000099-1f1f1f1f.npz", **vecs)
     reopened = EmbeddingStore.open(root)
     assert len(reopened) == 20
     assert_rows(reopened, 0, 20)
@@ -219,6 +224,7 @@ def test_leftovers_of_killed_writes_are_ignored_then_cleaned(tmp_path):
     assert all(not n.endswith(".tmp") and "0badc0de" not in n and "000009" not in n for n in leftovers), (
         leftovers
     )
+    assert "part-000099-1f1f1f1f.npz" in leftovers  # young: maybe a write in flight, kept
 
 
 def test_crash_after_compaction_commit_does_not_double_count(tmp_path):
@@ -322,3 +328,43 @@ def test_state_key_follows_content_not_row_order(tmp_path):
     assert store.state_key() not in (key, changed)
     store.delete(["sku-00005"])
     assert store.state_key() == changed
+
+
+def test_writer_commits_parts_that_a_reader_sees_and_compaction_beside_it_loses_nothing(tmp_path):
+    root = tmp_path / "s"
+    store = make(root)
+    store.append(*batch(0, 10))
+    writer = store.writer()
+    assert (writer.model, writer.dim, writer.dtype) == ("test-model", DIM, "float16")
+    writer.append(*batch(10, 5))
+    writer.delete(["sku-00002"])
+    assert writer.part_count() == 3
+    # a part committed right after the compactor read its view must not be swallowed by it
+    compactor = EmbeddingStore.open(root)
+    real_load = compactor._load
+
+    def load_then_race(*a, **k):
+        real_load(*a, **k)
+        if not any(i == "sku-00015" for i in compactor.ids) and writer.part_count() == 3:
+            writer.append(*batch(15, 5))
+
+    compactor._load = load_then_race
+    compactor.compact()
+    reader = EmbeddingStore.open(root)
+    assert len(reader) == 19 and "sku-00002" not in reader
+    assert_rows(reader, 15, 5)
+    assert_rows(reader, 10, 5)
+    assert writer.part_count() == 1  # the part committed after the compactor's view stays live
+    with pytest.raises(ValueError, match="shape"):
+        writer.append(["x"], ["h"], {"image": np.ones((1, 3)), "text": np.ones((1, DIM))})
+
+
+def test_rows_reads_just_the_asked_ids_normalised(tmp_path):
+    store = make(tmp_path / "s")
+    store.append(*batch(0, 6))
+    store.compact()
+    store.append(*batch(3, 2, salt=1))  # newer rows in a part supersede main
+    ids = ["sku-00004", "sku-00000"]
+    full = store.vectors("text")
+    pos = {i: r for r, i in enumerate(store.ids)}
+    np.testing.assert_allclose(store.rows("text", ids), full[[pos[i] for i in ids]], atol=1e-6)

@@ -22,12 +22,16 @@ class _Group(typer.core.TyperGroup):
     """Every command: an unknown `--model` (or one whose package is missing) is one line and exit code 2."""
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        from shopclip.index.base import StoreUnavailableError
         from shopclip.models import ModelUnavailableError, UnknownModelError
 
         try:
             return super().invoke(ctx)
         except (UnknownModelError, ModelUnavailableError) as e:
             err.print(f"[red]{e}[/red]", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except StoreUnavailableError as e:  # a store that is down, misnamed or misconfigured: one line, no trace
+            err.print(f"[red]{e}[/red]", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
 
 
@@ -46,6 +50,18 @@ index_app = typer.Typer(help="Build ANN indexes over stored embeddings (after `s
 app.add_typer(index_app, name="index")
 console = Console()
 err = Console(stderr=True)
+
+# The vector store options shared by `index build`, `build`, `search`, `similar` and `serve`:
+# a shop that outgrows one machine changes a flag and a URI, not code.
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Vector store: faiss (in-process, files in the work folder), pgvector (PostgreSQL) or milvus; "
+                    "default: what the work folder was built with, faiss for a new one")]
+UriOpt = Annotated[str | None, typer.Option(
+    "--uri", help="Where the store lives: postgresql://user@host:5432/db, 'embedded' (a PostgreSQL server under "
+                  "the work folder), http://host:19530 or a Milvus Lite file; ignored by faiss")]
+IndexKindOpt = Annotated[str, typer.Option(
+    "--index", help="faiss index kind: auto (exact up to 20k products, HNSW up to 2M, HNSW-SQ8 above), flat, hnsw, "
+                    "hnsw-sq8 (8-bit, a quarter of the memory) or ivfpq (product quantisation, smallest)")]
 
 
 def _quiet_libraries() -> None:
@@ -136,14 +152,43 @@ def embed(
     _run_build(catalog, out, BuildOptions(model=model, dtype=dtype, sample=sample), only=("validate", "embed"))
 
 
+def _store_options(store: str | None, uri: str | None, index: str = "auto") -> tuple[str, dict]:
+    """(backend, options) for a new index, checked before any work: a typo costs nothing."""
+    from shopclip.index import available_backends
+
+    backend = store or "faiss"
+    if backend not in available_backends():
+        err.print(f"[red]unknown store {backend!r}; one of {', '.join(available_backends())}[/red]")
+        raise typer.Exit(2)
+    options: dict = {}
+    if backend == "faiss":
+        from shopclip.index.faiss_backend import KINDS
+
+        if index not in KINDS:
+            err.print(f"[red]unknown --index {index!r}; one of {', '.join(KINDS)}[/red]")
+            raise typer.Exit(2)
+        options["index"] = index
+    elif uri is None:
+        err.print(f"[red]--store {backend} needs --uri (e.g. 'embedded' for a local server under the work folder)[/red]")
+        raise typer.Exit(2)
+    if uri is not None and backend != "faiss":
+        options["uri"] = uri
+    return backend, options
+
+
 @index_app.command("build")
 def index_build(
     workdir: Annotated[Path, typer.Argument(help="Work folder holding embeddings (from `shopclip embed`)")],
-    backend: Annotated[str, typer.Option(help="Index backend")] = "faiss",
+    store: StoreOpt = None,
+    uri: UriOpt = None,
+    index: IndexKindOpt = "auto",
+    backend: Annotated[str | None, typer.Option(hidden=True, help="Old name of --store")] = None,
 ) -> None:
     """Build image, text and fused product indexes from stored embeddings.
 
-    Example: shopclip index build work
+    Examples: shopclip index build work;
+    shopclip index build work --store pgvector --uri postgresql://shop@db.internal:5432/shop;
+    shopclip index build work --index hnsw-sq8   (a quarter of the memory, for millions of products)
     """
     from shopclip.pipeline.indexing import build_indexes
     from shopclip.pipeline.workdir import WorkDir
@@ -152,18 +197,19 @@ def index_build(
     if not wd.embeddings.exists():
         err.print(f"[red]{workdir} has no embeddings;[/red] run `shopclip embed CATALOG --out {workdir}` first")
         raise typer.Exit(2)
-    sizes = build_indexes(wd.embeddings, wd.index, backend=backend)
+    kind, options = _store_options(store or backend, uri, index)
+    sizes = build_indexes(wd.embeddings, wd.index, backend=kind, **options)
     console.print("indexes built: " + ", ".join(f"{k} ({v} products)" for k, v in sizes.items()))
 
 
-def _engine(workdir: Path):
+def _engine(workdir: Path, store: str | None = None, uri: str | None = None):
     """Open a work folder; a missing index exits 2, one built from other embeddings exits 1."""
     from shopclip.search import IndexOutOfDateError, SearchEngine
 
     try:
-        return SearchEngine(workdir)
+        return SearchEngine(workdir, store=store, uri=uri)
     except FileNotFoundError as e:
-        err.print(f"[red]{e}[/red]")
+        err.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
     except IndexOutOfDateError as e:
         err.print(f"[red]{e}[/red]", soft_wrap=True)
@@ -178,6 +224,8 @@ def search(
     k: Annotated[int, typer.Option("-k", help="Number of results")] = 10,
     category: Annotated[str | None, typer.Option(help="Only products under this category path, e.g. 'Footwear'")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table")] = False,
+    store: StoreOpt = None,
+    uri: UriOpt = None,
 ) -> None:
     """Find products by text or by image.
 
@@ -191,7 +239,7 @@ def search(
     if not 1 <= k <= 1000:
         err.print("[red]-k must be between 1 and 1000[/red]")
         raise typer.Exit(2)
-    eng = _engine(workdir)
+    eng = _engine(workdir, store, uri)
     if image is not None:
         from shopclip.core.images import ImageError
 
@@ -214,12 +262,14 @@ def similar(
     k: Annotated[int, typer.Option("-k", help="Number of results")] = 10,
     category: Annotated[str | None, typer.Option(help="Only products under this category path")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table")] = False,
+    store: StoreOpt = None,
+    uri: UriOpt = None,
 ) -> None:
     """Products most similar to one product (itself excluded).
 
     Example: shopclip similar demo-work myntra-10104
     """
-    eng = _engine(workdir)
+    eng = _engine(workdir, store, uri)
     try:
         p = eng.product(product_id)
     except KeyError:
@@ -283,6 +333,9 @@ def build_cmd(
     train: Annotated[bool, typer.Option(help="Train the heads on this catalog (cached tower features) before "
                                              "embedding; the build then uses the trained model")] = False,
     train_epochs: Annotated[int, typer.Option(help="Epochs of the --train stage")] = 40,
+    store: StoreOpt = None,
+    uri: UriOpt = None,
+    index: IndexKindOpt = "auto",
 ) -> None:
     """Run the whole pipeline (validate → [ground] → [enrich] → [train] → embed → index); a re-run does only what changed.
 
@@ -297,8 +350,9 @@ def build_cmd(
         extra["enrich"] = enrich
     if train:
         extra.update(train=True, train_epochs=train_epochs)
+    backend, index_options = _store_options(store, uri, index)
     options = BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images, force=force,
-                           extra=extra)
+                           extra=extra, backend=backend, index_options=index_options)
     _run_build(catalog, workdir, options, announce=True)
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from shopclip.index.base import read_manifest
 from shopclip.index.store import EmbeddingStore
 from shopclip.models import DualEncoder, load_model
-from shopclip.pipeline.indexing import IndexOutOfDateError, check_indexes, load_indexes
+from shopclip.pipeline.indexing import VIEWS, IndexOutOfDateError, check_indexes, load_indexes
 from shopclip.pipeline.workdir import WorkDir
 
 
@@ -36,7 +37,11 @@ __all__ = ["IndexOutOfDateError", "Result", "SearchEngine"]
 
 
 class SearchEngine:
-    def __init__(self, workdir: str | Path, model: DualEncoder | str | None = None) -> None:
+    def __init__(self, workdir: str | Path, model: DualEncoder | str | None = None, *,
+                 store: str | None = None, uri: str | None = None) -> None:
+        """`store`/`uri` say where the vector store is when it is not where the work folder
+        recorded (the same pgvector tables seen from another host); a store other than the one
+        the indexes were built with is an error naming the command that builds it."""
         self.workdir = WorkDir(Path(workdir))
         if not self.workdir.index.exists():
             raise FileNotFoundError(
@@ -44,7 +49,15 @@ class SearchEngine:
                 "or `shopclip index build` first"
             )
         self.store = EmbeddingStore.open(self.workdir.embeddings)
-        self.indexes = load_indexes(self.workdir.index)
+        if store is not None:
+            built = {read_manifest(self.workdir.index / v)["backend"] for v in VIEWS
+                     if (self.workdir.index / v / "manifest.json").exists()}
+            if built and built != {store}:
+                raise FileNotFoundError(
+                    f"the indexes in {self.workdir.index} were built with --store {', '.join(sorted(built))}; "
+                    f"run `shopclip index build {self.workdir.root} --store {store}"
+                    + (f" --uri {uri}`" if uri else "`") + " first")
+        self.indexes = load_indexes(self.workdir.index, **({"uri": uri} if uri and store != "faiss" else {}))
         check_indexes(self.store, self.workdir.index, self.indexes, self.workdir.root)
         self._model = model if isinstance(model, DualEncoder) else None
         self._model_ref = model if isinstance(model, str) else self.workdir.model_ref()

@@ -6,12 +6,14 @@ store (pgvector, Milvus) can be registered later under a new name without touchi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,14 @@ MANIFEST = "manifest.json"
 CATEGORY_SEP = " > "
 
 CategoryLike = str | Sequence[str] | None
+
+
+class StoreUnavailableError(RuntimeError):
+    """A vector store cannot be used right now (server down, wrong URI, missing extension, wrong dim).
+
+    The message is one line naming the store and the fix; the CLI prints it and exits 2,
+    the server answers 503 and `/healthz` names the dependency.
+    """
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,44 @@ def category_text(category: CategoryLike) -> str | None:
     return CATEGORY_SEP.join(str(c).strip() for c in category) or None
 
 
+class GrowArray:
+    """A 1-d numpy array with amortised O(1) appends (capacity doubles).
+
+    `np.concatenate` per write would copy the whole column, so one upsert would cost
+    O(catalog); this keeps a write's cost to what it adds. `array` is a view of the live
+    part: a reader holding it keeps the old buffer alive if a later append reallocates.
+    """
+
+    def __init__(self, dtype: Any, values: Any = ()) -> None:
+        init = np.asarray(values, dtype=dtype)
+        self._buf = np.zeros(max(16, len(init)), dtype=dtype)
+        self._buf[: len(init)] = init
+        self.n = len(init)
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._buf[: self.n]
+
+    def extend(self, values: Any) -> None:
+        values = np.asarray(values, dtype=self._buf.dtype)
+        need = self.n + len(values)
+        if need > len(self._buf):
+            grown = np.zeros(max(need, 2 * len(self._buf)), dtype=self._buf.dtype)
+            grown[: self.n] = self._buf[: self.n]
+            self._buf = grown
+        self._buf[self.n : need] = values
+        self.n = need
+
+    def take(self, rows: np.ndarray) -> None:
+        kept = self._buf[: self.n][rows]
+        self._buf = np.zeros(max(16, len(kept)), dtype=self._buf.dtype)
+        self._buf[: len(kept)] = kept
+        self.n = len(kept)
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class CategoryTable:
     """Category per internal row as an int code, so a filter is one `np.isin` over rows.
 
@@ -69,7 +117,11 @@ class CategoryTable:
     def __init__(self) -> None:
         self.paths: list[str | None] = [None]  # code 0 = no category
         self._code: dict[str | None, int] = {None: 0}
-        self.codes = np.zeros(0, dtype=np.int32)
+        self._codes = GrowArray(np.int32)
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self._codes.array
 
     def encode(self, categories: Iterable[CategoryLike]) -> np.ndarray:
         out = []
@@ -83,10 +135,10 @@ class CategoryTable:
         return np.asarray(out, dtype=np.int32)
 
     def append(self, categories: Iterable[CategoryLike]) -> None:
-        self.codes = np.concatenate([self.codes, self.encode(categories)])
+        self._codes.extend(self.encode(categories))
 
     def take(self, rows: np.ndarray) -> None:
-        self.codes = self.codes[rows]
+        self._codes.take(rows)
 
     def text(self, row: int) -> str | None:
         return self.paths[int(self.codes[row])]
@@ -112,6 +164,14 @@ def as_matrix(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarra
     return np.ascontiguousarray(arr)
 
 
+def hash_list(hashes: Sequence[str | None] | None, n: int) -> list[str | None]:
+    if hashes is None:
+        return [None] * n
+    if len(hashes) != n:
+        raise ValueError(f"got {len(hashes)} hashes for {n} vectors")
+    return [None if h is None else str(h) for h in hashes]
+
+
 def dedupe_last(ids: Sequence[str], n: int) -> tuple[list[str], np.ndarray]:
     """Keep the last row of an id repeated within one call: later rows are newer data."""
     ids = [str(i) for i in ids]
@@ -131,16 +191,31 @@ def id_list(ids: Collection[str] | str) -> list[str]:
 
 
 class VectorIndex(ABC):
-    """Id-keyed inner-product index with upsert, delete, category filter and persistence."""
+    """Id-keyed inner-product index with upsert, delete, category filter and persistence.
+
+    One index holds one view (image, text or fused vectors) of a catalog. In-process
+    backends (faiss, numpy) live in memory and are saved to a folder; server-backed stores
+    (pgvector, Milvus) keep their rows in the server and save only a manifest that says
+    where. Every write is in place and costs what it changes, not what the index holds.
+
+    Each row may carry the embedding store's content `hash` of the product it came from,
+    so a server start compares hashes (cheap) instead of vectors to find what a crash left
+    behind. Several views written as one unit go through :func:`write_together`.
+    """
 
     backend: str = ""
     dim: int
 
     @abstractmethod
     def add(
-        self, ids: Sequence[str], vectors: np.ndarray, categories: Sequence[CategoryLike] | None = None
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        categories: Sequence[CategoryLike] | None = None,
+        *,
+        hashes: Sequence[str | None] | None = None,
     ) -> None:
-        """Upsert: an id already present is replaced (vector and category)."""
+        """Upsert: an id already present is replaced (vector, category and hash)."""
 
     @abstractmethod
     def remove(self, ids: Sequence[str]) -> int:
@@ -179,10 +254,50 @@ class VectorIndex(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, folder: str | Path) -> VectorIndex: ...
+    def load(cls, folder: str | Path, **overrides: Any) -> VectorIndex:
+        """Open a saved index; `overrides` (e.g. `uri=`) replace what the manifest recorded."""
+
+    # -- optional capabilities, with the in-process defaults
+
+    def hashes(self) -> dict[str, str | None]:
+        """id -> the content hash given when the row was added (None when none was given)."""
+        return dict.fromkeys(self.ids)
+
+    @property
+    def transaction_key(self) -> str | None:
+        """Indexes with the same key share one transaction in :func:`write_together` (one database)."""
+        return None
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Changes made inside commit together on exit, or not at all; in-process: no-op."""
+        return contextlib.nullcontext()
+
+    def health(self) -> str | None:
+        """None when usable, else a one-line reason naming the store and the fix."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op here
+        """Release connections; in-process: nothing to do."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, n={len(self)})"
+
+
+@contextlib.contextmanager
+def write_together(indexes: Iterable[VectorIndex]) -> Iterator[None]:
+    """Apply a change to several views as one unit: one transaction per database they share.
+
+    In-process indexes have no transaction: the caller's lock is what keeps readers from
+    seeing a half-applied change (see `serve.state`).
+    """
+    with contextlib.ExitStack() as stack:
+        seen: set[object] = set()
+        for index in indexes:
+            key = index.transaction_key or id(index)
+            if key not in seen:
+                seen.add(key)
+                stack.enter_context(index.transaction())
+        yield
 
 
 # --------------------------------------------------------------------------- registry
@@ -190,7 +305,10 @@ class VectorIndex(ABC):
 _BACKENDS: dict[str, type[VectorIndex] | str] = {
     "faiss": "shopclip.index.faiss_backend:FaissIndex",
     "numpy": "shopclip.index.numpy_backend:NumpyIndex",
+    "pgvector": "shopclip.index.stores.pgvector:PgVectorIndex",
+    "milvus": "shopclip.index.stores.milvus:MilvusIndex",
 }
+_EXTRAS = {"pgvector": "pgvector", "milvus": "milvus"}  # the pip extra that brings each store's client
 
 
 def register_backend(name: str, cls: type[VectorIndex] | str) -> None:
@@ -214,12 +332,18 @@ def get_backend(name: str) -> type[VectorIndex]:
         raise ValueError(f"unknown index backend {name!r}; registered: {available_backends()}") from None
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attr)
+        try:
+            entry = getattr(importlib.import_module(module), attr)
+        except ImportError as e:
+            extra = _EXTRAS.get(name)
+            hint = f": pip install 'shopclip[{extra}]'" if extra else ""
+            raise StoreUnavailableError(f"store {name!r} cannot be used here ({e}){hint}") from None
         _BACKENDS[name] = entry
     return entry
 
 
 def create_index(backend: str = "faiss", *, dim: int, **options: Any) -> VectorIndex:
+    """A new empty index; server-backed stores take `uri=` and a `table=`/`collection=` name."""
     return get_backend(backend)(dim=dim, **options)
 
 
@@ -233,9 +357,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_index(folder: str | Path) -> VectorIndex:
-    """Open a saved index with whichever backend its manifest names."""
-    return get_backend(read_manifest(folder)["backend"]).load(folder)
+def load_index(folder: str | Path, **overrides: Any) -> VectorIndex:
+    """Open a saved index with whichever backend its manifest names (`uri=` may point it elsewhere)."""
+    return get_backend(read_manifest(folder)["backend"]).load(folder, **overrides)
 
 
 # --------------------------------------------------------------------------- atomic folders

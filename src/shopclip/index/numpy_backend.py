@@ -17,6 +17,7 @@ from shopclip.index.base import (
     as_matrix,
     data_folder,
     dedupe_last,
+    hash_list,
     id_list,
     read_manifest,
     save_folder,
@@ -35,17 +36,25 @@ class NumpyIndex(VectorIndex):
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
+        self._hash: dict[str, str | None] = {}
         self._cats = CategoryTable()
 
     # -- mutation
     def add(
-        self, ids: Sequence[str], vectors: np.ndarray, categories: Sequence[CategoryLike] | None = None
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        categories: Sequence[CategoryLike] | None = None,
+        *,
+        hashes: Sequence[str | None] | None = None,
     ) -> None:
         x = as_matrix(vectors, self.dim)
         ids, rows = dedupe_last(ids, len(x))
         if categories is not None and len(categories) != len(x):
             raise ValueError(f"got {len(categories)} categories for {len(x)} vectors")
+        given = hash_list(hashes, len(x))
         self.remove(ids)
+        self._hash.update((i, given[r]) for i, r in zip(ids, rows, strict=True))
         self._vectors = np.concatenate([self._vectors, x[rows]])
         self._cats.append([categories[r] for r in rows] if categories is not None else [None] * len(ids))
         for i in ids:
@@ -56,6 +65,8 @@ class NumpyIndex(VectorIndex):
         drop = sorted({self._row[i] for i in id_list(ids) if i in self._row})
         if not drop:
             return 0
+        for r in drop:
+            self._hash.pop(self._ids[r], None)
         keep = np.setdiff1d(np.arange(len(self._ids)), drop)
         self._vectors = self._vectors[keep]
         self._cats.take(keep)
@@ -109,17 +120,22 @@ class NumpyIndex(VectorIndex):
         return list(self._ids)
 
     # -- persistence
+    def hashes(self) -> dict[str, str | None]:
+        return {i: self._hash.get(i) for i in self._ids}
+
     def save(self, folder: str | Path) -> None:
         def write(tmp: Path) -> None:
             np.save(tmp / "vectors.npy", self._vectors)
             atomic_write_json(
-                tmp / "ids.json", {"ids": self._ids, "categories": self._category_texts()}, indent=None
+                tmp / "ids.json",
+                {"ids": self._ids, "categories": self._category_texts(), "hashes": [self._hash.get(i) for i in self._ids]},
+                indent=None,
             )
 
         save_folder(folder, {"backend": self.backend, "dim": self.dim, "count": len(self)}, write)
 
     @classmethod
-    def load(cls, folder: str | Path) -> NumpyIndex:
+    def load(cls, folder: str | Path, **overrides: Any) -> NumpyIndex:
         manifest = read_manifest(folder)
         if manifest["backend"] != cls.backend:
             raise ValueError(f"{folder} holds a {manifest['backend']!r} index, not {cls.backend!r}")
@@ -127,7 +143,7 @@ class NumpyIndex(VectorIndex):
         index = cls(dim=manifest["dim"])
         meta = read_json(data / "ids.json")
         if meta["ids"]:
-            index.add(meta["ids"], np.load(data / "vectors.npy"), meta["categories"])
+            index.add(meta["ids"], np.load(data / "vectors.npy"), meta["categories"], hashes=meta.get("hashes"))
         return index
 
     def _category_texts(self) -> list[str | None]:

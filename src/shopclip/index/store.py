@@ -44,6 +44,7 @@ DTYPES = ("float16", "float32")
 _NAME = re.compile(r"^[a-z0-9_]+$")
 _PART = re.compile(r"^part-(\d+)-[0-9a-f]+$")
 _MAIN = re.compile(r"^main-(\d+)$")
+ORPHAN_GRACE_S = 600.0  # a temp or unreferenced file younger than this may be a write in flight
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -169,7 +170,8 @@ class EmbeddingStore:
         else:
             self._arrays.append({m: np.zeros((0, self.dim), dtype=self.dtype) for m in self.modalities})
             self._metas.append([])
-        for name in self._live_parts():
+        self._applied: list[str] = self._live_parts()  # what this view holds; compaction merges exactly these
+        for name in self._applied:
             self._apply_part(name)
         return text
 
@@ -277,6 +279,16 @@ class EmbeddingStore:
         self._cache[modality] = out
         return out
 
+    def rows(self, modality: str, ids: Sequence[str]) -> np.ndarray:
+        """float32 (len(ids), dim) for just these ids, re-normalised: no full-matrix copy."""
+        if modality not in self.modalities:
+            raise KeyError(f"modality {modality!r} not in this store ({self.modalities})")
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for r, i in enumerate(ids):
+            src, row = self._loc[i]
+            out[r] = self._arrays[src][modality][row]
+        return l2_normalize(out)
+
     def _positions(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._loc)
         flat = np.fromiter((v for pair in self._loc.values() for v in pair), dtype=np.int64, count=2 * n)
@@ -313,55 +325,29 @@ class EmbeddingStore:
         meta: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         """Commit one part; an id seen before is superseded (it keeps its position in `ids`)."""
-        ids = [str(i) for i in ids]
-        n = len(ids)
-        if not n:
-            return
-        meta = list(meta) if meta is not None else [None] * n
-        if len(hashes) != n or len(meta) != n:
-            raise ValueError(f"append: {n} ids, {len(hashes)} hashes, {len(meta)} meta rows")
-        if set(vectors) != set(self.modalities):
-            raise ValueError(f"append: vectors for {sorted(vectors)}, this store holds {self.modalities}")
-        arrays = {}
-        for m in self.modalities:
-            x = np.asarray(vectors[m], dtype=np.float32)
-            if x.shape != (n, self.dim):
-                raise ValueError(f"append: {m} vectors have shape {x.shape}, expected {(n, self.dim)}")
-            if not np.isfinite(x).all():
-                raise ValueError(f"append: {m} vectors contain NaN or inf")
-            arrays[m] = l2_normalize(x).astype(self.dtype)
-        rows = [{"id": i, "hash": str(h), "meta": m or {}} for i, h, m in zip(ids, hashes, meta, strict=True)]
-        self._commit_part(rows, arrays)
+        part = _part(self._manifest, ids, hashes, vectors, meta)
+        if part is not None:
+            self._commit_part(*part)
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove ids by committing a part of delete rows; returns how many were present."""
         self._load()  # judge presence by what is on disk now, not by a possibly stale view
         gone = list(dict.fromkeys(i for i in ids if i in self._loc))
         if gone:
-            empty = {m: np.zeros((0, self.dim), dtype=self.dtype) for m in self.modalities}
-            self._commit_part([{"id": i, "deleted": True} for i in gone], empty)
+            self._commit_part(*_delete_part(self._manifest, gone))
         return len(gone)
 
+    def writer(self) -> StoreWriter:
+        """A handle that only commits parts: for a long-running single writer (the server)."""
+        return StoreWriter(self.root, self._manifest)
+
     def _commit_part(self, rows: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> None:
-        parts = self.root / "parts"
-        parts.mkdir(exist_ok=True)
-        name = f"part-{self._next_seq():06d}-{uuid.uuid4().hex[:8]}"
-        _atomic_write(parts / f"{name}.npz", lambda fp: np.savez(fp, **arrays))
-        atomic_write_jsonl(parts / f"{name}.jsonl", rows)  # the commit point
+        name = _write_part(self.root, rows, arrays)
         self._apply(rows, arrays, name)
         self._write_count()
 
     def _next_seq(self) -> int:
-        """Above every part name on disk or ever merged, read fresh so a stale view cannot reorder."""
-        state_path = self.root / "state.json"
-        state = read_json(state_path) if state_path.exists() else {}
-        seqs = [int(state.get("next_seq", 1)) - 1]
-        seqs += [
-            int(m.group(1))
-            for p in (self.root / "parts").iterdir()
-            if (m := _PART.match(p.name.split(".")[0]))
-        ]
-        return max(seqs) + 1
+        return _next_seq(self.root)
 
     def compact(self, keep_ids: Sequence[str] | None = None) -> None:
         """Rewrite everything live as one new main generation.
@@ -371,7 +357,7 @@ class EmbeddingStore:
         """
         self._load()  # merge what is on disk now, including parts other processes appended
         self._ensure_main_meta()
-        live = self._live_parts()
+        live = list(self._applied)  # not a fresh listing: a part committed since _load is not in this view
         order = (
             list(self._loc)
             if keep_ids is None
@@ -421,23 +407,147 @@ class EmbeddingStore:
         self._write_count()
 
     def _remove_orphans(self, keep_main: str, old_main: str | None) -> None:
-        """Delete old generations and leftovers of killed writes (temp files, .npz without .jsonl)."""
+        """Delete old generations and leftovers of killed writes (temp files, .npz without .jsonl).
+
+        Leftovers younger than ORPHAN_GRACE_S are kept: they may be a part another process
+        is committing right now (its .npz written, its .jsonl not yet), and the next
+        compaction collects them if they really were orphaned.
+        """
+        old = time.time() - ORPHAN_GRACE_S
+
+        def stale(p: Path) -> bool:
+            try:
+                return p.stat().st_mtime < old
+            except FileNotFoundError:
+                return False
+
         for p in self.root.iterdir():
             stem = p.name.split(".")[0]
             if (_MAIN.match(stem) and stem != keep_main) or (
-                p.name.startswith(".") and p.name.endswith(".tmp")
+                p.name.startswith(".") and p.name.endswith(".tmp") and stale(p)
             ):
                 _unlink(p)
         parts = self.root / "parts"
         committed = {p.stem for p in parts.glob("part-*.jsonl")}
         for p in parts.iterdir():
-            if (p.suffix == ".npz" and p.stem not in committed) or p.name.endswith(".tmp"):
+            if ((p.suffix == ".npz" and p.stem not in committed) or p.name.endswith(".tmp")) and stale(p):
                 _unlink(p)
 
     def _write_count(self) -> None:
         """Keep the manifest's `count` current for people reading the folder; the property is authoritative."""
         self._manifest = {**self._manifest, "count": len(self)}
         atomic_write_json(self.root / "manifest.json", self._manifest)
+
+
+class StoreWriter:
+    """Commits parts to a store without reading it: a write costs what it writes.
+
+    `EmbeddingStore` keeps every row it has read or appended in memory, and its `delete`
+    re-reads the folder to judge presence; a server that appends for months needs neither.
+    The caller (one writer per folder) vouches that ids it deletes are present. Compaction
+    runs elsewhere (`EmbeddingStore.open(root).compact()`, e.g. in a background thread),
+    which is safe beside this writer: parts it did not read stay live, and leftovers younger
+    than ORPHAN_GRACE_S are never collected.
+    """
+
+    def __init__(self, root: str | Path, manifest: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self._manifest = dict(manifest)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return dict(self._manifest)
+
+    @property
+    def model(self) -> str:
+        return self._manifest["model"]
+
+    @property
+    def dim(self) -> int:
+        return int(self._manifest["dim"])
+
+    @property
+    def dtype(self) -> str:
+        return self._manifest["dtype"]
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self._manifest["modalities"])
+
+    def append(
+        self,
+        ids: Sequence[str],
+        hashes: Sequence[str],
+        vectors: dict[str, np.ndarray],
+        meta: Sequence[dict[str, Any] | None] | None = None,
+    ) -> str | None:
+        """Commit one part (durable when this returns, after the folder fsync); its name, or None if empty."""
+        part = _part(self._manifest, ids, hashes, vectors, meta)
+        return None if part is None else _write_part(self.root, *part)
+
+    def delete(self, ids: Iterable[str]) -> str | None:
+        gone = list(dict.fromkeys(str(i) for i in ids))
+        return _write_part(self.root, *_delete_part(self._manifest, gone)) if gone else None
+
+    def part_count(self) -> int:
+        parts = self.root / "parts"
+        return sum(1 for _ in parts.glob("part-*.jsonl")) if parts.is_dir() else 0
+
+
+def _part(
+    manifest: dict[str, Any],
+    ids: Sequence[str],
+    hashes: Sequence[str],
+    vectors: dict[str, np.ndarray],
+    meta: Sequence[dict[str, Any] | None] | None,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]] | None:
+    """Check an append and turn it into (rows, arrays at the store's dtype); None when empty."""
+    ids = [str(i) for i in ids]
+    n = len(ids)
+    if not n:
+        return None
+    meta = list(meta) if meta is not None else [None] * n
+    if len(hashes) != n or len(meta) != n:
+        raise ValueError(f"append: {n} ids, {len(hashes)} hashes, {len(meta)} meta rows")
+    modalities, dim, dtype = list(manifest["modalities"]), int(manifest["dim"]), manifest["dtype"]
+    if set(vectors) != set(modalities):
+        raise ValueError(f"append: vectors for {sorted(vectors)}, this store holds {modalities}")
+    arrays = {}
+    for m in modalities:
+        x = np.asarray(vectors[m], dtype=np.float32)
+        if x.shape != (n, dim):
+            raise ValueError(f"append: {m} vectors have shape {x.shape}, expected {(n, dim)}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"append: {m} vectors contain NaN or inf")
+        arrays[m] = l2_normalize(x).astype(dtype)
+    rows = [{"id": i, "hash": str(h), "meta": m or {}} for i, h, m in zip(ids, hashes, meta, strict=True)]
+    return rows, arrays
+
+
+def _delete_part(manifest: dict[str, Any], ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    empty = {m: np.zeros((0, int(manifest["dim"])), dtype=manifest["dtype"]) for m in manifest["modalities"]}
+    return [{"id": i, "deleted": True} for i in ids], empty
+
+
+def _write_part(root: Path, rows: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> str:
+    """Write a part's arrays, then its rows: the .jsonl appearing is the commit. Returns its name."""
+    parts = root / "parts"
+    parts.mkdir(exist_ok=True)
+    name = f"part-{_next_seq(root):06d}-{uuid.uuid4().hex[:8]}"
+    _atomic_write(parts / f"{name}.npz", lambda fp: np.savez(fp, **arrays))
+    atomic_write_jsonl(parts / f"{name}.jsonl", rows)  # the commit point
+    return name
+
+
+def _next_seq(root: Path) -> int:
+    """Above every part name on disk or ever merged, read fresh so a stale view cannot reorder."""
+    state_path = root / "state.json"
+    state = read_json(state_path) if state_path.exists() else {}
+    seqs = [int(state.get("next_seq", 1)) - 1]
+    parts = root / "parts"
+    if parts.is_dir():
+        seqs += [int(m.group(1)) for p in parts.iterdir() if (m := _PART.match(p.name.split(".")[0]))]
+    return max(seqs) + 1
 
 
 # ---------------------------------------------------------------------- file helpers
@@ -464,4 +574,4 @@ def _unlink(path: Path) -> None:
 
 
 
-__all__ = ["STORE_FORMAT", "EmbeddingStore", "l2_normalize"]
+__all__ = ["STORE_FORMAT", "EmbeddingStore", "StoreWriter", "l2_normalize"]

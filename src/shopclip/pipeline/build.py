@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 class BuildOptions:
     model: str = "default"
     dtype: str = "float16"
-    backend: str = "faiss"
+    backend: str = "faiss"  # the vector store: faiss (in-process), pgvector, milvus
+    index_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"uri": ..., "index": "hnsw-sq8"}
     check_images: bool = True
     sample: int | None = None  # embed a deterministic sample of N valid products (demos)
     progress: bool = True
@@ -202,15 +203,18 @@ def _embed_run(ctx: BuildContext) -> str:
 def _index_fp(ctx: BuildContext) -> str:
     # The store's state too: `shopclip embed` or the server may have changed it since.
     from shopclip.index.store import EmbeddingStore
+    from shopclip.pipeline.indexing import INDEX_FORMAT_VERSION
 
     store = EmbeddingStore.open(ctx.workdir.embeddings).state_key() if ctx.workdir.embeddings.exists() else None
-    return json_sha1([ctx.upstream("index"), ctx.options.backend, store])
+    return json_sha1([ctx.upstream("index"), ctx.options.backend, store, INDEX_FORMAT_VERSION,
+                      sorted(ctx.options.index_options.items())])
 
 
 def _index_run(ctx: BuildContext) -> str:
     from shopclip.pipeline.indexing import build_indexes
 
-    sizes = build_indexes(ctx.workdir.embeddings, ctx.workdir.index, backend=ctx.options.backend)
+    sizes = build_indexes(ctx.workdir.embeddings, ctx.workdir.index, backend=ctx.options.backend,
+                          **ctx.options.index_options)
     return "indexes built: " + ", ".join(f"{k} ({v})" for k, v in sizes.items())
 
 

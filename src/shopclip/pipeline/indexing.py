@@ -13,14 +13,26 @@ from typing import Any
 
 import numpy as np
 
+from shopclip.core.hashing import sha1_bytes
 from shopclip.core.io import atomic_write_json, read_json
 from shopclip.index import create_index, load_index
-from shopclip.index.base import VectorIndex
+from shopclip.index.base import VectorIndex, category_text
 from shopclip.index.store import EmbeddingStore
 from shopclip.pipeline.embed import fused_vectors
 
 VIEWS = ("image", "text", "fused")
 SOURCE = "source.json"
+# Bumped when what an index row records changes, so `build` re-indexes old work folders.
+INDEX_FORMAT_VERSION = 2  # 2: rows carry row_hash (store content hash + category)
+
+
+def row_hash(content_hash: str, category: object) -> str:
+    """What an index row was made from: the product's embedding-store hash and its category.
+
+    A server start compares these with the store's (cheap) instead of comparing vectors, and
+    the category is in it because a category change alone does not re-embed a product.
+    """
+    return sha1_bytes(f"{content_hash}\x1f{category_text(category) or ''}".encode())[:20]
 
 
 class IndexOutOfDateError(RuntimeError):
@@ -28,24 +40,48 @@ class IndexOutOfDateError(RuntimeError):
 
 
 def build_indexes(store_dir: str | Path, out: str | Path, *, backend: str = "faiss", **options) -> dict[str, int]:
-    """One index per view: image, text and fused (image+text) product vectors."""
+    """One index per view: image, text and fused (image+text) product vectors.
+
+    `options` go to the backend (faiss: `index="auto"|"hnsw"|"hnsw-sq8"|"ivfpq"`, …; a
+    server store: `uri=`), and each view gets its own name in a server store (`view=`).
+    """
     store = EmbeddingStore.open(store_dir)
     ids = store.ids
     cats = [m.get("category", "") for m in store.meta()]
+    content = store.hashes()
+    hashes = [row_hash(content[i], c) for i, c in zip(ids, cats, strict=True)]
     sizes = {}
     for view in VIEWS:
         vecs = fused_vectors(store) if view == "fused" else store.vectors(view)
-        index = create_index(backend, dim=store.manifest["dim"], **options)
-        if ids:
-            index.add(ids, vecs, cats)
-        index.save(Path(out) / view)
-        sizes[view] = len(index)
+        index = create_index(backend, dim=store.manifest["dim"], **view_options(backend, view, options, Path(out).parent))
+        try:
+            if ids:
+                index.add(ids, vecs, cats, hashes=hashes)
+            index.save(Path(out) / view)
+            sizes[view] = len(index)
+        finally:
+            index.close()
     record_source(store, out)  # last: a crash before this leaves the old record, which no longer matches
     return sizes
 
 
-def load_indexes(folder: str | Path) -> dict[str, VectorIndex]:
-    return {view: load_index(Path(folder) / view) for view in VIEWS if (Path(folder) / view).exists()}
+def view_options(backend: str, view: str, options: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
+    """Backend options for one view.
+
+    A server store (its class sets `per_view_name = True`) keeps each view in its own table
+    or collection, named from `view`, and keeps an embedded server's data under `workdir`.
+    """
+    from shopclip.index import get_backend
+
+    cls = get_backend(backend)
+    if getattr(cls, "per_view_name", False):
+        return {**options, "view": view, "workdir": str(Path(workdir).resolve())}
+    return dict(options)
+
+
+def load_indexes(folder: str | Path, **overrides: Any) -> dict[str, VectorIndex]:
+    """The saved views; `overrides` (e.g. `uri=`) point a server store elsewhere than it was built."""
+    return {view: load_index(Path(folder) / view, **overrides) for view in VIEWS if (Path(folder) / view).exists()}
 
 
 def index_problem(store: EmbeddingStore, folder: str | Path, indexes: dict[str, VectorIndex]) -> str | None:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
 
+from shopclip.index.base import StoreUnavailableError
 from shopclip.serve.errors import ApiError, responses
 from shopclip.serve.fetch import fetch_image
 from shopclip.serve.metrics import Metrics
@@ -107,13 +108,16 @@ class RecommendResponse(SearchResponse):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded when a dependency is down (see `dependencies`)")
     products: int
     index: dict[str, int]
     model_loaded: bool
     aligned: bool
     version: int
     writes_enabled: bool
+    dependencies: dict[str, str] = Field(default_factory=dict,
+                                         description="each dependency (vector store per view, embedding log): "
+                                                     "ok or why it is down")
 
 
 HistoryId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -288,6 +292,14 @@ def visible(text: str) -> str:
     return "".join(c for c in text if c not in _BLANKS and unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
 
 
+def _count(index: Any) -> int:
+    """Rows in an index, or -1 when its store cannot be asked (health must answer anyway)."""
+    try:
+        return len(index)
+    except StoreUnavailableError:
+        return -1
+
+
 def route_label(app: FastAPI, scope: dict[str, Any]) -> str:
     """The route template a request belongs to, found by matching it against the app's routes.
 
@@ -324,6 +336,10 @@ def create_app(
     model: Any = None,
     state: ServeState | None = None,
     failpoint: Callable[[str], None] | None = None,
+    store: str | None = None,
+    uri: str | None = None,
+    snapshot_every: int = 1000,
+    snapshot_seconds: float = 60.0,
 ) -> FastAPI:
     """Build the app over a built work folder.
 
@@ -332,11 +348,16 @@ def create_app(
     `allow_url_fetch` lets /search/image fetch `url=`: only from `url_fetch_hosts` when
     given, else from any host at a public address (never loopback, private or link-local).
     `model` / `state` let tests share one loaded model; `failpoint` is for crash tests.
+    `store`/`uri` open the vector store elsewhere than the work folder recorded;
+    in-process indexes are snapshotted every `snapshot_every` writes or `snapshot_seconds`
+    after the first unsaved one, and at shutdown.
     """
     key = (api_key if api_key is not None else os.environ.get("SHOPCLIP_API_KEY")) or None  # "" = no key
     if protect_reads is None:
         protect_reads = os.environ.get("SHOPCLIP_PROTECT_READS", "") in ("1", "true", "yes")
-    st = state or ServeState(workdir, model=model, max_image_pixels=max_image_pixels, failpoint=failpoint)
+    st = state or ServeState(workdir, model=model, max_image_pixels=max_image_pixels, failpoint=failpoint,
+                             store=store, uri=uri, snapshot_every=snapshot_every,
+                             snapshot_seconds=snapshot_seconds)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -344,6 +365,8 @@ def create_app(
         if preload_model:
             _ = st.model  # load before taking traffic: the first query should not pay ~10 s
         yield
+        if state is None:  # ours to close: stop the snapshot thread, save what is unsaved
+            st.close()
 
     app = FastAPI(
         title="shopclip",
@@ -373,7 +396,7 @@ def create_app(
     read_errors = (401, 403) if protect_reads else ()
     # Reads declare the key only when they need it, so the spec says exactly what a client must send.
     read_deps = [Depends(reader)] if protect_reads else []
-    validation = responses(422)
+    validation = responses(422, 503)  # 503: a server-backed vector store is down
 
     # ------------------------------------------------------------------ errors
 
@@ -381,6 +404,11 @@ def create_app(
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else None
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StoreUnavailableError)
+    async def store_down(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+        err = ApiError(503, "store_unavailable", str(exc))
+        return JSONResponse(err.body(), status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -461,12 +489,17 @@ def create_app(
 
     # ------------------------------------------------------------------ reads
 
-    @app.get("/healthz", response_model=Health, tags=["ops"])
-    def healthz() -> dict[str, Any]:
+    @app.get("/healthz", response_model=Health, tags=["ops"], responses={503: {
+        "model": Health, "description": "a dependency is down: `dependencies` names it"}})
+    def healthz() -> JSONResponse:
         snap = st.snapshot
-        return {"status": "ok", "products": len(snap.products), "index": {v: len(i) for v, i in snap.indexes.items()},
+        deps = st.health()
+        ok = all(v == "ok" for v in deps.values())
+        body = {"status": "ok" if ok else "degraded", "products": len(snap.products),
+                "index": {v: _count(i) for v, i in snap.indexes.items()},
                 "model_loaded": st.model_loaded, "aligned": st.aligned, "version": snap.version,
-                "writes_enabled": key is not None}
+                "writes_enabled": key is not None, "dependencies": deps}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     metrics_doc: dict[int | str, dict[str, Any]] = {
         200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}}
@@ -478,7 +511,7 @@ def create_app(
             return {
                 "shopclip_products": ("Products served.", [({}, len(snap.products))]),
                 "shopclip_index_vectors": ("Vectors in each ANN index, by view.",
-                                           [({"view": v}, len(i)) for v, i in snap.indexes.items()]),
+                                           [({"view": v}, _count(i)) for v, i in snap.indexes.items()]),
                 "shopclip_model_loaded": ("1 once the model is loaded.", [({}, float(st.model_loaded))]),
                 "shopclip_state_version": ("Snapshot version: 1 at start, +1 per acknowledged write.",
                                            [({}, snap.version)]),
@@ -494,7 +527,7 @@ def create_app(
              dependencies=read_deps, responses=responses(*read_errors))
     def categories() -> dict[str, Any]:
         """Every category path and its prefixes with product counts: what `category=` accepts."""
-        return {"categories": st.snapshot.categories}
+        return {"categories": st.categories()}
 
     @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["search"],
              dependencies=read_deps, responses={**validation, **responses(*read_errors)})

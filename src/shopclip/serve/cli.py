@@ -28,12 +28,21 @@ def serve_command(
     preload: Annotated[bool, typer.Option(help="Load the model before taking traffic")] = True,
     threads: Annotated[int | None, typer.Option(help="torch threads per query; 1 suits concurrent traffic, 0 = torch default")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    store: Annotated[str | None, typer.Option("--store", help="Vector store (faiss, pgvector, milvus); default: "
+                                              "what the work folder was built with")] = None,
+    uri: Annotated[str | None, typer.Option("--uri", help="Where the store lives, when not where the work folder "
+                                            "recorded (e.g. postgresql://user@host/db)")] = None,
+    snapshot_every: Annotated[int, typer.Option(min=1, help="Save in-process indexes after this many writes")] = 1000,
+    snapshot_seconds: Annotated[float, typer.Option(min=1, help="...or this long after the first unsaved write")] = 60.0,
 ) -> None:
     """Serve search, similar items, recommendations and a web page for a work folder.
 
     Writes (PUT/DELETE /products/{id}) need the key in env SHOPCLIP_API_KEY, sent as the
     X-API-Key header; without it the server is read-only. One process only: writes are
-    serialised in memory, so do not run several workers over one work folder.
+    serialised in memory, so do not run several workers over one work folder. A write costs
+    what it changes: it is committed to the embedding log, applied in place, and in-process
+    indexes are saved in the background (every --snapshot-every writes, --snapshot-seconds
+    after the first unsaved one, and at shutdown).
 
     Example: shopclip serve demo-work --port 8000   (then open http://127.0.0.1:8000/)
 
@@ -41,6 +50,7 @@ def serve_command(
     """
     import uvicorn
 
+    from shopclip.index.base import StoreUnavailableError
     from shopclip.serve.app import create_app
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,8 +65,9 @@ def serve_command(
     try:
         app = create_app(workdir, max_upload_bytes=int(max_upload_mb * 1024 * 1024), allow_url_fetch=allow_url_fetch,
                          url_fetch_hosts=tuple(url_fetch_host) if url_fetch_host else None,
-                         max_image_pixels=max_image_pixels, protect_reads=protect_reads, preload_model=preload)
-    except FileNotFoundError as e:
+                         max_image_pixels=max_image_pixels, protect_reads=protect_reads, preload_model=preload,
+                         store=store, uri=uri, snapshot_every=snapshot_every, snapshot_seconds=snapshot_seconds)
+    except (FileNotFoundError, StoreUnavailableError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)

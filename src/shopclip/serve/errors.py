@@ -46,6 +46,6 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Upload or image too large",
         415: "Not a readable image",
         422: "Invalid parameters or body",
-        503: "Not ready (model not loaded)",
+        503: "Not ready: the model is not loaded or the vector store is down",
     }
     return {c: {"model": ErrorBody, "description": text.get(c, "Error")} for c in codes}

@@ -1,10 +1,11 @@
 """What the server holds in memory, how reads see it and how writes change it.
 
-Reads never lock. They take the current `Snapshot` (indexes + product metadata) with
-one attribute read and use only that; a snapshot is never mutated after it is published.
-Writes are serialised by one lock and are copy-on-write: clone the indexes, change the
-clone, persist, then publish a new snapshot. A search that started before a write
-finishes on the old snapshot; one that starts after sees the new one.
+Writes are in place and cost what they change, not what the catalog holds. A write
+commits to the embedding store (the durable log), then changes each view's index in
+place (a faiss `add`; the replaced row becomes a tombstone filtered at query time) and
+the product table, all under the write side of a readers-writer lock: a reader holds
+the read side for its whole request, so it sees the catalog before the write or after
+it, never half of it. Writers queue on one lock; the model runs before it is taken.
 
 Uploaded images are content-addressed files in `uploads/`, shared by products with the
 same photo. A file is written before the store commit that first points at it, and
@@ -12,23 +13,26 @@ removed only after the commit that leaves no product pointing at it (a delete, o
 replaced photo): a crash between the two leaves an unused file, which the next start
 collects, never a product without its image.
 
-Durability: the embedding store is the log. An upsert or delete is acknowledged only
-after its store part is committed (an atomic rename of the part's `.jsonl`, then an
-fsync of the folder); the three indexes are saved right after, each atomically, but they
-are a derived cache. On start, `reconcile` compares every index with the store (ids,
-vectors, categories) and repairs and re-saves whatever a crash left behind, so a
-restart serves exactly the committed writes, whichever instant the process died at.
+Durability: an upsert or delete is acknowledged only after its store part is committed
+(an atomic rename of the part's `.jsonl`, then an fsync of the folder). In-process
+indexes (faiss) are a derived cache saved in the background: every `snapshot_every`
+writes or `snapshot_seconds` after the first unsaved one, and on shutdown, by a forked
+child that writes a consistent copy while the server goes on (the fork is the
+snapshot; the parent blocks writers only for the fork itself). Server stores (pgvector,
+Milvus) apply each write as one transaction and need no snapshot. On start, `reconcile`
+compares every index's row hashes with the store's and repairs whatever a crash left
+behind, so a restart serves exactly the committed writes, whichever instant the process
+died at. The store's own compaction (merging its parts) also runs in a forked child.
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,14 +44,15 @@ from PIL import Image
 
 from shopclip.catalog.schema import CATEGORY_SEP, Catalog
 from shopclip.catalog.validation import validate_row
+from shopclip.core.concurrency import RWLock, can_fork, fork_job, wait_job
 from shopclip.core.hashing import sha1_bytes
 from shopclip.core.images import ImageError, open_image, size_problem
 from shopclip.core.io import atomic_write_bytes, fsync_dir
 from shopclip.index import create_index, load_index
-from shopclip.index.base import VectorIndex, read_manifest
-from shopclip.index.store import EmbeddingStore, l2_normalize
-from shopclip.pipeline.embed import fused_vectors, model_fingerprint, product_hash, product_meta
-from shopclip.pipeline.indexing import VIEWS
+from shopclip.index.base import StoreUnavailableError, VectorIndex, read_manifest, write_together
+from shopclip.index.store import EmbeddingStore, StoreWriter, l2_normalize
+from shopclip.pipeline.embed import model_fingerprint, product_hash, product_meta
+from shopclip.pipeline.indexing import VIEWS, row_hash, view_options
 from shopclip.pipeline.workdir import WorkDir
 from shopclip.serve.errors import ApiError
 from shopclip.serve.recommend import cluster_interests, event_weights, interleave
@@ -89,23 +94,28 @@ def image_url(product_id: str) -> str:
 
 @dataclass
 class Snapshot:
-    """An immutable view for readers; a write publishes a new one instead of editing this."""
+    """What a reader sees: the indexes, the products and the version, at one instant.
+
+    `ServeState.snapshot` hands out the live objects, valid while no write runs (tests,
+    start-up, single-threaded tools); concurrent readers go through `ServeState` methods,
+    which hold the read lock for the whole request.
+    """
 
     version: int
     indexes: dict[str, VectorIndex]
     products: dict[str, dict[str, Any]]
-    thresholds: dict[str, float] = field(default_factory=dict)  # per view, filled lazily
+    category_counts: dict[str, int] = field(default_factory=dict)
 
     @cached_property
     def categories(self) -> list[dict[str, Any]]:
         """Every category path and each of its prefixes, with product counts (filters match prefixes)."""
-        counts: dict[str, int] = {}
-        for meta in self.products.values():
-            levels = [p.strip() for p in str(meta.get("category") or "").split(">") if p.strip()]
-            for depth in range(1, len(levels) + 1):
-                path = CATEGORY_SEP.join(levels[:depth])
-                counts[path] = counts.get(path, 0) + 1
-        return [{"path": p, "depth": p.count(CATEGORY_SEP) + 1, "count": n} for p, n in sorted(counts.items())]
+        return [{"path": p, "depth": p.count(CATEGORY_SEP) + 1, "count": n}
+                for p, n in sorted(self.category_counts.items()) if n > 0]
+
+
+def _prefixes(category: Any) -> list[str]:
+    levels = [p.strip() for p in str(category or "").split(">") if p.strip()]
+    return [CATEGORY_SEP.join(levels[:d]) for d in range(1, len(levels) + 1)]
 
 
 class ServeState:
@@ -119,11 +129,19 @@ class ServeState:
         max_image_pixels: int = 40_000_000,
         min_image_size: int = 32,
         text_cache_size: int = 1024,
-        compact_every: int = 64,
+        snapshot_every: int = 1000,
+        snapshot_seconds: float = 60.0,
+        compact_parts: int = 256,
+        store: str | None = None,
+        uri: str | None = None,
+        background: bool = True,
         failpoint: Callable[[str], None] | None = None,
     ) -> None:
         """`model` may be a loaded DualEncoder (tests share one) or a reference; default: the
-        work folder's. `failpoint(name)` is called at each step of a write, for crash tests."""
+        work folder's. `store`/`uri` open the vector store somewhere else than the work folder
+        recorded (e.g. the same pgvector tables on another host). `background=False` turns the
+        snapshot/compaction thread off (tests call `maintain()` themselves). `failpoint(name)`
+        is called at each step of a write, for crash tests."""
         self.workdir = WorkDir(Path(workdir).resolve())
         if not self.workdir.exists() or not self.workdir.embeddings.exists():
             raise FileNotFoundError(
@@ -132,7 +150,10 @@ class ServeState:
             )
         self.max_image_pixels = int(max_image_pixels)
         self.min_image_size = int(min_image_size)
-        self.compact_every = int(compact_every)
+        self.snapshot_every = int(snapshot_every)
+        self.snapshot_seconds = float(snapshot_seconds)
+        self.compact_parts = int(compact_parts)
+        self._store_override = {"backend": store, "uri": uri}
         self._failpoint = failpoint or (lambda name: None)
         self._model = None if isinstance(model, str | None) else model
         self._model_ref = model if isinstance(model, str) else self.workdir.model_ref()
@@ -140,28 +161,55 @@ class ServeState:
             self._model.eval()
         self._model_lock = threading.Lock()
         self._fingerprint: str | None = None
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one writer at a time (held across commit + apply)
+        self._rw = RWLock()  # readers vs the in-place apply of a write
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = int(text_cache_size)
         self._cache_lock = threading.Lock()
-        self._writes_since_compact = 0
+        self._thresholds: dict[str, tuple[int, float]] = {}  # view -> (catalog size when computed, value)
         self.uploads = self.workdir.root / UPLOADS
         t0 = time.perf_counter()
-        self.store = EmbeddingStore.open(self.workdir.embeddings)
-        indexes, repaired = self.reconcile()
-        products = {m["id"]: m for m in self.store.meta()}
-        self._snap = Snapshot(1, indexes, products)
+        full = EmbeddingStore.open(self.workdir.embeddings)
+        self._indexes, repaired = self.reconcile(full)
+        self._products: dict[str, dict[str, Any]] = {m["id"]: m for m in full.meta()}
+        self._category_counts: Counter[str] = Counter(
+            p for m in self._products.values() for p in _prefixes(m.get("category")))
+        self._image_refs: Counter[str] = Counter(str(m.get("image") or "") for m in self._products.values())
+        self.store: StoreWriter | EmbeddingStore = full.writer()  # from here on the store is only appended to
+        del full
+        self._version = 1
+        self._unsaved = 0  # writes applied since the last completed snapshot
+        self._first_unsaved = 0.0
+        self._snapshots = {"taken": 0, "failed": 0, "last_seconds": None, "compactions": 0}
+        self._degraded: str | None = None  # a write committed to the log but not applied to a store
         self._collect_uploads()
         self.load_seconds = time.perf_counter() - t0
         self.repaired = repaired
-        log.info("loaded %d products from %s in %.2fs (repaired: %s)", len(products), self.workdir.root,
+        self._stop = threading.Event()
+        self._maint_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._maintenance_loop, name="shopclip-snapshots", daemon=True)
+            self._thread.start()
+        log.info("loaded %d products from %s in %.2fs (repaired: %s)", len(self._products), self.workdir.root,
                  self.load_seconds, repaired or "nothing")
 
     # ------------------------------------------------------------------ loading
 
     @property
     def snapshot(self) -> Snapshot:
-        return self._snap
+        """The live state as a `Snapshot` (see its docstring for when that is safe to read)."""
+        with self._rw.read():
+            return Snapshot(self._version, self._indexes, self._products, dict(self._category_counts))
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def in_process(self) -> bool:
+        """Indexes that live in this process (faiss, numpy) are snapshotted to disk; server stores are not."""
+        return all(not i.transaction_key for i in self._indexes.values())
 
     @cached_property
     def aligned(self) -> bool:
@@ -191,46 +239,56 @@ class ServeState:
             self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
 
-    def _view_vectors(self) -> dict[str, np.ndarray]:
-        return {v: fused_vectors(self.store) if v == "fused" else self.store.vectors(v) for v in VIEWS}
+    def _open_index(self, view: str, dim: int) -> VectorIndex:
+        """The view's index as saved, at the overriding store/URI when one was given; a new empty
+        one when none was saved (or it is unreadable) — `reconcile` then fills it from the store."""
+        folder = self.workdir.index / view
+        override = {k: v for k, v in self._store_override.items() if v}
+        backend = override.pop("backend", None)
+        try:
+            manifest = read_manifest(folder)
+            if backend is None or backend == manifest.get("backend"):
+                return load_index(folder, **override)
+        except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+            log.warning("index %s unusable (%s); rebuilding it from the store", folder, e)
+        backend = backend or self._backend()
+        return create_index(backend, dim=dim, **view_options(backend, view, override, self.workdir.root))
 
-    def reconcile(self) -> tuple[dict[str, VectorIndex], dict[str, int]]:
-        """Make every index hold exactly the store's vectors and categories; save those it fixed.
+    def reconcile(self, store: EmbeddingStore) -> tuple[dict[str, VectorIndex], dict[str, int]]:
+        """Make every index hold exactly the store's rows; save those it fixed.
 
-        The store is committed before the indexes are saved, so after a crash an index can
-        lag the store by the writes in flight; this is where that lag is made up.
+        The store is committed before the indexes change, and in-process indexes are saved
+        only now and then, so after a crash an index lags the store by the writes since its
+        last snapshot (or holds one that was never acknowledged). Each row carries the store
+        hash + category it was made from (`row_hash`), so finding the lag is a comparison of
+        hashes, and only the rows that differ are read from the store and re-added.
         """
-        ids = self.store.ids
-        metas = self.store.meta()
-        cats = [m.get("category") or None for m in metas]
-        vectors = self._view_vectors()
+        ids = store.ids
+        metas = store.meta()
+        content = store.hashes()
+        want = {i: row_hash(content[i], m.get("category") or None) for i, m in zip(ids, metas, strict=True)}
+        cats = {i: m.get("category") or None for i, m in zip(ids, metas, strict=True)}
         out: dict[str, VectorIndex] = {}
         repaired: dict[str, int] = {}
         for view in VIEWS:
             folder = self.workdir.index / view
-            try:
-                index = load_index(folder)
-            except (FileNotFoundError, ValueError, KeyError, OSError) as e:
-                log.warning("index %s unusable (%s); rebuilding it from the store", folder, e)
-                backend = self._backend()
-                index = create_index(backend, dim=self.store.dim)
-            want = vectors[view]
-            pos = {i: r for r, i in enumerate(ids)}
-            stale = [i for i in index.ids if i not in pos]
-            present = [r for r, i in enumerate(ids) if i in index]
-            fix = sorted(set(range(len(ids))) - set(present))
-            if present:
-                have = np.stack([index.get_vector(ids[r]) for r in present])
-                differs = np.abs(have - want[present]).max(axis=1) > 1e-4
-                fix += [r for r, bad in zip(present, differs, strict=True)
-                        if bad or (index.get_category(ids[r]) or None) != _cat_text(cats[r])]
+            index = self._open_index(view, store.dim)
+            have = index.hashes()
+            stale = [i for i in have if i not in want]
+            fix = [i for i in ids if have.get(i, "") != want[i]]
             if stale:
                 index.remove(stale)
-            if fix:
-                index.add([ids[r] for r in fix], want[fix], [cats[r] for r in fix])
+            for start in range(0, len(fix), 8192):
+                chunk = fix[start : start + 8192]
+                index.add(chunk, _view_rows(store, view, chunk), [cats[i] for i in chunk],
+                          hashes=[want[i] for i in chunk])
             if stale or fix or not (folder / "manifest.json").exists():
+                if hasattr(index, "compact"):
+                    index.compact()
                 index.save(folder)
                 repaired[view] = len(stale) + len(fix)
+            if getattr(index, "auto_compact", None) is not None:
+                index.auto_compact = False  # no O(catalog) rebuild inside a request: snapshots compact
             out[view] = index
         return out, repaired
 
@@ -246,10 +304,23 @@ class ServeState:
         """Delete uploaded images no product points at (replaced, deleted, or a write that crashed)."""
         if not self.uploads.is_dir():
             return
-        used = {Path(m.get("image", "")).name for m in self._snap.products.values()}
+        used = {Path(m.get("image", "")).name for m in self._products.values()}
         for p in self.uploads.iterdir():
             if p.is_file() and p.name not in used:
                 p.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ health
+
+    def health(self) -> dict[str, str]:
+        """Each dependency and "ok" or the reason it is down (the vector store, the log)."""
+        out: dict[str, str] = {}
+        for view, index in self._indexes.items():
+            problem = index.health()
+            out[f"index:{view}"] = problem or "ok"
+        out["embedding_log"] = "ok" if self.store.root.is_dir() else f"missing: {self.store.root}"
+        if self._degraded:
+            out["consistency"] = self._degraded
+        return out
 
     # ------------------------------------------------------------------ reads
 
@@ -262,10 +333,13 @@ class ServeState:
         return "fused"
 
     def product(self, product_id: str) -> dict[str, Any]:
-        meta = self._snap.products.get(product_id)
+        meta = self._products.get(product_id)
         if meta is None:
             raise ApiError(404, "not_found", f"no product with id {product_id!r}")
         return meta
+
+    def categories(self) -> list[dict[str, Any]]:
+        return self.snapshot.categories
 
     def encode_text(self, query: str) -> np.ndarray:
         with self._cache_lock:
@@ -285,14 +359,18 @@ class ServeState:
         self, vec: np.ndarray, view: str, k: int, category: str | None = None,
         exclude: Sequence[str] = (), snap: Snapshot | None = None,
     ) -> list[dict[str, Any]]:
-        snap = snap or self._snap
-        hits = snap.indexes[view].search(np.asarray(vec, dtype=np.float32), k, category=category,
-                                         exclude=exclude)[0]
-        return [self._hit(snap, h.id, h.score) for h in hits if h.id in snap.products]
+        """Top-k products for a query vector; `snap` is accepted for older callers and ignored."""
+        with self._rw.read():
+            return self._search(np.asarray(vec, dtype=np.float32), view, k, category, exclude)
 
-    @staticmethod
-    def _hit(snap: Snapshot, product_id: str, score: float) -> dict[str, Any]:
-        m = snap.products[product_id]
+    def _search(self, vec: np.ndarray, view: str, k: int, category: str | None,
+                exclude: Sequence[str]) -> list[dict[str, Any]]:
+        """Call with the read lock held."""
+        hits = self._indexes[view].search(vec, k, category=category, exclude=exclude)[0]
+        return [self._hit(h.id, h.score) for h in hits if h.id in self._products]
+
+    def _hit(self, product_id: str, score: float) -> dict[str, Any]:
+        m = self._products[product_id]
         return {"id": product_id, "score": round(float(score), 6), "title": m.get("title", ""),
                 "category": m.get("category") or "", "image_url": image_url(product_id)}
 
@@ -305,38 +383,41 @@ class ServeState:
         return self.search_vector(vec, view or self.default_view("image"), k, category)
 
     def similar(self, product_id: str, k: int, category: str | None = None, view: str | None = None) -> list[dict]:
-        snap = self._snap
-        if product_id not in snap.products:
-            raise ApiError(404, "not_found", f"no product with id {product_id!r}")
         view = view or self.default_view("product")
-        if product_id not in snap.indexes[view]:
-            raise ApiError(404, "not_found", f"product {product_id!r} is not in the {view} index")
-        vec = snap.indexes[view].get_vector(product_id)
-        return self.search_vector(vec, view, k, category, exclude=(product_id,), snap=snap)
+        with self._rw.read():
+            if product_id not in self._products:
+                raise ApiError(404, "not_found", f"no product with id {product_id!r}")
+            index = self._indexes[view]
+            if product_id not in index:
+                raise ApiError(404, "not_found", f"product {product_id!r} is not in the {view} index")
+            return self._search(index.get_vector(product_id), view, k, category, (product_id,))
 
-    def interest_threshold(self, view: str, snap: Snapshot) -> float:
+    def interest_threshold(self, view: str, snap: Snapshot | None = None) -> float:
         """Halfway between a random pair's and a near neighbour's cosine in this catalog.
 
         Untrained and trained models put these at very different values (≈0.25/0.7 vs
-        ≈0.05/0.5), so a constant would suit only one of them.
+        ≈0.05/0.5), so a constant would suit only one of them. Recomputed when the catalog
+        has grown or shrunk by a tenth since, not on every write.
         """
-        cached = snap.thresholds.get(view)
-        if cached is not None:
-            return cached
-        index = snap.indexes[view]
-        ids = index.ids
-        if len(ids) < 3:
-            return 0.5
-        rng = np.random.default_rng(0)
-        pick = rng.choice(len(ids), size=min(len(ids), 400), replace=False)
-        x = np.stack([index.get_vector(ids[i]) for i in pick])
+        with self._rw.read():
+            index = self._indexes[view]
+            n = len(index)
+            cached = self._thresholds.get(view)
+            if cached is not None and abs(n - cached[0]) <= 0.1 * max(cached[0], 1):
+                return cached[1]
+            ids = index.ids
+            if len(ids) < 3:
+                return 0.5
+            rng = np.random.default_rng(0)
+            pick = rng.choice(len(ids), size=min(len(ids), 400), replace=False)
+            x = np.stack([index.get_vector(ids[i]) for i in pick])
         sims = x @ x.T
         np.fill_diagonal(sims, np.nan)
         random_pair = float(np.nanmean(sims))
         kk = min(5, len(pick) - 1)
         near = float(np.mean(-np.sort(-np.nan_to_num(sims, nan=-2.0), axis=1)[:, :kk]))
         value = random_pair + 0.5 * (near - random_pair)
-        snap.thresholds[view] = value
+        self._thresholds[view] = (n, value)
         return value
 
     def recommend(
@@ -351,9 +432,16 @@ class ServeState:
         half_life_s: float = 1800.0,
     ) -> dict[str, Any]:
         """Events are (id, weight, timestamp) oldest first; unknown ids are reported, not fatal."""
-        snap = self._snap
         view = view or self.default_view("product")
-        index = snap.indexes[view]
+        thr = self.interest_threshold(view) if threshold is None else float(threshold)
+        with self._rw.read():
+            return self._recommend(events, k, category, view, thr, max_interests, half_life_s)
+
+    def _recommend(self, events: Sequence[tuple[str, float | None, float | None]], k: int, category: str | None,
+                   view: str, thr: float, max_interests: int, half_life_s: float) -> dict[str, Any]:
+        """Call with the read lock held."""
+        index = self._indexes[view]
+        products = self._products
         stamps = [t for _, _, t in events]
         if any(t is None for t in stamps) and any(t is not None for t in stamps):
             raise ApiError(422, "invalid_history", "give a timestamp for every history event or for none")
@@ -362,7 +450,7 @@ class ServeState:
             None if stamps and stamps[0] is None else [float(t) for t in stamps],  # type: ignore[arg-type]
             half_life_s=half_life_s,
         )
-        unknown = list(dict.fromkeys(i for i, _, _ in events if i not in snap.products or i not in index))
+        unknown = list(dict.fromkeys(i for i, _, _ in events if i not in products or i not in index))
         agg: dict[str, float] = {}
         for (pid, _, _), w in zip(events, weights, strict=True):
             if pid not in unknown:
@@ -372,19 +460,18 @@ class ServeState:
                            details=[{"id": i} for i in unknown[:20]])
         ids = list(agg)
         vecs = np.stack([index.get_vector(i) for i in ids])
-        thr = self.interest_threshold(view, snap) if threshold is None else float(threshold)
         interests = cluster_interests(vecs, np.array([agg[i] for i in ids]), thr, max_interests)
         history = set(ids) | set(unknown)
         ranked = []
         for it in interests:
             hits = index.search(it.vector, k, category=category, exclude=list(history))[0]
-            ranked.append([h for h in hits if h.id in snap.products])
+            ranked.append([h for h in hits if h.id in products])
         picks = interleave(ranked, [it.weight for it in interests], k, key=lambda h: h.id)
         total = sum(it.weight for it in interests) or 1.0
         return {
             "view": view,
             "threshold": round(thr, 4),
-            "results": [self._hit(snap, h.id, h.score) | {"interest": n} for h, n in picks],
+            "results": [self._hit(h.id, h.score) | {"interest": n} for h, n in picks],
             "interests": [{"members": [ids[m] for m in it.members], "share": round(it.weight / total, 4)}
                           for it in interests],
             "unknown": unknown,
@@ -428,7 +515,7 @@ class ServeState:
             raise ApiError(422, "invalid_product", f"body id {fields['id']!r} differs from the URL's {product_id!r}")
         if bad := [f for f in _SERVER_FIELDS if f in fields]:
             raise ApiError(422, "invalid_product", f"{', '.join(bad)} cannot be set; upload the image file instead")
-        existing = self._snap.products.get(product_id)
+        existing = self._products.get(product_id)
         if image is None:
             if existing is None:
                 raise ApiError(422, "missing_image", "a new product needs an image file (form field 'image')")
@@ -462,48 +549,47 @@ class ServeState:
                 atomic_write_bytes(path, image)
             meta = product_meta(product, Catalog([product], root=self.workdir.root)) | {
                 "text": text, "image": str(path)}
-            previous = self._snap.products.get(product_id)  # under the lock: the one this write replaces
+            previous = self._products.get(product_id)  # under the lock: the one this write replaces
             created = previous is None
+            content = product_hash(product, text, digest, self.fingerprint)
             self._failpoint("upsert:before_commit")
-            self.store.append([product_id], [product_hash(product, text, digest, self.fingerprint)],
-                              {"image": img_vec, "text": txt_vec}, [meta])
+            self.store.append([product_id], [content], {"image": img_vec, "text": txt_vec}, [meta])
             fsync_dir(self.store.root / "parts")
             self._failpoint("upsert:after_commit")
             vec = {m: _as_stored(v, self.store.dtype) for m, v in (("image", img_vec), ("text", txt_vec))}
             vec["fused"] = l2_normalize(vec["image"] + vec["text"])
-            products = dict(self._snap.products)
-            products[product_id] = meta
+            category = meta["category"] or None
+            hashed = row_hash(content, category)
 
             def change(view: str, index: VectorIndex) -> None:
-                index.add([product_id], vec[view], [meta["category"] or None])
+                index.add([product_id], vec[view], [category], hashes=[hashed])
 
-            self._publish(change, products)
+            self._apply(change, product_id, meta)
             if previous is not None:
-                self._drop_upload(previous, products)  # a replaced photo nobody else uses
+                self._drop_upload(previous)  # a replaced photo nobody else uses
         return meta, created
 
     def delete(self, product_id: str) -> None:
         with self._write_lock:
-            if product_id not in self._snap.products:
+            gone = self._products.get(product_id)
+            if gone is None:
                 raise ApiError(404, "not_found", f"no product with id {product_id!r}")
             self._failpoint("delete:before_commit")
             self.store.delete([product_id])
             fsync_dir(self.store.root / "parts")
             self._failpoint("delete:after_commit")
-            products = dict(self._snap.products)
-            gone = products.pop(product_id)
-            self._publish(lambda view, index: index.remove([product_id]), products)
-            self._drop_upload(gone, products)
+            self._apply(lambda view, index: index.remove([product_id]), product_id, None)
+            self._drop_upload(gone)
 
-    def _drop_upload(self, meta: dict[str, Any], products: dict[str, dict[str, Any]]) -> None:
+    def _drop_upload(self, meta: dict[str, Any]) -> None:
         """Remove `meta`'s uploaded image once a committed write left no product using it.
 
-        Called under the write lock after the commit and the snapshot swap, so no new
+        Called under the write lock after the commit and the in-place apply, so no new
         reader can reach the file and a crash before this line only leaves garbage for
         `_collect_uploads`. Catalog images (outside uploads/) are the owner's; never touched.
         """
         path = Path(str(meta.get("image") or ""))
-        if path.parent != self.uploads or any(m.get("image") == meta.get("image") for m in products.values()):
+        if path.parent != self.uploads or self._image_refs[str(meta.get("image") or "")] > 0:
             return
         self._failpoint("drop_upload")
         try:
@@ -511,21 +597,176 @@ class ServeState:
         except OSError as e:  # the write is done and durable; a stray file is collected at start
             log.warning("could not remove unused upload %s: %s", path, e)
 
-    def _publish(self, change: Callable[[str, VectorIndex], None], products: dict[str, dict[str, Any]]) -> None:
-        """Apply `change` to copies of the indexes, save each, then swap the snapshot in one assignment."""
-        old = self._snap
-        indexes = {}
-        for view, index in old.indexes.items():
-            clone = copy.deepcopy(index)
-            change(view, clone)
-            clone.save(self.workdir.index / view)
-            self._failpoint(f"saved:{view}")
-            indexes[view] = clone
-        self._snap = Snapshot(old.version + 1, indexes, products)
-        self._writes_since_compact += 1
-        if self.compact_every and self._writes_since_compact >= self.compact_every:
-            self.store.compact()  # bounds open time: one main generation instead of many parts
-            self._writes_since_compact = 0
+    def _apply(self, change: Callable[[str, VectorIndex], None], product_id: str,
+               meta: dict[str, Any] | None) -> None:
+        """Apply a committed write to every view and the product table as one step for readers.
+
+        Server stores take it as one transaction; if that fails (the database went away) the
+        write stays in the log, the state is marked degraded, and the next `maintain()` or a
+        restart replays it — a write is never half visible.
+        """
+        with self._rw.write():
+            try:
+                with write_together(self._indexes.values()):
+                    for view, index in self._indexes.items():
+                        change(view, index)
+                        self._failpoint(f"applied:{view}")
+            except StoreUnavailableError as e:
+                self._degraded = f"a committed write is not yet in the vector store ({e}); it is replayed when the store is back"
+                raise ApiError(503, "store_unavailable", str(e)) from None
+            old = self._products.pop(product_id, None)
+            if old is not None:
+                self._category_counts.subtract(_prefixes(old.get("category")))
+                self._image_refs[str(old.get("image") or "")] -= 1
+            if meta is not None:
+                self._products[product_id] = meta
+                self._category_counts.update(_prefixes(meta.get("category")))
+                self._image_refs[str(meta.get("image") or "")] += 1
+            self._version += 1
+            if not self._unsaved:
+                self._first_unsaved = time.monotonic()
+            self._unsaved += 1
+        self._failpoint("applied")
+        if self.snapshot_every and self._unsaved >= self.snapshot_every and self._thread is not None:
+            self._wake.set()
+
+    # ------------------------------------------------------------------ background upkeep
+
+    @cached_property
+    def _wake(self) -> threading.Event:
+        return threading.Event()
+
+    def _maintenance_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.maintain()
+            except Exception:  # upkeep must never take the server down; it retries next tick
+                log.exception("background snapshot/compaction failed; will retry")
+
+    def maintain(self, *, force: bool = False) -> dict[str, Any]:
+        """Snapshot the in-process indexes when due (or `force`), compact the store's parts when
+        there are many, replay the log into a server store that was down. Returns what it did."""
+        did: dict[str, Any] = {}
+        with self._maint_lock:
+            if self._degraded:
+                did["replayed"] = self._replay()
+            due = self._unsaved and (
+                force
+                or (self.snapshot_every and self._unsaved >= self.snapshot_every)
+                or (self.snapshot_seconds and time.monotonic() - self._first_unsaved >= self.snapshot_seconds)
+            )
+            if due and self.in_process:
+                did["snapshot"] = self._snapshot()
+            elif due:
+                self._unsaved = 0  # a server store is its own snapshot
+            if self.compact_parts and self.store.part_count() >= self.compact_parts:
+                did["compacted"] = self._compact_store()
+        return did
+
+    def _snapshot(self) -> bool:
+        """Save every view's index as of now, without holding writers for the save itself."""
+        t0 = time.perf_counter()
+        folders = {view: self.workdir.index / view for view in self._indexes}
+
+        def save_all() -> None:
+            self._failpoint("snapshot:child")
+            for view, index in self._indexes.items():
+                if hasattr(index, "compact"):
+                    index.compact()  # the child's private copy: drop tombstones, pick the kind for the size
+                index.save(folders[view])
+                self._failpoint(f"snapshot:saved:{view}")
+
+        if can_fork():
+            with self._rw.read():  # no write mid-apply: the fork copies a consistent state
+                covered = self._unsaved
+                pid = fork_job(save_all)
+            self._failpoint("snapshot:forked")
+            ok = wait_job(pid)
+        else:  # no fork: save in-process, holding writers off for the duration
+            with self._rw.read():
+                covered = self._unsaved
+                try:
+                    save_all()
+                    ok = True
+                except Exception:
+                    log.exception("snapshot failed")
+                    ok = False
+        if ok:
+            with self._rw.write():
+                self._unsaved -= covered
+                if self._unsaved:
+                    self._first_unsaved = time.monotonic()
+            self._snapshots["taken"] += 1
+            self._snapshots["last_seconds"] = round(time.perf_counter() - t0, 3)
+        else:
+            self._snapshots["failed"] += 1
+        return ok
+
+    def _compact_store(self) -> bool:
+        """Merge the store's parts into a new main generation in a child process: O(catalog)
+        work and memory that requests never wait for (appends go on meanwhile)."""
+        root = self.store.root
+
+        def compact() -> None:
+            EmbeddingStore.open(root).compact()
+
+        ok = wait_job(fork_job(compact)) if can_fork() else _run_ok(compact)
+        if ok:
+            self._snapshots["compactions"] += 1
+        return ok
+
+    def _replay(self) -> bool:
+        """Bring the vector stores back in step with the log after a failed apply."""
+        full = EmbeddingStore.open(self.workdir.embeddings)
+        try:
+            with self._write_lock:
+                indexes, repaired = self.reconcile(full)
+                with self._rw.write():
+                    self._indexes = indexes
+                    self._products = {m["id"]: m for m in full.meta()}
+                    self._category_counts = Counter(
+                        p for m in self._products.values() for p in _prefixes(m.get("category")))
+                    self._image_refs = Counter(str(m.get("image") or "") for m in self._products.values())
+                    self._version += 1
+                self._degraded = None
+            log.info("vector store back: replayed %s", repaired or "nothing")
+            return True
+        except StoreUnavailableError as e:
+            log.warning("vector store still unavailable: %s", e)
+            return False
+
+    def close(self) -> None:
+        """Stop the background thread and save what is unsaved (on a clean shutdown)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+        with self._maint_lock:
+            if self._unsaved and self.in_process:
+                self._snapshot()
+        for index in self._indexes.values():
+            index.close()
+
+
+def _run_ok(fn: Callable[[], None]) -> bool:
+    try:
+        fn()
+        return True
+    except Exception:
+        log.exception("background job failed")
+        return False
+
+
+def _view_rows(store: EmbeddingStore, view: str, ids: Sequence[str]) -> np.ndarray:
+    """The store's vectors of `ids` for one view (fused = normalised image + text)."""
+    if view == "fused":
+        return l2_normalize(store.rows("image", ids) + store.rows("text", ids))
+    return store.rows(view, ids)
 
 
 def _length_problems(fields: dict[str, Any]) -> list[tuple[str, str]]:

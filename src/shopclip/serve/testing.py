@@ -62,7 +62,8 @@ def failpoint(name):
     if crash_at and name == crash_at:
         os._exit(137)
 app = create_app(sys.argv[1], api_key=os.environ.get("SHOPCLIP_TEST_KEY"), failpoint=failpoint,
-                 preload_model=os.environ.get("SHOPCLIP_TEST_PRELOAD") == "1")
+                 preload_model=os.environ.get("SHOPCLIP_TEST_PRELOAD") == "1",
+                 snapshot_every=int(os.environ.get("SHOPCLIP_TEST_SNAPSHOT_EVERY", "1000")))
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
@@ -71,11 +72,11 @@ class ServerProcess:
     """A server in its own process: `kill()` is SIGKILL, nothing gets to flush or clean up."""
 
     def __init__(self, workdir: Path, *, api_key: str | None = None, preload: bool = False,
-                 crash_at: str | None = None, log: Path | None = None) -> None:
+                 crash_at: str | None = None, log: Path | None = None, snapshot_every: int = 1000) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "SHOPCLIP_TEST_PRELOAD": "1" if preload else "0"}
+               "SHOPCLIP_TEST_PRELOAD": "1" if preload else "0", "SHOPCLIP_TEST_SNAPSHOT_EVERY": str(snapshot_every)}
         env.pop("SHOPCLIP_API_KEY", None)
         if api_key:
             env["SHOPCLIP_TEST_KEY"] = api_key
