@@ -42,6 +42,8 @@ class RealEmbeddings:
     categories: list[str]
     splits: list[str]
     views: dict[str, np.ndarray]  # image, text, fused: (n, d) float32, L2-normalised
+    meta: list[dict]  # the store's meta per product (title, category, image path, …)
+    workdir: Path  # the cached full-sample work folder these came from
 
     @property
     def dim(self) -> int:
@@ -67,6 +69,7 @@ def real_embeddings(model: str = "default", *, catalog: Path | None = None, prog
         splits=[m.get("split") or "" for m in meta],
         views={"image": np.array(store.vectors("image")), "text": np.array(store.vectors("text")),
                "fused": fused_vectors(store)},
+        meta=meta, workdir=work,
     )
 
 

@@ -508,7 +508,11 @@ class ServeState:
     # ------------------------------------------------------------------ writes
 
     def upsert(self, product_id: str, fields: dict[str, Any], image: bytes | None) -> tuple[dict[str, Any], bool]:
-        """Validate like a catalog row, embed, commit to the store, update and save the indexes."""
+        """Validate like a catalog row, embed, commit to the store, apply to the indexes in place."""
+        return self.commit_upsert(self.prepare_upsert(product_id, fields, image))
+
+    def prepare_upsert(self, product_id: str, fields: dict[str, Any], image: bytes | None) -> PreparedUpsert:
+        """Everything before the write lock: validation, decoding and the model (the slow part)."""
         if not _ID_RE.match(product_id):
             raise ApiError(422, "invalid_id", f"product ids must match {ID_PATTERN} (no '/', no leading '.')")
         if "id" in fields and str(fields["id"]) != product_id:
@@ -543,15 +547,21 @@ class ServeState:
         text = product.text()
         img_vec = model.encode_image([img], num_workers=1)
         txt_vec = model.encode_text([text])
+        return PreparedUpsert(product_id, product, text, image, rel, digest, img_vec, txt_vec)
+
+    def commit_upsert(self, prep: PreparedUpsert) -> tuple[dict[str, Any], bool]:
+        """The write itself: commit to the log, apply in place. Its cost does not grow with the catalog."""
+        product_id, product, text, img_vec, txt_vec = prep.product_id, prep.product, prep.text, prep.image_vec, \
+            prep.text_vec
         with self._write_lock:
-            path = self.workdir.root / rel
+            path = self.workdir.root / prep.rel
             if not path.exists():
-                atomic_write_bytes(path, image)
+                atomic_write_bytes(path, prep.image)
             meta = product_meta(product, Catalog([product], root=self.workdir.root)) | {
                 "text": text, "image": str(path)}
             previous = self._products.get(product_id)  # under the lock: the one this write replaces
             created = previous is None
-            content = product_hash(product, text, digest, self.fingerprint)
+            content = product_hash(product, text, prep.digest, self.store.model)  # == the model's, checked in prepare
             self._failpoint("upsert:before_commit")
             self.store.append([product_id], [content], {"image": img_vec, "text": txt_vec}, [meta])
             fsync_dir(self.store.root / "parts")
@@ -751,6 +761,20 @@ class ServeState:
                 self._snapshot()
         for index in self._indexes.values():
             index.close()
+
+
+@dataclass(frozen=True)
+class PreparedUpsert:
+    """A validated, embedded product waiting for the write lock (see `ServeState.prepare_upsert`)."""
+
+    product_id: str
+    product: Any  # catalog.schema.Product
+    text: str
+    image: bytes
+    rel: str  # uploads/<sha1>.<ext>
+    digest: str
+    image_vec: np.ndarray
+    text_vec: np.ndarray
 
 
 def _run_ok(fn: Callable[[], None]) -> bool:
