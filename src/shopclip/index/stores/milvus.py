@@ -59,6 +59,7 @@ from shopclip.index.base import (
 )
 from shopclip.index.stores.naming import default_name
 
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's C core logs every fork() of this process at INFO
 try:
     from pymilvus import DataType, MilvusClient, MilvusException
 except ImportError as e:  # get_backend turns this into "pip install 'shopclip[milvus]'"
@@ -440,8 +441,9 @@ class MilvusIndex(VectorIndex):
         here = Path(folder).resolve().parent.parent
         workdir = overrides.pop("workdir", None) or (
             str(here) if (here / "milvus.db").exists() or manifest.get("workdir") is None else manifest["workdir"])
+        dim = overrides.pop("dim", manifest["dim"])  # the caller's vectors, checked against the live table
         options = {**manifest.get("options", {}), **overrides}
-        return cls(dim=manifest["dim"], uri=uri, view=manifest.get("view", "default"), workdir=workdir,
+        return cls(dim=dim, uri=uri, view=manifest.get("view", "default"), workdir=workdir,
                    name=manifest.get("name"), alias=manifest["alias"], _existing=True, **options)
 
     def close(self) -> None:

@@ -538,8 +538,9 @@ class PgVectorIndex(VectorIndex):
             raise ValueError(f"{folder} holds a {manifest['backend']!r} index, not {cls.backend!r}")
         uri = overrides.pop("uri", None) or manifest["uri"]
         workdir = overrides.pop("workdir", None) or _workdir_of(folder, manifest)
+        dim = overrides.pop("dim", manifest["dim"])  # the caller's vectors, checked against the live table
         options = {**manifest.get("options", {}), **overrides}
-        return cls(dim=manifest["dim"], uri=uri, view=manifest.get("view", "default"), workdir=workdir,
+        return cls(dim=dim, uri=uri, view=manifest.get("view", "default"), workdir=workdir,
                    name=manifest.get("name"), table=manifest["table"], _existing=True, **options)
 
     def close(self) -> None:
