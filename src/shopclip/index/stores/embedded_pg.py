@@ -63,9 +63,10 @@ class EmbeddedPostgres:
     @property
     def uri(self) -> str:
         info = self._postmaster()
-        if info is None:
+        port = info[1] if info else self.port  # stopped: where it listened (and will again)
+        if port is None:
             raise StoreUnavailableError(f"embedded PostgreSQL in {self.pgdata} is not running")
-        return f"postgresql://postgres@127.0.0.1:{info[1]}/{self.database}"
+        return f"postgresql://postgres@127.0.0.1:{port}/{self.database}"
 
     @property
     def pid(self) -> int | None:
@@ -106,7 +107,7 @@ class EmbeddedPostgres:
                 server = PostgresServer(self.pgdata, cleanup_mode=None)
                 try:
                     server.ensure_pgdata_inited()  # initdb (trust auth, loopback only) + permissions for its user
-                    port = self.port or _free_port()
+                    port = self.port = self.port or _free_port()  # a restart keeps the port: URIs stay valid
                     pgexec("pg_ctl", ("-w", "-t", str(int(timeout)), "-o", f'-h 127.0.0.1 -p {port} -k ""',
                                       "-l", str(self.pgdata / "log"), "-D", str(self.pgdata), "start"),
                            bin_path=server.bin_path, user=server.system_user, timeout=timeout + 10)

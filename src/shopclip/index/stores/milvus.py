@@ -406,8 +406,9 @@ class MilvusIndex(VectorIndex):
         if self._current != self.alias:
             with self._errors():
                 old = None
-                with contextlib.suppress(MilvusException):
-                    old = self._c.describe_alias(self.alias).get("collection_name")
+                if self._c.has_collection(self.alias):  # the alias, or a plain collection of that name
+                    with contextlib.suppress(MilvusException):
+                        old = self._c.describe_alias(self.alias).get("collection_name")
                 if old is None:
                     if self._c.has_collection(self.alias):  # a plain collection under the name: replace it
                         self._c.drop_collection(self.alias)

@@ -60,14 +60,13 @@ try:
     import psycopg
     from pgvector.psycopg import register_vector
     from psycopg import sql
-    from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError as e:  # get_backend turns this into "pip install 'shopclip[pgvector]'"
-    raise ImportError(f"the pgvector store needs psycopg, psycopg_pool and pgvector ({e.name} is missing)") from e
+    raise ImportError(f"the pgvector store needs psycopg and pgvector ({e.name} is missing)") from e
 
 EMBEDDED = "embedded"
 MIN_PGVECTOR = (0, 8, 0)  # hnsw.iterative_scan
 # Server-side failures that mean "the database is not usable now", as opposed to a bug in a query.
-_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed)
+_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def redact(uri: str) -> str:
@@ -85,6 +84,79 @@ def redact(uri: str) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------- connections
+
+
+class Pool:
+    """Up to `max_size` autocommit connections, each checked before it is handed out.
+
+    Deliberately small: a connection that fails to open raises at once (the caller answers
+    503 now instead of queueing), and the first request after the database is back opens a
+    fresh connection, with no background reconnect schedule to wait for. (psycopg_pool's
+    exponential reconnect back-off kept a pool failing for over a minute after PostgreSQL
+    had restarted in the fault tests here.)
+    """
+
+    def __init__(self, conninfo: str, max_size: int, timeout: float, configure: Callable[[Any], None]) -> None:
+        self.conninfo = conninfo
+        self.timeout = float(timeout)
+        self._configure = configure
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_size)
+        self._max = max_size
+
+    def getconn(self) -> Any:
+        if not self._slots.acquire(timeout=self.timeout):
+            raise psycopg.OperationalError(f"all {self._max} connections busy for {self.timeout:.0f}s")
+        try:
+            while True:
+                with self._lock:
+                    conn = self._idle.pop() if self._idle else None
+                if conn is None:
+                    break
+                try:
+                    conn.execute("")  # a round trip: drops connections a restarted server closed
+                    return conn
+                except psycopg.Error:
+                    conn.close()
+            conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=max(1, int(self.timeout)))
+            try:
+                self._configure(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def putconn(self, conn: Any) -> None:
+        try:
+            if conn.closed or conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        conn = self.getconn()
+        try:
+            yield conn
+        finally:
+            self.putconn(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 # --------------------------------------------------------------------------- one database
@@ -106,18 +178,18 @@ class Database:
         self.key = f"pgvector:{label}"
         self.timeout = float(timeout)
         self._max_size = int(max_size)
-        self._pool: ConnectionPool | None = None
+        self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
         self._local = threading.local()
         self._settings: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
         self.users = 0
 
     @classmethod
-    def get(cls, conninfo: str, label: str) -> Database:
+    def get(cls, conninfo: str, label: str, timeout: float = 5.0) -> Database:
         with cls._open_lock:
             db = cls._open.get(conninfo)
             if db is None:
-                db = cls._open[conninfo] = cls(conninfo, label)
+                db = cls._open[conninfo] = cls(conninfo, label, timeout=timeout)
             db.users += 1
             return db
 
@@ -127,7 +199,7 @@ class Database:
             if self.users <= 0:
                 self._open.pop(self.conninfo, None)
                 if self._pool is not None:
-                    self._pool.close(timeout=2)
+                    self._pool.close()
                     self._pool = None
 
     def down(self, e: BaseException) -> StoreUnavailableError:
@@ -171,15 +243,10 @@ class Database:
         conn.execute("SET hnsw.iterative_scan = relaxed_order")
 
     @property
-    def pool(self) -> ConnectionPool:
+    def pool(self) -> Pool:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ConnectionPool(
-                    self.conninfo, min_size=1, max_size=self._max_size, open=False, timeout=self.timeout,
-                    kwargs={"autocommit": True, "connect_timeout": int(self.timeout)},
-                    configure=self._configure, check=ConnectionPool.check_connection,
-                    reconnect_timeout=30, name=self.key)
-                self._pool.open(wait=False)
+                self._pool = Pool(self.conninfo, self._max_size, self.timeout, self._configure)
             return self._pool
 
     @property
@@ -279,7 +346,7 @@ class PgVectorIndex(VectorIndex):
         self.max_scan_tuples = int(max_scan_tuples)
         self.timeout = float(timeout)
         conninfo, label = self._conninfo()
-        self._db = Database.get(conninfo, label)
+        self._db = Database.get(conninfo, label, self.timeout)
         self._closed = False
         try:
             self._db.check()
@@ -487,7 +554,7 @@ class PgVectorIndex(VectorIndex):
 
     def health(self) -> str | None:
         try:
-            with self._db.errors(), self._db.pool.connection(timeout=min(self.timeout, 2.0)) as conn:
+            with self._db.errors(), self._db.pool.connection() as conn:
                 conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 0").format(self._ident()))
         except StoreUnavailableError as e:
             return str(e)
