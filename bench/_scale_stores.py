@@ -47,7 +47,7 @@ def _recall(got: list[list[str]], want: list[list[str]]) -> float:
     return round(float(np.mean([len(set(g) & set(w)) / max(len(w), 1) for g, w in zip(got, want, strict=True)])), 4)
 
 
-def measure_stores(quick: bool, *, n: int | None = None, n_queries: int | None = None,
+def measure_stores(quick: bool, *, n: int | None = None, n_queries: int | None = None, model: str = "default",
                    arms: tuple[str, ...] = ("faiss-exact", "faiss-hnsw", "pgvector", "milvus-lite")) -> dict[str, Any]:
     """Build each store over the same `n` synthetic vectors, then time interleaved single queries."""
     from shopclip.index import create_index
@@ -55,7 +55,7 @@ def measure_stores(quick: bool, *, n: int | None = None, n_queries: int | None =
     n = n or (3_000 if quick else 100_000)
     nq = n_queries or (20 if quick else 200)
     warm = 3 if quick else 10
-    real = real_embeddings("default", progress=False)
+    real = real_embeddings(model, progress=False)
     cat = synthetic_catalog(real, n, view="fused", seed=0)
     ids, x, cats = cat.ids, cat.vectors, cat.categories
     q, qcats = cat.queries(nq + warm, seed=3)
@@ -139,9 +139,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--queries", type=int, default=None)
+    ap.add_argument("--model", default="default", help="model whose real sample embeddings the vectors are drawn "
+                    "around (a path to the same weights reuses another checkout's cached build)")
     args = ap.parse_args()
     prov = Provenance.start()
-    result = {"quick": args.quick, "stores": measure_stores(args.quick, n=args.n, n_queries=args.queries)}
+    result = {"quick": args.quick, "stores": measure_stores(args.quick, n=args.n, n_queries=args.queries,
+                                                             model=args.model)}
     write_result(args.out, result, prov)
     print(f"wrote {args.out}")
 
