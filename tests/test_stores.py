@@ -391,3 +391,40 @@ def test_milvus_embedded_uri_is_a_lite_file_in_the_work_folder(tmp_path):
     again = load_index(tmp_path / "index" / "text")
     assert (tmp_path / "milvus.db").exists() and again.ids == ["a"] and again.get_category("a") == LEAVES[0]
     again.close()
+
+
+def test_pg_index_build_swaps_all_three_views_in_one_transaction(postgres, serve_workdir, tmp_path, monkeypatch):
+    """`index build` into PostgreSQL: a build that fails on its last view leaves every view's old table live."""
+    import psycopg
+
+    from shopclip.index.stores.pgvector import PgVectorIndex
+    from shopclip.pipeline.indexing import build_indexes
+
+    work = tmp_path / "work"
+    shutil.copytree(serve_workdir, work)
+
+    def oids() -> dict[str, int]:
+        with psycopg.connect(postgres.uri) as conn:
+            return {v: conn.execute("SELECT %s::regclass::oid", (f"tv_{v}",)).fetchone()[0]
+                    for v in ("image", "text", "fused")}
+
+    build_indexes(work / "embeddings", work / "index", backend="pgvector", uri=postgres.uri, name="tv")
+    first = oids()
+    real_save = PgVectorIndex.save
+
+    def failing_save(self, folder):
+        if self.view == "fused":
+            raise RuntimeError("the build dies on its last view")
+        real_save(self, folder)
+
+    monkeypatch.setattr(PgVectorIndex, "save", failing_save)
+    with pytest.raises(RuntimeError):
+        build_indexes(work / "embeddings", work / "index", backend="pgvector", uri=postgres.uri, name="tv")
+    assert oids() == first  # image and text were not swapped either
+    monkeypatch.setattr(PgVectorIndex, "save", real_save)
+    build_indexes(work / "embeddings", work / "index", backend="pgvector", uri=postgres.uri, name="tv")
+    second = oids()
+    assert all(second[v] != first[v] for v in first)
+    with psycopg.connect(postgres.uri) as conn:
+        assert [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'tv_%%__new%%'")] == []
+    assert len(load_index(work / "index" / "fused")) == len(load_index(work / "index" / "image")) > 0

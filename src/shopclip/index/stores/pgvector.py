@@ -172,7 +172,7 @@ class Database:
     _open: dict[str, Database] = {}
     _open_lock = threading.Lock()
 
-    def __init__(self, conninfo: str, label: str, *, max_size: int = 8, timeout: float = 5.0) -> None:
+    def __init__(self, conninfo: str, label: str, *, max_size: int = 16, timeout: float = 5.0) -> None:
         self.conninfo = conninfo
         self.label = label
         self.key = f"pgvector:{label}"
@@ -271,6 +271,14 @@ class Database:
         else:
             fn()
 
+    def before_commit(self, fn: Callable[[Any], None]) -> None:
+        """Run `fn(connection)` as the last statements of the current transaction (its own one, when none)."""
+        if self.in_transaction:
+            self._local.before.append(fn)
+        else:
+            with self.transaction(), self.connection() as conn:
+                fn(conn)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         if self.in_transaction:  # nested: joins the outer transaction
@@ -278,10 +286,12 @@ class Database:
             return
         with self.errors():
             conn = self.pool.getconn()
-        self._local.conn, self._local.after = conn, []
+        self._local.conn, self._local.after, self._local.before = conn, [], []
         try:
             with self.errors(), conn.transaction():
                 yield
+                for fn in self._local.before:
+                    fn(conn)
             after = self._local.after
         except BaseException:
             self._settings.pop(conn, None)  # a rolled-back SET is undone
@@ -348,6 +358,7 @@ class PgVectorIndex(VectorIndex):
         conninfo, label = self._conninfo()
         self._db = Database.get(conninfo, label, self.timeout)
         self._closed = False
+        self._tx_rows = False  # rows added to the staging table inside a still-open transaction
         try:
             self._db.check()
             if _existing:
@@ -413,7 +424,10 @@ class PgVectorIndex(VectorIndex):
         """HNSW + GIN over what the staging table holds: one bulk build, not row-by-row inserts."""
         if self._has_hnsw:
             return
-        with self._db.connection() as conn:
+        # on a connection of its own when the rows are committed: a long build inside a write_together
+        # transaction would otherwise run after another view's swap and hold that live table locked
+        conns = self._db.connection() if self._tx_rows else _own(self._db)
+        with conns as conn:
             conn.execute("SET maintenance_work_mem = '512MB'")
             conn.execute(sql.SQL(
                 "CREATE INDEX {} ON {} USING hnsw (embedding vector_ip_ops) WITH (m = {}, ef_construction = {})"
@@ -421,6 +435,7 @@ class PgVectorIndex(VectorIndex):
             conn.execute(sql.SQL("CREATE INDEX {} ON {} USING gin (cat_prefixes)").format(
                 self._ident("_cat"), self._ident()))
             conn.execute(sql.SQL("ANALYZE {}").format(self._ident()))
+            conn.execute("RESET maintenance_work_mem")
         self._has_hnsw = True
 
     # -- mutation
@@ -444,6 +459,7 @@ class PgVectorIndex(VectorIndex):
             cat = categories[r] if categories is not None else None
             records.append((i, x[r], category_text(cat), _prefixes(cat), given[r]))
         cols = sql.SQL("(id, embedding, category, cat_prefixes, hash)")
+        self._tx_rows = self._tx_rows or (self._db.in_transaction and self._current != self.table)
         with self._db.transaction(), self._db.connection() as conn:
             conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._ident()), (ids,))
             if len(records) <= 32:
@@ -567,9 +583,10 @@ class PgVectorIndex(VectorIndex):
         """Swap a staging table in (one transaction), then write the manifest: where the rows are."""
         count = len(self)
         if self._current != self.table:
-            self._build_indexes()
+            self._build_indexes()  # before any view's swap: no live table is locked during a build
             staging = self._current
-            with self._db.transaction(), self._db.connection() as conn:
+
+            def swap(conn: Any) -> None:
                 leftovers = [r[0] for r in conn.execute(
                     "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
                     "AND tablename LIKE %s AND tablename <> %s", (_like_prefix(self.table + "__new_"), staging))]
@@ -581,10 +598,16 @@ class PgVectorIndex(VectorIndex):
                     conn.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
                         sql.Identifier(staging + suffix), sql.Identifier(self.table + suffix)))
 
-                def swapped() -> None:
-                    self._current = self.table
+            def swapped() -> None:
+                self._current = self.table
 
+            # inside write_together (index build), every view swaps at the end of one transaction
+            in_tx = self._db.in_transaction
+            self._db.before_commit(swap)
+            if in_tx:
                 self._db.on_commit(swapped)
+            else:
+                swapped()
         manifest = {
             "backend": self.backend,
             "dim": self.dim,
@@ -625,6 +648,13 @@ class PgVectorIndex(VectorIndex):
 
     def __repr__(self) -> str:
         return f"PgVectorIndex(table={self._current!r}, dim={self.dim}, at={self._db.label})"
+
+
+@contextlib.contextmanager
+def _own(db: Database) -> Iterator[Any]:
+    """A pooled connection even while this thread holds a transaction."""
+    with db.errors(), db.pool.connection() as conn:
+        yield conn
 
 
 def _prefixes(category: CategoryLike) -> list[str]:
