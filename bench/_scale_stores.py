@@ -44,7 +44,9 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _recall(got: list[list[str]], want: list[list[str]]) -> float:
-    return round(float(np.mean([len(set(g) & set(w)) / max(len(w), 1) for g, w in zip(got, want, strict=True)])), 4)
+    """Mean share of exact's top-k found; a filter matching nothing is right when nothing comes back."""
+    return round(float(np.mean([len(set(g) & set(w)) / len(w) if w else float(not g)
+                                for g, w in zip(got, want, strict=True)])), 4)
 
 
 def measure_stores(quick: bool, *, n: int | None = None, n_queries: int | None = None, model: str = "default",
