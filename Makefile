@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -e '.[all,dev]'
+	# Milvus separately: pymilvus needs protobuf >= 5, mediapipe declares < 5 (see pyproject); pip warns, both work.
+	$(PIP) -e '.[milvus]'
+	$(BIN)/python -c "import pymilvus, milvus_lite"
 	touch $(STAMP)
 
 install: $(STAMP)

