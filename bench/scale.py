@@ -66,7 +66,10 @@ def synthetic_workdir(real, n: int, *, quick: bool, store: str = "faiss", uri: s
     from shopclip.pipeline.indexing import VIEWS, build_indexes, record_source, row_hash
 
     key = hashlib.sha1(f"{real.model}|{n}|{store}|{json.dumps(index_options or {}, sort_keys=True)}".encode()).hexdigest()[:10]
-    root = cache_root() / f"scale-{store}-{n}-{key}"
+    # An embedded PostgreSQL (run as root it becomes a 'pgserver' user) makes every parent of its data folder
+    # readable by others: keep server-store folders under /tmp, never under the home folder.
+    base = cache_root() if store == "faiss" else Path("/tmp") / "shopclip-bench"
+    root = base / f"scale-{store}-{n}-{key}"
     done = root / ".complete"
     if done.exists():
         return root, float(done.read_text() or 0)
