@@ -46,6 +46,8 @@ index_app = typer.Typer(help="Build ANN indexes over stored embeddings (after `s
 app.add_typer(index_app, name="index")
 console = Console()
 err = Console(stderr=True)
+ENGINE_HELP = ("Inference engine: torch, onnx (fp32) or onnx-int8 (default: $SHOPCLIP_ENGINE, else the measured "
+               "default; see `shopclip models`)")
 
 
 def _quiet_libraries() -> None:
@@ -126,14 +128,16 @@ def embed(
     model: Annotated[str, typer.Option(help="Model name, model/run folder, or hub spec (see `shopclip models`)")] = "default",
     dtype: Annotated[str, typer.Option(help="float16 or float32")] = "float16",
     sample: Annotated[int | None, typer.Option(help="Embed only a deterministic sample of N products")] = None,
+    engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
 ) -> None:
     """Embed every valid product's image and text (resumable: unchanged products are skipped).
 
-    Example: shopclip embed ../shared/data/products/catalog.jsonl --out work --model default
+    Example: shopclip embed ../shared/data/products/catalog.jsonl --out work --model default --engine onnx-int8
     """
     from shopclip.pipeline.build import BuildOptions
 
-    _run_build(catalog, out, BuildOptions(model=model, dtype=dtype, sample=sample), only=("validate", "embed"))
+    _run_build(catalog, out, BuildOptions(model=model, dtype=dtype, sample=sample, engine=engine),
+               only=("validate", "embed"))
 
 
 @index_app.command("build")
@@ -283,6 +287,7 @@ def build_cmd(
     train: Annotated[bool, typer.Option(help="Train the heads on this catalog (cached tower features) before "
                                              "embedding; the build then uses the trained model")] = False,
     train_epochs: Annotated[int, typer.Option(help="Epochs of the --train stage")] = 40,
+    engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
 ) -> None:
     """Run the whole pipeline (validate → [ground] → [enrich] → [train] → embed → index); a re-run does only what changed.
 
@@ -298,7 +303,7 @@ def build_cmd(
     if train:
         extra.update(train=True, train_epochs=train_epochs)
     options = BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images, force=force,
-                           extra=extra)
+                           engine=engine, extra=extra)
     _run_build(catalog, workdir, options, announce=True)
 
 
@@ -333,6 +338,9 @@ def models() -> None:
 
     console.print("models: " + ", ".join(list_models()))
     console.print("towers: " + ", ".join(list_towers()))
+    from shopclip.models.engines import ENGINES, default_engine
+
+    console.print(f"engines (--engine): {', '.join(ENGINES)}; default {default_engine()}")
     console.print("also: a model or run folder, hf-clip:<id>, hf-siglip:<id>, open_clip:<arch>/<tag> (need a model hub)")
 
 

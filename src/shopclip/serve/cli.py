@@ -28,6 +28,8 @@ def serve_command(
     preload: Annotated[bool, typer.Option(help="Load the model before taking traffic")] = True,
     threads: Annotated[int | None, typer.Option(help="torch threads per query; 1 suits concurrent traffic, 0 = torch default")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    engine: Annotated[str | None, typer.Option(help="Inference engine: torch, onnx or onnx-int8 (default: the one "
+                                               "the work folder was embedded with)")] = None,
 ) -> None:
     """Serve search, similar items, recommendations and a web page for a work folder.
 
@@ -48,6 +50,16 @@ def serve_command(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("shopclip").setLevel(logging.INFO)  # our load/repair lines, not every library's
+    from shopclip.models.engines import ENGINE_ENV, check_engine
+    from shopclip.pipeline.workdir import WorkDir
+
+    engine = engine or WorkDir(workdir).read().get("engine")
+    if engine:  # every load_model in this process (the server loads lazily) runs on it
+        try:
+            os.environ[ENGINE_ENV] = check_engine(engine)
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
     if threads:
         import torch
 
