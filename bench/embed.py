@@ -137,15 +137,16 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def rounds(arms: dict[str, Callable[[], Any]], n_items: int, n_rounds: int) -> dict[str, dict[str, Any]]:
-    """Items/s per arm: each arm once to warm up, then `n_rounds` rounds in alternating order; median."""
+def rounds(arms: dict[str, Callable[[list], Any]], items: list, n_rounds: int) -> dict[str, dict[str, Any]]:
+    """Items/s per arm: each arm warms up on a slice, then `n_rounds` rounds over all items in alternating order
+    (A B C D, D C B A, ...); the median over rounds."""
     names = list(arms)
     for name in names:
-        arms[name]()
+        arms[name](items[: max(8, len(items) // 8)])
     per: dict[str, list[float]] = {n: [] for n in names}
     for r in range(n_rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            per[name].append(n_items / timed(arms[name]))
+            per[name].append(len(items) / timed(lambda name=name: arms[name](items)))
     return {n: {"per_s": round(statistics.median(v), 2), "rounds": [round(x, 2) for x in v]} for n, v in per.items()}
 
 
@@ -208,14 +209,14 @@ def ratios(block: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def measure(models: dict[str, Any], ref: EagerReference, paths: list[Path], texts: list[str], queries: list[str],
             n_rounds: int) -> dict[str, Any]:
-    img_arms: dict[str, Callable[[], Any]] = {"eager_reference": lambda: ref.images(paths)}
-    txt_arms: dict[str, Callable[[], Any]] = {"eager_reference": lambda: ref.texts(texts)}
+    img_arms: dict[str, Callable[[list], Any]] = {"eager_reference": ref.images}
+    txt_arms: dict[str, Callable[[list], Any]] = {"eager_reference": ref.texts}
     for arm, m in models.items():
-        img_arms[arm] = lambda m=m: m.encode_image(paths)
-        txt_arms[arm] = lambda m=m: m.encode_text(texts)
+        img_arms[arm] = m.encode_image
+        txt_arms[arm] = m.encode_text
     return {
-        "images_per_s": ratios(rounds(img_arms, len(paths), n_rounds)),
-        "texts_per_s": ratios(rounds(txt_arms, len(texts), n_rounds)),
+        "images_per_s": ratios(rounds(img_arms, paths, n_rounds)),
+        "texts_per_s": ratios(rounds(txt_arms, texts, n_rounds)),
         "text_query_latency": {arm: query_latency(m, queries) for arm, m in models.items()},
     }
 
@@ -272,16 +273,16 @@ def int8_alternatives(model: Any, test_paths: list[Path], test_texts: list[str],
 # ------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=512, help="product photos per throughput measurement")
-    ap.add_argument("--texts", type=int, default=2048, help="product texts per throughput measurement")
-    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds per block (median reported)")
-    ap.add_argument("--queries", type=int, default=300, help="single text queries timed per engine")
+    ap.add_argument("--images", type=int, default=320, help="product photos per throughput measurement")
+    ap.add_argument("--texts", type=int, default=768, help="product texts per throughput measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per idle block (median reported)")
+    ap.add_argument("--queries", type=int, default=200, help="single text queries timed per engine")
     ap.add_argument("--quick", action="store_true", help="a few products, 1 round, no background-load block")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results/embed.json; "
                     "a --quick run writes only where --out says)")
     args = ap.parse_args()
     if args.quick:
-        args.images, args.texts, args.rounds, args.queries = 24, 64, 1, 20
+        args.images, args.texts, args.rounds, args.queries = 16, 32, 1, 10
     out = args.out or (None if args.quick else RESULTS / "embed.json")
 
     from shopclip.catalog import Catalog
@@ -295,7 +296,7 @@ def main() -> None:
     products = list(cat)
     test = [p for p in products if p.split == "test"]
     if args.quick:
-        test = test[:64]
+        test = test[:32]
     train_sample = calibration_images(cat)  # what `shopclip build --engine onnx-int8` calibrates on
     paths = [cat.image_path(p) for p in products[: args.images]]
     texts = [p.text() for p in products[: args.texts]]
@@ -327,7 +328,7 @@ def main() -> None:
     loaded = None
     if not args.quick:
         with BackgroundLoad(2):
-            loaded = measure(models, ref, paths, texts, queries, max(2, args.rounds // 2))
+            loaded = measure(models, ref, paths, texts, queries, 2)
     alternatives = None if args.quick else int8_alternatives(
         models["onnx_int8"], test_paths, test_texts, train_sample, [p.text() for p in products if p.split == "train"][:256],
         vectors["onnx_int8"])
