@@ -230,7 +230,7 @@ def test_cli_engine_option_and_the_build_feature_path(tmp_path, mini_catalog):
     stores = {}
     for engine in ("torch", "onnx", "onnx-int8"):
         res = _shopclip("embed", str(mini_catalog), "--out", str(tmp_path / engine), "--engine", engine,
-                        "--dtype", "float32")
+                        "--dtype", "float32", "--sample", "12")
         assert res.returncode == 0, res.stderr[-2000:]
         manifest = json.loads((tmp_path / engine / "shopclip.json").read_text())
         assert manifest["engine"] == engine
@@ -277,3 +277,22 @@ def test_onnx_sessions_do_not_spin():
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert so.get_session_config_entry("session.inter_op.allow_spinning") == "0"
     assert so.intra_op_num_threads == 2
+
+
+def test_a_model_with_an_onnx_engine_deep_copies(tmp_path, rows):
+    import copy
+
+    folder = _tiny_folder(tmp_path / "m")
+    m = load_model(folder, engine="onnx")
+    texts = [r["title"] for r in rows[:3]]
+    before = m.encode_text(texts)
+    twin = copy.deepcopy(m)  # the trainer deep-copies its model to export it
+    assert twin.engine is not m.engine and twin.engine.model is twin
+    np.testing.assert_allclose(twin.encode_text(texts), before, atol=1e-6)
+
+
+def test_serve_takes_the_engine_option(tmp_path):
+    res = _shopclip("serve", "--help")
+    assert res.returncode == 0 and "--engine" in res.stdout
+    res = _shopclip("serve", str(tmp_path), "--engine", "tensorrt")
+    assert res.returncode == 2 and "torch, onnx, onnx-int8" in res.stderr

@@ -110,6 +110,16 @@ class OnnxEngine(InferenceEngine):
         self._text_keys: list[str] | None = None
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles (the trainer deep-copies its model) carry the recipe, not open sessions."""
+        state = dict(self.__dict__)
+        state.update(_sessions={}, _variant={}, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # ------------------------------------------------------------------ files
     def _file(self, kind: str, suffix: str) -> str:
         return f"{kind}-{self._fp[kind][:20]}.{suffix}"
