@@ -78,7 +78,8 @@ def test_single_query_path_equals_the_batch_path(engines, engine):
 
 def test_length_bucketing_restores_the_input_order(engines):
     m = engines["torch"]
-    texts = ["a", "a much longer product text " * 6, "mid length text here", "b c", "another long one " * 4, "x"]
+    texts = ["a", "a much longer product text " * 6, "mid length text here", "b c", "another long one " * 4, "x",
+             "far past the 64-token limit, truncated like the tower's own tokenizer " * 12]
     batches = length_bucketed(m.text_tower, texts, batch_size=2)
     order = np.concatenate([b.index for b in batches])
     assert sorted(order.tolist()) == list(range(len(texts)))

@@ -6,7 +6,8 @@ tower gets new graphs and stale ones of that model folder are deleted:
 
     <model folder>/onnx/image-<fp20>.fp32.onnx
     <model folder>/onnx/image-<fp20>.int8-static.onnx   + image-<fp20>.calibration.json (ranges)
-    <model folder>/onnx/text-<fp20>.fp32.onnx
+    <model folder>/onnx/text-<fp20>.export.onnx        (as exported; what int8 quantises)
+    <model folder>/onnx/text-<fp20>.fp32.onnx          (with ONNX Runtime's transformer fusions)
     <model folder>/onnx/text-<fp20>.int8-dynamic.onnx
 
 The model folder is used when writable; otherwise (a model inside site-packages, a
