@@ -53,7 +53,9 @@ def serve_command(
     from shopclip.models.engines import ENGINE_ENV, check_engine
     from shopclip.pipeline.workdir import WorkDir
 
-    engine = engine or WorkDir(workdir).read().get("engine")
+    recorded = WorkDir(workdir).read()
+    # The engine the store was embedded with; folders built before engines existed were torch.
+    engine = engine or recorded.get("engine") or ("torch" if "embed" in recorded.get("stages", {}) else None)
     if engine:  # every load_model in this process (the server loads lazily) runs on it
         try:
             os.environ[ENGINE_ENV] = check_engine(engine)
