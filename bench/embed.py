@@ -33,6 +33,14 @@ on the sample's test split (query text = ``Product.text()``: title, category, at
 description; gallery = the test split's photos), single-text-query latency p50/p99 per
 engine, and the recall of the int8 recipes not chosen (image dynamic, text static).
 
+Found (bench/results/embed.json, 2 busy cores): for images the tower, not decode, is the
+bound — decode + pad + normalise alone runs ~750/s on 4 threads, the int8 graph alone
+~150/s, torch's fast path ~34/s — so the work went into the engine (int8 static QDQ,
+runs of 8 images); decode threads overlap it. The reference loses most to the NCHW
+whole-batch forward (~3.7x behind shopclip's torch path) and its single decode thread.
+For texts, padding to the batch's longest member and fp32 attention dominate: length
+buckets + int8 MatMuls; ONNX Runtime's fp32 text graph is no faster than torch here.
+
     .venv/bin/python bench/embed.py                           # writes bench/results/embed.json
     .venv/bin/python bench/embed.py --quick --out /tmp/e.json  # seconds: few products, no load block
 """

@@ -43,13 +43,18 @@ from shopclip.models.text_batching import length_bucketed
 CLEAN_VIEW = "clean"
 
 
-def default_cache_dir() -> Path:
-    """`$SHOPCLIP_CACHE_DIR`, else `$XDG_CACHE_HOME/shopclip`, else `~/.cache/shopclip`; features go under it."""
+def cache_root() -> Path:
+    """`$SHOPCLIP_CACHE_DIR`, else `$XDG_CACHE_HOME/shopclip`, else `~/.cache/shopclip`."""
     env = os.environ.get("SHOPCLIP_CACHE_DIR")
     if env:
-        return Path(env) / "features"
+        return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "shopclip" / "features"
+    return Path(base) / "shopclip"
+
+
+def default_cache_dir() -> Path:
+    """Where tower features are cached: `features/` under :func:`cache_root`."""
+    return cache_root() / "features"
 
 
 def tower_fingerprint(tower: nn.Module, **preprocessing: Any) -> str:

@@ -49,11 +49,10 @@ IMAGE_CHUNK = 8  # images per session run (int8 graph on 2 cores: 4 → 118/s, 8
 
 
 def default_onnx_dir() -> Path:
-    env = os.environ.get("SHOPCLIP_CACHE_DIR")
-    if env:
-        return Path(env) / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "shopclip" / "onnx"
+    """`onnx/` under shopclip's cache root (`$SHOPCLIP_CACHE_DIR`, else `~/.cache/shopclip`)."""
+    from shopclip.models.features import cache_root
+
+    return cache_root() / "onnx"
 
 
 def _writable(folder: Path) -> bool:
