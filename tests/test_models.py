@@ -99,14 +99,15 @@ def test_save_load_round_trip(tmp_path, rows, model):
     imgs = [SAMPLE_DIR / r["image"] for r in rows[:4]]
     m.save(tmp_path / "m")
     assert (tmp_path / "m" / "config.json").exists() and not (tmp_path / "m" / "towers.safetensors").exists()
-    m2 = load_model(tmp_path / "m")
+    m2 = load_model(tmp_path / "m", engine="torch")  # the same engine as `m`: this compares weights
     np.testing.assert_allclose(m2.encode_text(texts), m.encode_text(texts), atol=1e-6)
     np.testing.assert_allclose(m2.encode_image(imgs), m.encode_image(imgs), atol=1e-6)
     # a model with trained towers saves them too
     with torch.no_grad():
         m.text_tower.model.embeddings.word_embeddings.weight.mul_(1.1)
     m.save(tmp_path / "m2", save_towers=True)
-    np.testing.assert_allclose(load_model(tmp_path / "m2").encode_text(texts), m.encode_text(texts), atol=1e-5)
+    np.testing.assert_allclose(load_model(tmp_path / "m2", engine="torch").encode_text(texts), m.encode_text(texts),
+                               atol=1e-5)
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
@@ -156,10 +157,11 @@ def _tiny_clip(tmp_path, kind: str):
     return folder, model, tok
 
 
-@pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_hub_clip_adapters_with_tiny_random_configs(tmp_path, kind, rows):
+@pytest.mark.parametrize("kind,engine", [("clip", "torch"), ("siglip", "torch"), ("clip", "onnx"), ("siglip", "onnx")])
+def test_hub_clip_adapters_with_tiny_random_configs(tmp_path, kind, engine, rows, monkeypatch):
+    monkeypatch.setenv("SHOPCLIP_CACHE_DIR", str(tmp_path / "cache"))
     folder, hf_model, tok = _tiny_clip(tmp_path, kind)
-    m = load_model(f"hf-{kind}:{folder}")
+    m = load_model(f"hf-{kind}:{folder}", engine=engine)
     imgs = [SAMPLE_DIR / r["image"] for r in rows[:3]]
     e_img, e_txt = m.encode_image(imgs), m.encode_text(["a red shoe", "a blue bag", "a watch"])
     dim = 24 if kind == "clip" else 32
@@ -171,6 +173,8 @@ def test_hub_clip_adapters_with_tiny_random_configs(tmp_path, kind, rows):
         ref = hf_model.get_text_features(**{k: v for k, v in enc.items() if k != "token_type_ids"})
         ref = getattr(ref, "pooler_output", ref)
     np.testing.assert_allclose(e_txt[0], torch.nn.functional.normalize(ref, dim=-1)[0].numpy(), atol=1e-5)
+    if engine == "onnx":  # both towers really ran as exported fp32 graphs (no fallback to torch)
+        assert m.engine.describe()["variants"] == {"image": "fp32", "text": "fp32"}
     img_tower, _ = clip_towers_from_model(hf_model, tok, "tiny")
     fmap = img_tower.feature_map(torch.zeros(1, 3, 30, 30))
     assert fmap.shape == (1, dim, 3, 3)

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from shopclip.core.threads import apply_default_policy
+
+# Before anything imports torch: idle OpenMP threads sleep instead of spinning (see
+# shopclip.core.threads.py; a user's own OMP_WAIT_POLICY wins).
+apply_default_policy()
+
 __version__ = "0.1.0"
 
 _LAZY = {

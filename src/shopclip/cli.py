@@ -50,6 +50,8 @@ index_app = typer.Typer(help="Build ANN indexes over stored embeddings (after `s
 app.add_typer(index_app, name="index")
 console = Console()
 err = Console(stderr=True)
+ENGINE_HELP = ("Inference engine: torch, onnx (fp32) or onnx-int8 (default: $SHOPCLIP_ENGINE, else the measured "
+               "default; see `shopclip models`)")
 
 # The vector store options shared by `index build`, `build`, `search`, `similar` and `serve`:
 # a shop that outgrows one machine changes a flag and a URI, not code.
@@ -142,14 +144,16 @@ def embed(
     model: Annotated[str, typer.Option(help="Model name, model/run folder, or hub spec (see `shopclip models`)")] = "default",
     dtype: Annotated[str, typer.Option(help="float16 or float32")] = "float16",
     sample: Annotated[int | None, typer.Option(help="Embed only a deterministic sample of N products")] = None,
+    engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
 ) -> None:
     """Embed every valid product's image and text (resumable: unchanged products are skipped).
 
-    Example: shopclip embed ../shared/data/products/catalog.jsonl --out work --model default
+    Example: shopclip embed ../shared/data/products/catalog.jsonl --out work --model default --engine onnx-int8
     """
     from shopclip.pipeline.build import BuildOptions
 
-    _run_build(catalog, out, BuildOptions(model=model, dtype=dtype, sample=sample), only=("validate", "embed"))
+    _run_build(catalog, out, BuildOptions(model=model, dtype=dtype, sample=sample, engine=engine),
+               only=("validate", "embed"))
 
 
 def _store_options(store: str | None, uri: str | None, index: str = "auto") -> tuple[str, dict]:
@@ -336,6 +340,7 @@ def build_cmd(
     store: StoreOpt = None,
     uri: UriOpt = None,
     index: IndexKindOpt = "auto",
+    engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
 ) -> None:
     """Run the whole pipeline (validate → [ground] → [enrich] → [train] → embed → index); a re-run does only what changed.
 
@@ -352,7 +357,7 @@ def build_cmd(
         extra.update(train=True, train_epochs=train_epochs)
     backend, index_options = _store_options(store, uri, index)
     options = BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images, force=force,
-                           extra=extra, backend=backend, index_options=index_options)
+                           engine=engine, extra=extra, backend=backend, index_options=index_options)
     _run_build(catalog, workdir, options, announce=True)
 
 
@@ -387,6 +392,9 @@ def models() -> None:
 
     console.print("models: " + ", ".join(list_models()))
     console.print("towers: " + ", ".join(list_towers()))
+    from shopclip.models.engines import ENGINES, default_engine
+
+    console.print(f"engines (--engine): {', '.join(ENGINES)}; default {default_engine()}")
     console.print("also: a model or run folder, hf-clip:<id>, hf-siglip:<id>, open_clip:<arch>/<tag> (need a model hub)")
 
 

@@ -23,6 +23,9 @@ from torch import nn
 
 from shopclip.core.images import open_image
 from shopclip.core.io import atomic_write_json, read_json
+from shopclip.models.engines.base import InferenceEngine, TorchEngine
+from shopclip.models.text_batching import length_bucketed
+from shopclip.models.text_batching import single as single_tokens
 from shopclip.models.towers import ImageTower, TextTower, create_tower, create_tower_pair
 from shopclip.models.transforms import ImageTransform
 
@@ -85,6 +88,8 @@ def _make_head(kind: str, in_dim: int, out_dim: int, seed: int) -> nn.Module:
 
 
 class DualEncoder(nn.Module):
+    source_dir: Path | None = None  # the folder it was loaded from (None: built from a registry name)
+
     def __init__(self, config: DualEncoderConfig, image_tower: ImageTower, text_tower: TextTower) -> None:
         super().__init__()
         self.config = config
@@ -139,15 +144,40 @@ class DualEncoder(nn.Module):
     def clamped_logit_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(0.0, self.config.max_logit_scale)
 
+    # ------------------------------------------------------------ inference engine
+    @property
+    def engine(self) -> InferenceEngine:
+        """What computes tower features for `encode_*` (torch unless `use_engine` / `load_model(engine=)` chose)."""
+        eng = self.__dict__.get("_engine")
+        if eng is None:
+            eng = self.__dict__["_engine"] = TorchEngine(self.image_tower, self.text_tower)
+        return eng
+
+    def use_engine(self, engine: InferenceEngine) -> DualEncoder:
+        self.__dict__["_engine"] = engine
+        return self
+
     # --------------------------------------------------------------- numpy-level API
     def encode_text(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """(n, d) float32, L2-normalised."""
+        """(n, d) float32, L2-normalised. Length-bucketed batches through the engine; one text takes `encode_query`."""
         if isinstance(texts, str):
             raise TypeError("encode_text takes a list of strings")
-        return self._encode_batches(
-            (self.text_tower.tokenize(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)),
-            self.forward_text, len(texts), batch_size, progress, "texts",
-        )
+        texts = list(texts)
+        if len(texts) == 1 and not progress:
+            return self.encode_query(texts[0])[None]
+        batches = ((b.index, b.tokens) for b in length_bucketed(self.text_tower, texts, batch_size))
+        return self._encode_batches(batches, lambda t: self.project_text(self.engine.text_features(t)),
+                                    len(texts), progress, "texts")
+
+    @torch.inference_mode()
+    def encode_query(self, text: str) -> np.ndarray:
+        """(d,) float32 for one text, the request path: no padding, no thread pool, one engine call."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.project_text(self.engine.text_features(single_tokens(self.text_tower, text)))[0].cpu().numpy()
+        finally:
+            self.train(was_training)
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         return self.transform(open_image(image))
@@ -157,10 +187,13 @@ class DualEncoder(nn.Module):
         """(n, d) float32, L2-normalised. Images are decoded in worker threads, one batch ahead."""
         if isinstance(images, str | Path | bytes | Image.Image):
             raise TypeError("encode_image takes a list of images or paths")
-        return self._encode_batches(
-            self.iter_pixel_batches(images, batch_size, num_workers),
-            self.forward_image, len(images), batch_size, progress, "images",
-        )
+        if len(images) == 1:  # one image: no thread pool
+            batches: Iterator[Any] = iter([(slice(0, 1), self.preprocess(images[0])[None])])
+        else:
+            batches = ((slice(i * batch_size, i * batch_size + len(b)), b)
+                       for i, b in enumerate(self.iter_pixel_batches(images, batch_size, num_workers)))
+        return self._encode_batches(batches, lambda x: self.project_image(self.engine.image_features(x)),
+                                    len(images), progress, "images")
 
     def iter_pixel_batches(self, images: Sequence[ImageInput], batch_size: int, num_workers: int = 4) -> Iterator[torch.Tensor]:
         """Decode + transform in threads (PIL releases the GIL), keeping one batch in flight."""
@@ -180,7 +213,9 @@ class DualEncoder(nn.Module):
                 pending = following
 
     @torch.inference_mode()
-    def _encode_batches(self, batches: Iterator[Any], fn: Any, n: int, batch_size: int, progress: bool, unit: str) -> np.ndarray:
+    def _encode_batches(self, batches: Iterator[tuple[Any, Any]], fn: Any, n: int, progress: bool,
+                        unit: str) -> np.ndarray:
+        """Run `fn` on each (where, batch) and write its rows to `out[where]` (a slice or index array)."""
         was_training = self.training
         self.eval()
         out = np.zeros((n, self.embed_dim), dtype=np.float32)
@@ -189,20 +224,12 @@ class DualEncoder(nn.Module):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, unit=unit, desc=f"encode {unit}")
-        i = 0
-        dev = self.device
         try:
-            for batch in batches:
-                if isinstance(batch, dict):
-                    batch = {k: v.to(dev) for k, v in batch.items()}
-                    m = next(iter(batch.values())).shape[0]
-                else:
-                    batch = batch.to(dev)
-                    m = batch.shape[0]
-                out[i : i + m] = fn(batch).cpu().numpy()
-                i += m
+            for where, batch in batches:
+                vecs = fn(batch).cpu().numpy()
+                out[where] = vecs
                 if bar is not None:
-                    bar.update(m)
+                    bar.update(len(vecs))
         finally:
             if bar is not None:
                 bar.close()
@@ -252,4 +279,5 @@ class DualEncoder(nn.Module):
         if missing or unexpected:
             raise ValueError(f"model weights in {folder} do not match the config: missing={missing[:5]} unexpected={unexpected[:5]}")
         model.eval()
+        model.source_dir = folder  # where the engine caches its exported graphs
         return model

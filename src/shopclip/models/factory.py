@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from shopclip.models.dual_encoder import CONFIG_FILE, DualEncoder, DualEncoderConfig
+from shopclip.models.engines import attach_engine
 from shopclip.models.towers import create_tower_pair
 
 DEFAULT_BASE = "minilm-efflite0-ml"
@@ -97,9 +98,16 @@ def resolve_model_ref(name_or_path: str | Path) -> str:
     return ref
 
 
-def load_model(name_or_path: str | Path = "default", device: str | torch.device | None = None) -> DualEncoder:
+def load_model(name_or_path: str | Path = "default", device: str | torch.device | None = None, *,
+               engine: str | None = None, calibration: Any = None) -> DualEncoder:
     """`default`, a registered name (`minilm-efflite0`), a saved model or run folder, or a hub
-    spec (`hf-clip:openai/clip-vit-base-patch32`, `hf-siglip:…`, `open_clip:ViT-B-32/laion2b_s34b_b79k`)."""
+    spec (`hf-clip:openai/clip-vit-base-patch32`, `hf-siglip:…`, `open_clip:ViT-B-32/laion2b_s34b_b79k`).
+
+    `engine` runs inference (`encode_*`, the build's feature path): "torch", "onnx" or
+    "onnx-int8" (default: `$SHOPCLIP_ENGINE`, else :data:`shopclip.models.engines.DEFAULT_ENGINE`).
+    ONNX graphs are exported on first use and cached next to the model. `calibration`
+    (images, or a callable returning them) calibrates the int8 image graph when no ranges
+    are cached for this tower yet."""
     ref = str(name_or_path)
     p = Path(ref)
     if ref == "default":
@@ -122,7 +130,7 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
     model.eval()
     if device is not None:
         model.to(device)
-    return model
+    return attach_engine(model, engine, calibration=calibration)
 
 
 _scan_configs()

@@ -38,17 +38,23 @@ from shopclip.core.hashing import json_sha1, sha1_bytes
 from shopclip.core.images import open_image
 from shopclip.core.io import atomic_write_json
 from shopclip.models.augment import AugmentConfig, augment_image, view_rng
+from shopclip.models.text_batching import length_bucketed
 
 CLEAN_VIEW = "clean"
 
 
-def default_cache_dir() -> Path:
-    """`$SHOPCLIP_CACHE_DIR`, else `$XDG_CACHE_HOME/shopclip`, else `~/.cache/shopclip`; features go under it."""
+def cache_root() -> Path:
+    """`$SHOPCLIP_CACHE_DIR`, else `$XDG_CACHE_HOME/shopclip`, else `~/.cache/shopclip`."""
     env = os.environ.get("SHOPCLIP_CACHE_DIR")
     if env:
-        return Path(env) / "features"
+        return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "shopclip" / "features"
+    return Path(base) / "shopclip"
+
+
+def default_cache_dir() -> Path:
+    """Where tower features are cached: `features/` under :func:`cache_root`."""
+    return cache_root() / "features"
 
 
 def tower_fingerprint(tower: nn.Module, **preprocessing: Any) -> str:
@@ -62,23 +68,42 @@ def tower_fingerprint(tower: nn.Module, **preprocessing: Any) -> str:
     return sha1_bytes("|".join(parts).encode())
 
 
+def engine_numerics(engine: Any) -> dict[str, str]:
+    """{kind: tag} for the towers whose numbers the inference engine changes (int8); {} for torch/fp32 ONNX."""
+    if engine is None:
+        return {}
+    tags = {kind: engine.numerics(kind) for kind in ("image", "text")}
+    return {k: v for k, v in tags.items() if v}
+
+
 def model_fingerprint(model: Any) -> str:
-    """Changes whenever the dual encoder's outputs can change (config or any trained weight)."""
+    """Changes whenever the dual encoder's outputs can change (config, any trained weight, an int8 engine)."""
     h = [json_sha1({k: v for k, v in model.config.to_dict().items() if k != "info"})]
     state = model.heads_state() if model.config.tower_weights == "pretrained" else model.state_dict()
     for k in sorted(state):
         h.append(k + sha1_bytes(state[k].detach().cpu().float().numpy().tobytes()))
+    numerics = engine_numerics(getattr(model, "engine", None))
+    if numerics:  # fp32 engines keep the torch fingerprint: their vectors are interchangeable
+        h.append(json_sha1({"engine_numerics": numerics}))
     return sha1_bytes("|".join(h).encode())
 
 
-def image_fingerprint(model: Any) -> str:
+def _with_engine(fp: str, engine: Any, kind: str) -> str:
+    tag = engine_numerics(engine).get(kind) if engine is not None else None
+    return sha1_bytes(f"{fp}|{tag}".encode()) if tag else fp
+
+
+def image_fingerprint(model: Any, engine: Any = None) -> str:
+    """The image tower's cache key; with an `engine` that changes the numbers (int8), that engine's too."""
     tf = model.transform
-    return tower_fingerprint(model.image_tower, size=tf.size, mean=list(tf.mean), std=list(tf.std), mode=tf.mode,
-                             fill=list(tf.fill))
+    fp = tower_fingerprint(model.image_tower, size=tf.size, mean=list(tf.mean), std=list(tf.std), mode=tf.mode,
+                           fill=list(tf.fill))
+    return _with_engine(fp, engine, "image")
 
 
-def text_fingerprint(model: Any) -> str:
-    return tower_fingerprint(model.text_tower, max_length=getattr(model.text_tower, "max_length", None))
+def text_fingerprint(model: Any, engine: Any = None) -> str:
+    fp = tower_fingerprint(model.text_tower, max_length=getattr(model.text_tower, "max_length", None))
+    return _with_engine(fp, engine, "text")
 
 
 class FeatureCache:
@@ -203,8 +228,11 @@ def _batched_forward(fn: Callable[[Any], torch.Tensor], batches: Any, on_batch: 
 
 def compute_image_features(model: Any, items: Sequence[ImageItem], views: Sequence[str], cache: FeatureCache, *,
                            aug: AugmentConfig, seed: int, batch_size: int = 16, num_workers: int = 2,
-                           flush_every: int = 512, progress: bool = False) -> int:
-    """Fill the cache with tower features of every (item, view) not in it yet; returns how many were computed."""
+                           flush_every: int = 512, progress: bool = False, engine: Any = None) -> int:
+    """Fill the cache with tower features of every (item, view) not in it yet; returns how many were computed.
+
+    `engine` (an inference engine, e.g. ``model.engine``) computes the features instead of the
+    torch tower; the cache must then be keyed by ``image_fingerprint(model, engine)``."""
     todo = [(it, v) for v in views for it in items if view_key(it.sha1, v) not in cache]
     seen: set[str] = set()
     todo = [(it, v) for it, v in todo if not (view_key(it.sha1, v) in seen or seen.add(view_key(it.sha1, v)))]
@@ -245,7 +273,7 @@ def compute_image_features(model: Any, items: Sequence[ImageItem], views: Sequen
                 if bar is not None:
                     bar.update(len(chunks[n]))
 
-            _batched_forward(tower, batches(), on_batch)
+            _batched_forward(engine.image_features if engine is not None else tower, batches(), on_batch)
         flush()
     finally:
         tower.train(was_training)
@@ -259,33 +287,34 @@ def text_key(text: str) -> str:
 
 
 def compute_text_features(model: Any, texts: Sequence[str], cache: FeatureCache, *, batch_size: int = 64,
-                          flush_every: int = 2048, progress: bool = False) -> int:
-    """Fill the cache with text-tower features of every text not in it yet; returns how many were computed."""
+                          flush_every: int = 2048, progress: bool = False, engine: Any = None) -> int:
+    """Fill the cache with text-tower features of every text not in it yet; returns how many were computed.
+
+    Length-bucketed batches (little padding); `engine` as in :func:`compute_image_features`."""
     uniq = list(dict.fromkeys(t for t in texts if text_key(t) not in cache))
     if not uniq:
         return 0
-    # Sorting by length keeps padding (and time) low inside a batch.
-    uniq.sort(key=len)
     tower = model.text_tower
+    fn = engine.text_features if engine is not None else tower
     was_training = tower.training
     tower.eval()
     bar = _bar(progress, len(uniq), "text features")
     keys: list[str] = []
     feats: list[np.ndarray] = []
     try:
-        chunks = [uniq[i : i + batch_size] for i in range(0, len(uniq), batch_size)]
+        batches = length_bucketed(tower, uniq, batch_size)
 
         def on_batch(n: int, f: np.ndarray) -> None:
-            keys.extend(text_key(t) for t in chunks[n])
+            keys.extend(text_key(uniq[j]) for j in batches[n].index)
             feats.append(f)
             if len(keys) >= flush_every:
                 cache.add(list(keys), np.concatenate(feats))
                 keys.clear()
                 feats.clear()
             if bar is not None:
-                bar.update(len(chunks[n]))
+                bar.update(len(batches[n].index))
 
-        _batched_forward(tower, ((n, tower.tokenize(c)) for n, c in enumerate(chunks)), on_batch)
+        _batched_forward(fn, ((n, b.tokens) for n, b in enumerate(batches)), on_batch)
         if keys:
             cache.add(keys, np.concatenate(feats))
     finally:

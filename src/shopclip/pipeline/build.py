@@ -31,6 +31,7 @@ from shopclip.grounding.pipeline import ground_stage
 from shopclip.index.store import DTYPES
 from shopclip.models import DualEncoder, check_model_ref, load_model
 from shopclip.models.dual_encoder import CONFIG_FILE
+from shopclip.models.engines import ENGINES, default_engine
 from shopclip.pipeline.workdir import WorkDir
 from shopclip.train.stage import train_stage
 
@@ -50,6 +51,7 @@ class BuildOptions:
     sample: int | None = None  # embed a deterministic sample of N valid products (demos)
     progress: bool = True
     force: bool = False
+    engine: str | None = None  # inference engine for the embed stage (None: $SHOPCLIP_ENGINE or the default)
     extra: dict[str, Any] = field(default_factory=dict)  # options of the optional stages
 
     def check(self) -> None:
@@ -63,6 +65,8 @@ class BuildOptions:
         if self.sample is not None and self.sample < 1:
             raise BuildOptionsError(f"--sample must be at least 1, got {self.sample}")
         check_model_ref(self.model)  # UnknownModelError lists the known names
+        if self.engine is not None and self.engine not in ENGINES:
+            raise BuildOptionsError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
 
 class BuildOptionsError(ValueError):
@@ -94,8 +98,14 @@ class BuildContext:
 
     def model(self) -> DualEncoder:
         if self._model is None:
-            self._model = load_model(self.model_ref)
+            # int8 image graphs calibrate on this catalog's train split when no ranges are cached yet.
+            self._model = load_model(self.model_ref, engine=self.engine,
+                                     calibration=lambda: calibration_images(self.catalog()))
         return self._model
+
+    @property
+    def engine(self) -> str:
+        return self.options.engine or default_engine()
 
     def upstream(self, name: str) -> str:
         return json_sha1([self.fingerprints[k] for k in sorted(self.fingerprints) if k != name])
@@ -127,6 +137,13 @@ def model_key(ref: str) -> str:
     if (folder / CONFIG_FILE).exists():
         return json_sha1({p.name: file_sha1(p) for p in sorted(folder.iterdir()) if p.is_file()})
     return resolved
+
+
+def calibration_images(catalog: Catalog, n: int = 64) -> list[Path]:
+    """A deterministic sample of the catalog's train-split photos (all photos when it has no split)."""
+    products = list(catalog)
+    train = [p for p in products if p.split == "train"] or products
+    return [catalog.image_path(p) for p in sample_products(train, n)]
 
 
 def sample_products(products: list[Product], n: int | None) -> list[Product]:
@@ -187,7 +204,7 @@ def _validate_run(ctx: BuildContext) -> str:
 def _embed_fp(ctx: BuildContext) -> str:
     o = ctx.options
     return json_sha1([ctx.upstream("embed"), model_key(ctx.model_ref), o.dtype,
-                      json_sha1(ctx.texts), json_sha1({k: str(v) for k, v in ctx.images.items()})])
+                      json_sha1(ctx.texts), json_sha1({k: str(v) for k, v in ctx.images.items()}), ctx.engine])
 
 
 def _embed_run(ctx: BuildContext) -> str:
@@ -197,6 +214,7 @@ def _embed_run(ctx: BuildContext) -> str:
                         dtype=ctx.options.dtype, progress=ctx.options.progress,
                         feature_cache=ctx.workdir.root / "cache" / "features")
     ctx.manifest["model"] = ctx.model_ref
+    ctx.manifest["engine"] = ctx.engine  # `shopclip serve` defaults to the engine the store was embedded with
     return res.summary()
 
 

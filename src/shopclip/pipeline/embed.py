@@ -91,7 +91,7 @@ def embed_catalog(
     if dtype not in DTYPES:  # before anything on disk is touched
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     fp = model_fingerprint(model)
-    info = {"name": model.name, "config": model.config.to_dict()}
+    info = {"name": model.name, "config": model.config.to_dict(), "engine": model.engine.name}
     replaced = _replace_other_model(out, fp, model.embed_dim, dtype)
     store = EmbeddingStore.create(out, model=fp, dim=model.embed_dim, dtype=dtype, model_info=info)
     texts = texts or {}
@@ -175,15 +175,16 @@ class _CachedTowers:
 
     def __init__(self, model: DualEncoder, root: str | Path) -> None:
         self.model = model.eval()  # inference only: dropout in MLP heads off
-        self.image_cache = FeatureCache(root, "image", image_fingerprint(model), model.image_tower.output_dim)
-        self.text_cache = FeatureCache(root, "text", text_fingerprint(model), model.text_tower.output_dim)
+        self.engine = model.engine  # tower features from the model's inference engine (torch, onnx, onnx-int8)
+        self.image_cache = FeatureCache(root, "image", image_fingerprint(model, self.engine), model.image_tower.output_dim)
+        self.text_cache = FeatureCache(root, "text", text_fingerprint(model, self.engine), model.text_tower.output_dim)
 
     def images(self, items: list[tuple[str, str]], batch_size: int, num_workers: int) -> np.ndarray:
         import torch
 
         its = [ImageItem(path, sha1) for path, sha1 in items]
         compute_image_features(self.model, its, [CLEAN_VIEW], self.image_cache, aug=AugmentConfig(), seed=0,
-                               batch_size=batch_size, num_workers=num_workers)
+                               batch_size=batch_size, num_workers=num_workers, engine=self.engine)
         feats = torch.from_numpy(self.image_cache.get([view_key(it.sha1, CLEAN_VIEW) for it in its]))
         with torch.inference_mode():
             return self.model.project_image(feats).numpy()
@@ -191,7 +192,7 @@ class _CachedTowers:
     def texts(self, texts: list[str], batch_size: int) -> np.ndarray:
         import torch
 
-        compute_text_features(self.model, texts, self.text_cache, batch_size=batch_size)
+        compute_text_features(self.model, texts, self.text_cache, batch_size=batch_size, engine=self.engine)
         feats = torch.from_numpy(self.text_cache.get([text_key(t) for t in texts]))
         with torch.inference_mode():
             return self.model.project_text(feats).numpy()

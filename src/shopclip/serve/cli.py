@@ -34,6 +34,8 @@ def serve_command(
                                             "recorded (e.g. postgresql://user@host/db)")] = None,
     snapshot_every: Annotated[int, typer.Option(min=1, help="Save in-process indexes after this many writes")] = 1000,
     snapshot_seconds: Annotated[float, typer.Option(min=1, help="...or this long after the first unsaved write")] = 60.0,
+    engine: Annotated[str | None, typer.Option(help="Inference engine: torch, onnx or onnx-int8 (default: the one "
+                                               "the work folder was embedded with)")] = None,
 ) -> None:
     """Serve search, similar items, recommendations and a web page for a work folder.
 
@@ -58,6 +60,18 @@ def serve_command(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("shopclip").setLevel(logging.INFO)  # our load/repair lines, not every library's
+    from shopclip.models.engines import ENGINE_ENV, check_engine
+    from shopclip.pipeline.workdir import WorkDir
+
+    recorded = WorkDir(workdir).read()
+    # The engine the store was embedded with; folders built before engines existed were torch.
+    engine = engine or recorded.get("engine") or ("torch" if "embed" in recorded.get("stages", {}) else None)
+    if engine:  # every load_model in this process (the server loads lazily) runs on it
+        try:
+            os.environ[ENGINE_ENV] = check_engine(engine)
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
     if threads:
         import torch
 
