@@ -343,10 +343,12 @@ def _register_capabilities() -> None:
     from shopclip.grounding.cli import ground_command
     from shopclip.serve.cli import serve_command
     from shopclip.train.cli import train_command
+    from shopclip.train.multilingual import train_multilingual_command
 
     app.command("ground")(ground_command)
     app.command("enrich")(enrich_command)
     app.command("train")(train_command)
+    app.command("train-multilingual")(train_multilingual_command)
     app.command("eval")(eval_command)
     app.command("serve")(serve_command)
 

@@ -21,6 +21,7 @@ from shopclip.pipeline.embed import fused_vectors
 
 VIEWS = ("image", "text", "fused")
 SOURCE = "source.json"
+LEXICAL = "lexical"  # the BM25 view (shopclip.index.lexical), beside the vector views
 
 
 class IndexOutOfDateError(RuntimeError):
@@ -40,8 +41,17 @@ def build_indexes(store_dir: str | Path, out: str | Path, *, backend: str = "fai
             index.add(ids, vecs, cats)
         index.save(Path(out) / view)
         sizes[view] = len(index)
+    sizes[LEXICAL] = build_lexical(store, out)
     record_source(store, out)  # last: a crash before this leaves the old record, which no longer matches
     return sizes
+
+
+def build_lexical(store: EmbeddingStore, out: str | Path) -> int:
+    """The lexical view from the products' stored metadata (title, brand, attributes, description)."""
+    from shopclip.index.lexical import LexicalIndex
+
+    index = LexicalIndex.build(Path(out) / LEXICAL, store.meta())
+    return len(index)
 
 
 def load_indexes(folder: str | Path) -> dict[str, VectorIndex]:

@@ -1,0 +1,213 @@
+"""One text search over the vector and lexical views: modes, language routing, filters, fusion.
+
+    searcher = HybridSearcher(vector_index, lexical_index, products, encoders, vocabulary)
+    out = searcher.search("nike red shoes under 2000", k=10, mode="hybrid")
+    out.hits, out.understood.shown   # [(id, score)], "showing: brand = nike, colour = red, ..."
+
+Modes: `vector` (today's path), `lexical` (BM25 only), `hybrid` (both, fused by RRF with
+k = 60 or by a weighted mix of min-max normalised scores). Filters, the category one and
+those understood from the query, restrict *both* sides before fusion: the lexical side
+inside tantivy's query, the vector side by widening its candidate list until enough
+allowed products are found (any `VectorIndex` backend, no contract change).
+
+Language: English queries take the shopclip text tower (`encoders["en"]`); others (by
+`detect_language` or `lang=`) the multilingual encoder (`encoders["multi"]`), when one
+is loaded. Used by `SearchEngine` (search.py) and the server alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shopclip.catalog.facets import Filters, product_facets
+from shopclip.index.base import VectorIndex
+from shopclip.index.lexical import LexicalIndex
+from shopclip.query.fusion import RRF_K, rrf, weighted
+from shopclip.query.language import LANGUAGES, detect_language
+from shopclip.query.understand import Understood, Vocabulary, understand
+
+__all__ = ["FUSIONS", "MODES", "HybridConfig", "HybridResult", "HybridSearcher", "SearchInputError"]
+
+MODES = ("vector", "lexical", "hybrid")
+FUSIONS = ("rrf", "weighted")
+Encoder = Callable[[str], np.ndarray]
+
+
+class SearchInputError(ValueError):
+    """A request the searcher cannot serve (unknown mode, no lexical index, ...): a 4xx, not a crash."""
+
+
+@dataclass
+class HybridConfig:
+    """`vector_weight` is the weighted mix's share for the vector side (chosen on train/val
+    queries by bench/search_quality.py); `candidates` is how deep each side is read."""
+
+    candidates: int = 100
+    fusion: str = "rrf"
+    rrf_k: int = RRF_K
+    vector_weight: float = 0.5
+    max_widen: int = 6  # vector side: at most 4^6 x the candidates before an exact scan
+
+
+@dataclass
+class HybridResult:
+    hits: list[tuple[str, float]]
+    mode: str
+    lang: str
+    encoder: str  # "shopclip" (English text tower), "multilingual", or "" (lexical only)
+    fusion: str | None = None
+    understood: Understood | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "lang": self.lang, "encoder": self.encoder, "fusion": self.fusion,
+                "understood": self.understood.to_dict() if self.understood else None, "notes": self.notes}
+
+
+class HybridSearcher:
+    def __init__(
+        self,
+        vector: VectorIndex,
+        lexical: LexicalIndex | None,
+        products: Mapping[str, Mapping[str, Any]],
+        encoders: Mapping[str, Encoder],
+        vocabulary: Vocabulary | None = None,
+        config: HybridConfig | None = None,
+        *,
+        unavailable: Mapping[str, str] | None = None,
+    ) -> None:
+        """`encoders`: "en" (required) and optionally "multi"; `unavailable` says why one is missing."""
+        self.vector = vector
+        self.lexical = lexical
+        self.products = products
+        self.encoders = encoders
+        self.vocabulary = vocabulary
+        self.config = config or HybridConfig()
+        self.unavailable = dict(unavailable or {})
+        self._facets: dict[str, tuple[int, dict[str, tuple[str, ...]]]] = {}
+
+    @property
+    def default_mode(self) -> str:
+        return "hybrid" if self.lexical is not None else "vector"
+
+    # ------------------------------------------------------------------ the one entry point
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        mode: str | None = None,
+        fusion: str | None = None,
+        category: Any = None,
+        lang: str | None = None,
+        understand_query: bool = True,
+        drop: Iterable[str] = (),
+        filters: Filters | None = None,
+        exclude: Iterable[str] = (),
+    ) -> HybridResult:
+        mode = mode or self.default_mode
+        fusion = fusion or self.config.fusion
+        if mode not in MODES:
+            raise SearchInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if fusion not in FUSIONS:
+            raise SearchInputError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        if lang not in (None, "auto", *LANGUAGES):
+            raise SearchInputError(f"lang must be auto or one of {', '.join(LANGUAGES)}, got {lang!r}")
+        if mode != "vector" and self.lexical is None:
+            raise SearchInputError(f"mode={mode} needs the lexical index, which this work folder lacks: "
+                                   "run `shopclip index build WORKDIR`")
+        notes: list[str] = []
+        detected = detect_language(query) if lang in (None, "auto") else lang
+        understood = None
+        text = query
+        if understand_query and self.vocabulary is not None:
+            understood = understand(query, self.vocabulary).without(drop)
+            text = understood.text
+            filters = _merge(filters, understood.filters)
+        filters = filters or None
+        exclude = set(exclude)
+        n = max(int(k), self.config.candidates) if mode == "hybrid" else int(k)
+
+        vec_hits: list[tuple[str, float]] = []
+        encoder = ""
+        if mode in ("vector", "hybrid"):
+            vec, encoder, note = self._encode(text, detected)
+            if note:
+                notes.append(note)
+            vec_hits = self._vector(vec, n, category, filters, exclude)
+        lex_hits: list[tuple[str, float]] = []
+        if mode in ("lexical", "hybrid"):
+            assert self.lexical is not None
+            lex_hits = [(h.id, h.score) for h in self.lexical.search(text, n + len(exclude), category=category,
+                                                                     filters=filters)
+                        if h.id not in exclude and h.id in self.products]
+        if mode == "vector":
+            hits = vec_hits
+        elif mode == "lexical":
+            hits = lex_hits
+        elif not lex_hits:
+            hits = vec_hits  # nothing lexical matched (e.g. a query in Hindi): the vector ranking as is
+        elif fusion == "rrf":
+            hits = rrf([vec_hits, lex_hits], k=self.config.rrf_k)
+        else:
+            w = self.config.vector_weight
+            hits = weighted([vec_hits, lex_hits], [w, 1.0 - w])
+        return HybridResult(hits[: int(k)], mode, detected, encoder, fusion if mode == "hybrid" else None,
+                            understood, notes)
+
+    # ------------------------------------------------------------------ the sides
+
+    def _encode(self, text: str, lang: str) -> tuple[np.ndarray, str, str | None]:
+        if lang != "en":
+            if "multi" in self.encoders:
+                return self.encoders["multi"](text), "multilingual", None
+            why = self.unavailable.get("multi", "no multilingual head is installed")
+            return self.encoders["en"](text), "shopclip", f"query read as English: {why}"
+        return self.encoders["en"](text), "shopclip", None
+
+    def facets(self, product_id: str) -> dict[str, tuple[str, ...]]:
+        meta = self.products[product_id]
+        cached = self._facets.get(product_id)
+        if cached is not None and cached[0] == id(meta):
+            return cached[1]
+        facets = product_facets(meta)
+        self._facets[product_id] = (id(meta), facets)
+        return facets
+
+    def allowed(self, product_id: str, filters: Filters | None) -> bool:
+        if product_id not in self.products:
+            return False
+        if not filters:
+            return True
+        price = self.products[product_id].get("price")
+        return filters.matches(self.facets(product_id) if filters.facets else {}, price)
+
+    def _vector(self, vec: np.ndarray, n: int, category: Any, filters: Filters | None,
+                exclude: set[str]) -> list[tuple[str, float]]:
+        """Top-n allowed products, asking the index for 4x more each round until n pass the filters."""
+        total = len(self.vector)
+        want = n + len(exclude)
+        ask = want if not filters else max(want * 4, 200)
+        for _ in range(self.config.max_widen + 1):
+            ask = min(ask, total)
+            hits = self.vector.search(np.asarray(vec, dtype=np.float32), ask, category=category,
+                                      exclude=list(exclude))[0]
+            keep = [(h.id, h.score) for h in hits if h.id not in exclude and self.allowed(h.id, filters)]
+            if len(keep) >= n or ask >= total or len(hits) < ask:
+                return keep[:n]
+            ask *= 4
+        return keep[:n]
+
+
+def _merge(a: Filters | None, b: Filters) -> Filters:
+    if not a:
+        return b
+    facets = {**b.facets, **a.facets}
+    lo = a.price_min if a.price_min is not None else b.price_min
+    hi = a.price_max if a.price_max is not None else b.price_max
+    return Filters(facets, lo, hi)
