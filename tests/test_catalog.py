@@ -327,7 +327,7 @@ def test_other_field_rules(tmp_path, rows):
     ]
     # price is optional: an unusable one is dropped with a warning and the product kept
     assert [(e.line, e.field, e.reason) for e in report.warnings] == [
-        (1, "price", "negative price (value dropped, row kept)")]
+        (1, "price", "negative price")]
     assert report.rejected_rows == 2  # one row, several errors, rejected once
     first, p = report.products
     assert first.id == rows[0]["id"] and first.price is None

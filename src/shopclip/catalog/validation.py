@@ -353,7 +353,7 @@ def validate_row(row: dict[str, Any], line: int) -> tuple[Product | None, list[R
         except _FieldError as e:
             if name in WARN_ONLY:
                 values[name] = None
-                warnings.append(RowError(line, e.where or name, f"{e.reason} (value dropped, row kept)", pid,
+                warnings.append(RowError(line, e.where or name, e.reason, pid,
                                          None if e.value is None else short_repr(e.value), severity="warning"))
             else:
                 add(name, e)

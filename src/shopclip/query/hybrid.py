@@ -79,6 +79,7 @@ class HybridSearcher:
         config: HybridConfig | None = None,
         *,
         unavailable: Mapping[str, str] | None = None,
+        facet_cache: dict[str, tuple[int, dict[str, tuple[str, ...]]]] | None = None,
     ) -> None:
         """`encoders`: "en" (required) and optionally "multi"; `unavailable` says why one is missing."""
         self.vector = vector
@@ -88,7 +89,8 @@ class HybridSearcher:
         self.vocabulary = vocabulary
         self.config = config or HybridConfig()
         self.unavailable = dict(unavailable or {})
-        self._facets: dict[str, tuple[int, dict[str, tuple[str, ...]]]] = {}
+        # id → (id(meta), facets): a replaced product (new meta dict) is recomputed; shareable across calls
+        self._facets = facet_cache if facet_cache is not None else {}
 
     @property
     def default_mode(self) -> str:
@@ -125,12 +127,30 @@ class HybridSearcher:
         detected = detect_language(query) if lang in (None, "auto") else lang
         understood = None
         text = query
+        strict = filters
         if understand_query and self.vocabulary is not None:
             understood = understand(query, self.vocabulary).without(drop)
             text = understood.text
-            filters = _merge(filters, understood.filters)
-        filters = filters or None
-        exclude = set(exclude)
+            u = understood.filters
+            strict = _merge(filters, Filters({}, u.price_min, u.price_max))  # a price bound is always strict
+            filters = _merge(filters, u)
+        hits, encoder = self._ranked(text, int(k), mode, fusion, category, detected, filters or None,
+                                     set(exclude), notes)
+        if understood is not None and understood.filters.facets and len(hits) < int(k):
+            # Understood words filter first; when fewer than k products pass, the rest of the
+            # ranking (without those facet filters) follows, so a search never comes back short.
+            seen = {i for i, _ in hits}
+            more, _ = self._ranked(text, int(k), mode, fusion, category, detected, strict or None,
+                                   set(exclude) | seen, [])
+            if more:
+                notes.append(f"{len(hits)} products match the understood filters; "
+                             f"{min(len(more), int(k) - len(hits))} more follow without them")
+            hits = hits + more[: int(k) - len(hits)]
+        return HybridResult(hits[: int(k)], mode, detected, encoder, fusion if mode == "hybrid" else None,
+                            understood, notes)
+
+    def _ranked(self, text: str, k: int, mode: str, fusion: str, category: Any, detected: str,
+                filters: Filters | None, exclude: set[str], notes: list[str]) -> tuple[list[tuple[str, float]], str]:
         n = max(int(k), self.config.candidates) if mode == "hybrid" else int(k)
 
         vec_hits: list[tuple[str, float]] = []
@@ -157,8 +177,7 @@ class HybridSearcher:
         else:
             w = self.config.vector_weight
             hits = weighted([vec_hits, lex_hits], [w, 1.0 - w])
-        return HybridResult(hits[: int(k)], mode, detected, encoder, fusion if mode == "hybrid" else None,
-                            understood, notes)
+        return hits[:k], encoder
 
     # ------------------------------------------------------------------ the sides
 

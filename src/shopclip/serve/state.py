@@ -47,7 +47,7 @@ from shopclip.index import create_index, load_index
 from shopclip.index.base import VectorIndex, read_manifest
 from shopclip.index.store import EmbeddingStore, l2_normalize
 from shopclip.pipeline.embed import fused_vectors, model_fingerprint, product_hash, product_meta
-from shopclip.pipeline.indexing import VIEWS
+from shopclip.pipeline.indexing import LEXICAL, VIEWS
 from shopclip.pipeline.workdir import WorkDir
 from shopclip.serve.errors import ApiError
 from shopclip.serve.recommend import cluster_interests, event_weights, interleave
@@ -150,6 +150,7 @@ class ServeState:
         self.store = EmbeddingStore.open(self.workdir.embeddings)
         indexes, repaired = self.reconcile()
         products = {m["id"]: m for m in self.store.meta()}
+        repaired.update(self._open_lexical(products))
         self._snap = Snapshot(1, indexes, products)
         self._collect_uploads()
         self.load_seconds = time.perf_counter() - t0
@@ -296,8 +297,97 @@ class ServeState:
         return {"id": product_id, "score": round(float(score), 6), "title": m.get("title", ""),
                 "category": m.get("category") or "", "image_url": image_url(product_id)}
 
-    def search_text(self, query: str, k: int, category: str | None = None, view: str | None = None) -> list[dict]:
-        return self.search_vector(self.encode_text(query), view or self.default_view("text"), k, category)
+    def search_text(self, query: str, k: int, category: str | None = None, view: str | None = None,
+                    **options: Any) -> list[dict]:
+        return self.search_query(query, k, category, view, **options)[0]
+
+    def search_query(self, query: str, k: int, category: str | None = None, view: str | None = None,
+                     **options: Any) -> tuple[list[dict], Any]:
+        """Text search through `shopclip.query.hybrid` (mode, fusion, lang, understand, drop): hits + how."""
+        from shopclip.query.hybrid import HybridSearcher, SearchInputError
+
+        snap = self._snap
+        view = view or self.default_view("text")
+        options.setdefault("understand_query", options.pop("understand", True))
+        searcher = HybridSearcher(snap.indexes[view], self.lexical, snap.products, self._encoders(),
+                                  self.vocabulary, self.hybrid_config, unavailable=self._multi_problem,
+                                  facet_cache=self._facet_cache)
+        try:
+            out = searcher.search(query, k, category=category, **options)
+        except SearchInputError as e:
+            raise ApiError(422, "invalid_search", str(e)) from None
+        return [self._hit(snap, i, s) for i, s in out.hits if i in snap.products], out
+
+    def _encoders(self) -> dict[str, Callable[[str], np.ndarray]]:
+        encoders: dict[str, Callable[[str], np.ndarray]] = {"en": self.encode_text}
+        multi = self.multilingual
+        if multi is not None:
+            encoders["multi"] = lambda q: multi.encode([q])[0]
+        return encoders
+
+    @property
+    def multilingual(self) -> Any:
+        """The shipped multilingual query encoder, when it was distilled for this folder's model."""
+        if self._multi is None and not self._multi_problem:
+            from shopclip.models.multilingual import MultilingualMismatchError, MultilingualQueryEncoder
+
+            try:
+                enc = MultilingualQueryEncoder.load()
+                enc.check_target(self.store.model)
+                self._multi = enc
+            except (FileNotFoundError, ImportError, MultilingualMismatchError) as e:
+                self._multi_problem = {"multi": str(e)}
+        return self._multi
+
+    # ------------------------------------------------------------------ the lexical view
+
+    def _open_lexical(self, products: dict[str, dict[str, Any]]) -> dict[str, int]:
+        """Open the lexical index and make it hold exactly the store's products (the store is the log).
+
+        A work folder built before the lexical view existed gets one built here; without
+        tantivy the server runs vector-only. Returns {"lexical": n} when it repaired n docs.
+        """
+        from shopclip.query.hybrid import HybridConfig
+        from shopclip.query.understand import Vocabulary
+
+        self.hybrid_config = HybridConfig()
+        self.vocabulary = Vocabulary(products.values())
+        self._facet_cache: dict[str, Any] = {}
+        self._multi: Any = None
+        self._multi_problem: dict[str, str] = {}
+        self.lexical: Any = None
+        try:
+            from shopclip.index.lexical import LexicalIndex
+        except ImportError as e:  # pragma: no cover - tantivy is a dependency on Python >= 3.11
+            log.warning("lexical search off: %s", e)
+            return {}
+        folder = self.workdir.index / LEXICAL
+        if not LexicalIndex.exists(folder):
+            log.warning("no lexical index in %s; building it from the store", folder)
+            self.lexical = LexicalIndex.build(folder, products.values())
+            return {"lexical": len(products)}
+        self.lexical = LexicalIndex.open(folder)
+        fixed = self.lexical.sync(list(products.values()))
+        return {"lexical": fixed} if fixed else {}
+
+    def _keep_lexical_in_step(self, upserted: Sequence[dict[str, Any]] = (), deleted: Sequence[str] = (),
+                              replaced: Sequence[dict[str, Any]] = ()) -> None:
+        """THE hook for writes: after a committed upsert/delete, update the lexical view and the
+        query vocabulary by these products only (cost independent of the catalog's size).
+
+        `replaced` are the metas the write superseded or removed (the vocabulary's counts).
+        A crash before this line is repaired at start by `_open_lexical` (sync from the store).
+        """
+        for meta in replaced:
+            self.vocabulary.remove(meta)
+        for meta in upserted:
+            self.vocabulary.add(meta)
+        if self.lexical is None:
+            return
+        if deleted:
+            self.lexical.remove(list(deleted))
+        if upserted:
+            self.lexical.upsert(list(upserted))
 
     def search_image(self, image: Image.Image, k: int, category: str | None = None,
                      view: str | None = None) -> list[dict]:
@@ -478,6 +568,7 @@ class ServeState:
                 index.add([product_id], vec[view], [meta["category"] or None])
 
             self._publish(change, products)
+            self._keep_lexical_in_step(upserted=[meta], replaced=[previous] if previous else [])
             if previous is not None:
                 self._drop_upload(previous, products)  # a replaced photo nobody else uses
         return meta, created
@@ -493,6 +584,7 @@ class ServeState:
             products = dict(self._snap.products)
             gone = products.pop(product_id)
             self._publish(lambda view, index: index.remove([product_id]), products)
+            self._keep_lexical_in_step(deleted=[product_id], replaced=[gone])
             self._drop_upload(gone, products)
 
     def _drop_upload(self, meta: dict[str, Any], products: dict[str, dict[str, Any]]) -> None:
