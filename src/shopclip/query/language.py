@@ -29,6 +29,15 @@ _MARK_WORDS = {
 }
 
 
+# Words the marker lists share with English shopping queries.
+_SHARED_WITH_ENGLISH = frozenset("""de la el en o y a con par une des die top tops rose jean short robe sac pull
+    rock sneaker marine bordeaux gris rosa lila""".split())
+# German compounds and inflected colours: "Damenhandtasche", "Herrenhemd", "blaues", "grauer".
+_GERMAN = re.compile(r"^(?:(?:damen|herren|kinder)\w+|\w+(?:schuhe|hemd|uhr|hose|tasche|pullover)|"
+                     r"(?:schwarz|weiß|weiss|blau|grau|grün|gelb|braun|silbern|golden|weinrot|marineblau|"
+                     r"olivgrün|rot)(?:e|er|es|en))$")
+
+
 def _script(ch: str) -> str:
     try:
         name = unicodedata.name(ch)
@@ -58,11 +67,12 @@ def detect_language(text: str) -> str:
         chars = sum(c in _MARK_CHARS[lang] for c in lower)
         hits = sum(w in _MARK_WORDS[lang] for w in words)
         scores[lang] = 2 * chars + hits
+    scores["de"] += sum(1 for w in words if _GERMAN.match(w))
     best = max(scores, key=lambda k: scores[k])
     if scores[best] == 0:
         return "en"
-    # English words like "de" or "la" alone do not make a query Spanish: need more than one mark
-    # unless the query is short and the mark is a letter English never uses.
-    if scores[best] >= 2 or (len(words) <= 2 and scores[best] >= 1):
-        return best
-    return "en"
+    # A word English shares ("de", "top", "rose") alone does not make a query foreign.
+    strong = 2 * sum(c in _MARK_CHARS[best] for c in lower) + sum(
+        1 for w in words if (w in _MARK_WORDS[best] and w not in _SHARED_WITH_ENGLISH)
+        or (best == "de" and _GERMAN.match(w)))
+    return best if strong >= 1 else "en"
