@@ -204,7 +204,8 @@ def _index_fp(ctx: BuildContext) -> str:
     from shopclip.index.store import EmbeddingStore
 
     store = EmbeddingStore.open(ctx.workdir.embeddings).state_key() if ctx.workdir.embeddings.exists() else None
-    return json_sha1([ctx.upstream("index"), ctx.options.backend, store])
+    # "lexical/1": folders indexed before the lexical view existed get it on their next build.
+    return json_sha1([ctx.upstream("index"), ctx.options.backend, store, "lexical/1"])
 
 
 def _index_run(ctx: BuildContext) -> str:
@@ -220,7 +221,7 @@ register_stage(ground_stage())
 register_stage(enrich_stage())
 register_stage(train_stage())
 register_stage(Stage("embed", _embed_fp, _embed_run, lambda c: [c.workdir.embeddings]))
-register_stage(Stage("index", _index_fp, _index_run, lambda c: [c.workdir.index]))
+register_stage(Stage("index", _index_fp, _index_run, lambda c: [c.workdir.index, c.workdir.index / "lexical" / "manifest.json"]))
 
 
 @dataclass
