@@ -32,7 +32,7 @@ LABELS = {"brand": "brand", "color": "colour", "gender": "gender", "type": "type
 # Words too common to stand for a brand on their own, whatever a catalog calls its brands.
 _NOT_A_BRAND = frozenset(["a", "an", "and", "the", "of", "for", "with", "in", "on", "to", "by", "my", "our", "your", "new", "w", "x"])
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*", re.UNICODE)
-_NUM = r"\d[\d,.\s]*\d|\d"
+_NUM = r"(?:\d[\d,.\s]*\d|\d)"
 _CUR = rf"(?:{CURRENCY}\s*)?"
 _PRICE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("between", re.compile(rf"\b(?:between|from)\s+{_CUR}({_NUM})\s*(?:/-)?\s*(?:and|to|-)\s+{_CUR}({_NUM})(?:\s*/-)?",
