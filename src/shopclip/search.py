@@ -11,6 +11,7 @@ built from other embeddings than the store holds (``shopclip embed`` ran since) 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from shopclip.models import DualEncoder, load_model
 from shopclip.pipeline.indexing import LEXICAL, IndexOutOfDateError, check_indexes, load_indexes
 from shopclip.pipeline.workdir import WorkDir
 from shopclip.query.hybrid import HybridConfig, HybridResult, HybridSearcher, SearchInputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,17 @@ class SearchEngine:
         if not LexicalIndex.exists(folder):
             return None
         index = LexicalIndex.open(folder)
-        if len(index) != len(self._meta):
-            raise IndexOutOfDateError(f"the lexical index holds {len(index)} products, the embeddings "
-                                      f"{len(self._meta)}: run `shopclip index build {self.workdir.root}`")
+        if len(index) != len(self._meta) or index.hashes().keys() != self._meta.keys():
+            # The store changed since (an embed run, or a writer that kept only the vector views
+            # in step): bring the view up to date from the store, as the server does at start.
+            try:
+                index.sync(list(self._meta.values()))
+            except Exception as e:  # another process (a server) holds the writer: search vector-only
+                log.warning("lexical index of %s is out of date and could not be repaired (%s); "
+                            "run `shopclip index build %s`", self.workdir.root, e, self.workdir.root)
+                return None
+            finally:
+                index.close()
         return index
 
     @property
