@@ -302,3 +302,34 @@ def test_multilingual_head_maps_translations_near_english(tmp_path):
     assert np.allclose(np.linalg.norm(foreign, axis=1), 1.0, atol=1e-3)
     saved = enc.save(tmp_path / "head")
     assert np.allclose(MultilingualQueryEncoder.load(saved).encode(["kurta rojo"]), enc.encode(["kurta rojo"]), atol=1e-2)
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("point", ["upsert:after_commit", "saved:fused"])
+def test_a_write_stopped_before_the_lexical_hook_is_repaired_at_start(serve_workdir, tmp_path, point):
+    """The store is the log: a crash after its commit but before the lexical view was updated
+    leaves the view behind; the next start brings it in step (and the one after finds nothing)."""
+    from shopclip.serve.state import ServeState
+    from shopclip.serve.testing import shared_model
+
+    work = tmp_path / "work"
+    shutil.copytree(serve_workdir, work)
+
+    def failpoint(name: str) -> None:
+        if name == point:
+            raise _Crash(name)
+
+    st = ServeState(work, model=shared_model(), failpoint=failpoint)
+    some = next(iter(st.snapshot.products.values()))
+    with pytest.raises(_Crash):
+        st.upsert("half-done", {"title": "Zorblax Half Done Lamp QZ-77", "category": "Home Decor > Lamps"},
+                  Path(some["image"]).read_bytes())
+    st.lexical.close()
+    reopened = ServeState(work, model=shared_model())
+    assert reopened.repaired.get("lexical") == 1
+    assert reopened.lexical.search("qz77", 1)[0].id == "half-done"
+    reopened.lexical.close()
+    assert "lexical" not in ServeState(work, model=shared_model()).repaired

@@ -367,7 +367,11 @@ class ServeState:
             self.lexical = LexicalIndex.build(folder, products.values())
             return {"lexical": len(products)}
         self.lexical = LexicalIndex.open(folder)
-        fixed = self.lexical.sync(list(products.values()))
+        try:
+            fixed = self.lexical.sync(list(products.values()))
+        except Exception as e:  # another server holds this folder's writer: serve what it has
+            log.warning("could not bring the lexical index in step (%s); serving it as it is", e)
+            return {}
         return {"lexical": fixed} if fixed else {}
 
     def _keep_lexical_in_step(self, upserted: Sequence[dict[str, Any]] = (), deleted: Sequence[str] = (),
