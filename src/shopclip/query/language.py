@@ -30,8 +30,7 @@ _MARK_WORDS = {
 
 
 # Words the marker lists share with English shopping queries.
-_SHARED_WITH_ENGLISH = frozenset("""de la el en o y a con par une des die top tops rose jean short robe sac pull
-    rock sneaker marine bordeaux gris rosa lila""".split())
+_SHARED_WITH_ENGLISH = frozenset(["de", "la", "el", "en", "o", "y", "a", "con", "par", "une", "des", "die", "top", "tops", "rose", "jean", "short", "robe", "sac", "pull", "rock", "sneaker", "marine", "bordeaux", "gris", "rosa", "lila"])
 # German compounds and inflected colours: "Damenhandtasche", "Herrenhemd", "blaues", "grauer".
 _GERMAN = re.compile(r"^(?:(?:damen|herren|kinder)\w+|\w+(?:schuhe|hemd|uhr|hose|tasche|pullover)|"
                      r"(?:schwarz|weiß|weiss|blau|grau|grün|gelb|braun|silbern|golden|weinrot|marineblau|"
