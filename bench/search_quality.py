@@ -111,6 +111,7 @@ class Runner:
         from shopclip.query.language import detect_language
 
         self.engine = engine
+        self.expand = True  # cross-lingual lexical terms (ValueVectors); off for the ablation arm
         self.queries = queries
         en_texts = sorted({q["query"] for q in queries})
         t0 = time.perf_counter()
@@ -130,7 +131,8 @@ class Runner:
         if self.multi:
             enc["multi"] = lambda t: self.multi[t] if t in self.multi else multi.encode([t])[0]
         return HybridSearcher(base.vector, base.lexical, base.products, enc, base.vocabulary,
-                              HybridConfig(vector_weight=fusion_weight), facet_cache=base._facets)
+                              HybridConfig(vector_weight=fusion_weight), facet_cache=base._facets,
+                              value_vectors=base.value_vectors if self.expand else None)
 
     def run(self, searcher: Any, q: dict, mode: str, fusion: str | None, understand: bool, lang: str | None) -> list[str]:
         out = searcher.search(q["query"], K, mode=mode, fusion=fusion, understand_query=understand, lang=lang)
@@ -181,6 +183,17 @@ def multilingual(runner: Runner, weight: float) -> dict[str, Any]:
         ratios[lang] = {name: round(v["ndcg@10"] / en[name.replace("|given", "|auto")]["ndcg@10"], 4)
                         for name, v in table.items() if en.get(name.replace("|given", "|auto"), {}).get("ndcg@10")}
     out["ndcg_ratio_to_english"] = ratios
+    runner.expand = False  # ablation: the lexical side without the catalog terms the query vector lands near
+    plain = runner.searcher(weight)
+    runner.expand = True
+    ablation: dict[str, Any] = {}
+    for lang in ("hi", "es", "fr", "de"):
+        lq = [q for q in qs if q["lang"] == lang]
+        for mode, fusion in ARMS[1:]:
+            name = f"{mode if fusion is None else f'{mode}_{fusion}'}|auto|understand_off"
+            ablation.setdefault(lang, {})[name] = mean(
+                [metrics(runner.run(plain, q, mode, fusion, False, None), set(q["relevant"])) for q in lq])
+    out["without_catalog_terms"] = ablation
     return out
 
 

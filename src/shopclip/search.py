@@ -147,17 +147,20 @@ class SearchEngine:
         """The hybrid searcher over one vector view (default: fused once aligned, else text)."""
         view = view or ("fused" if self.aligned else "text")
         if view not in self._searchers:
+            from shopclip.query.hybrid import ValueVectors
             from shopclip.query.understand import Vocabulary
 
             if self._vocabulary is None:
                 self._vocabulary = Vocabulary(self._meta.values())
+                self._value_vectors = ValueVectors(self._vocabulary, lambda xs: self.model.encode_text(xs))
             encoders: dict[str, Any] = {"en": lambda q: self.model.encode_text([q])[0]}
             multi = self.multilingual()
             if multi is not None:
                 encoders["multi"] = lambda q: multi.encode([q])[0]
             unavailable = {"multi": self._multi_problem} if self._multi_problem else {}
             self._searchers[view] = HybridSearcher(self.indexes[view], self.lexical, self._meta, encoders,
-                                                   self._vocabulary, self.hybrid_config, unavailable=unavailable)
+                                                   self._vocabulary, self.hybrid_config, unavailable=unavailable,
+                                                   value_vectors=self._value_vectors)
         return self._searchers[view]
 
     def multilingual(self) -> Any:

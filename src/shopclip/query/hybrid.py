@@ -30,11 +30,48 @@ from shopclip.query.fusion import RRF_K, rrf, weighted
 from shopclip.query.language import LANGUAGES, detect_language
 from shopclip.query.understand import Understood, Vocabulary, understand
 
-__all__ = ["FUSIONS", "MODES", "HybridConfig", "HybridResult", "HybridSearcher", "SearchInputError"]
+__all__ = ["FUSIONS", "MODES", "HybridConfig", "HybridResult", "HybridSearcher", "SearchInputError", "ValueVectors"]
 
 MODES = ("vector", "lexical", "hybrid")
 FUSIONS = ("rrf", "weighted")
 Encoder = Callable[[str], np.ndarray]
+
+
+class ValueVectors:
+    """English text embeddings of the catalog's type, colour and gender values, for queries in other languages.
+
+    The lexical index only knows the catalog's (English) words, so a Hindi or Spanish query
+    matches nothing in it. Its multilingual vector lands in shopclip's space, though, next
+    to the English values it means: the closest type, colour and gender value of the
+    catalog are added to the lexical query ("लाल कुर्ता" → "... kurtas red women"). Only
+    catalog values, one per facet; the vector side is untouched. Embeddings are computed
+    once per set of values (a handful of hundred short texts) and cached.
+    """
+
+    FACETS = ("type", "color", "gender")
+
+    def __init__(self, vocabulary: Vocabulary, encode_many: Callable[[list[str]], np.ndarray]) -> None:
+        self.vocabulary = vocabulary
+        self.encode_many = encode_many
+        self._key: frozenset[tuple[str, str]] | None = None
+        self._values: dict[str, tuple[list[str], np.ndarray]] = {}
+
+    def _current(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        key = frozenset(k for k in self.vocabulary.counts if k[0] in self.FACETS)
+        if key != self._key:
+            values: dict[str, tuple[list[str], np.ndarray]] = {}
+            for facet in self.FACETS:
+                names = sorted(v for f, v in key if f == facet)
+                if names:
+                    values[facet] = (names, np.asarray(self.encode_many(names), dtype=np.float32))
+            self._values, self._key = values, key
+        return self._values
+
+    def terms(self, vec: np.ndarray) -> list[str]:
+        out = []
+        for names, mat in self._current().values():
+            out.append(names[int(np.argmax(mat @ np.asarray(vec, dtype=np.float32)))])
+        return out
 
 
 class SearchInputError(ValueError):
@@ -80,6 +117,7 @@ class HybridSearcher:
         *,
         unavailable: Mapping[str, str] | None = None,
         facet_cache: dict[str, tuple[int, dict[str, tuple[str, ...]]]] | None = None,
+        value_vectors: ValueVectors | None = None,
     ) -> None:
         """`encoders`: "en" (required) and optionally "multi"; `unavailable` says why one is missing."""
         self.vector = vector
@@ -91,6 +129,7 @@ class HybridSearcher:
         self.unavailable = dict(unavailable or {})
         # id → (id(meta), facets): a replaced product (new meta dict) is recomputed; shareable across calls
         self._facets = facet_cache if facet_cache is not None else {}
+        self.value_vectors = value_vectors
 
     @property
     def default_mode(self) -> str:
@@ -155,15 +194,22 @@ class HybridSearcher:
 
         vec_hits: list[tuple[str, float]] = []
         encoder = ""
-        if mode in ("vector", "hybrid"):
+        vec = None
+        if mode in ("vector", "hybrid") or (detected != "en" and self.value_vectors is not None):
             vec, encoder, note = self._encode(text, detected)
             if note:
                 notes.append(note)
+        if mode in ("vector", "hybrid"):
             vec_hits = self._vector(vec, n, category, filters, exclude)
         lex_hits: list[tuple[str, float]] = []
         if mode in ("lexical", "hybrid"):
             assert self.lexical is not None
-            lex_hits = [(h.id, h.score) for h in self.lexical.search(text, n + len(exclude), category=category,
+            lex_text = text
+            if encoder == "multilingual" and self.value_vectors is not None and vec is not None:
+                terms = self.value_vectors.terms(vec)
+                lex_text = f"{text} {' '.join(terms)}"
+                notes.append("lexical terms from the catalog: " + ", ".join(terms))
+            lex_hits = [(h.id, h.score) for h in self.lexical.search(lex_text, n + len(exclude), category=category,
                                                                      filters=filters)
                         if h.id not in exclude and h.id in self.products]
         if mode == "vector":

@@ -311,7 +311,7 @@ class ServeState:
         options.setdefault("understand_query", options.pop("understand", True))
         searcher = HybridSearcher(snap.indexes[view], self.lexical, snap.products, self._encoders(),
                                   self.vocabulary, self.hybrid_config, unavailable=self._multi_problem,
-                                  facet_cache=self._facet_cache)
+                                  facet_cache=self._facet_cache, value_vectors=self._value_vectors)
         try:
             out = searcher.search(query, k, category=category, **options)
         except SearchInputError as e:
@@ -351,7 +351,10 @@ class ServeState:
         from shopclip.query.understand import Vocabulary
 
         self.hybrid_config = HybridConfig()
+        from shopclip.query.hybrid import ValueVectors
+
         self.vocabulary = Vocabulary(products.values())
+        self._value_vectors = ValueVectors(self.vocabulary, lambda xs: self.model.encode_text(xs))
         self._facet_cache: dict[str, Any] = {}
         self._multi: Any = None
         self._multi_problem: dict[str, str] = {}
