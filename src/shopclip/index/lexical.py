@@ -47,11 +47,15 @@ MAX_QUERY_TERMS = 64
 
 
 def _tantivy() -> Any:
-    try:
-        import tantivy
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ImportError("the lexical index needs tantivy: pip install 'tantivy==0.27.0'") from e
+    import tantivy  # a declared dependency (Python >= 3.11); imported at module load below
+
     return tantivy
+
+
+try:  # fail on import, so callers can fall back to vector-only search where tantivy is missing
+    import tantivy as _tantivy_module  # noqa: F401
+except ImportError as e:  # pragma: no cover
+    raise ImportError("the lexical index needs tantivy (Python >= 3.11): pip install 'tantivy==0.27.0'") from e
 
 
 def code_tokens(text: str) -> list[str]:

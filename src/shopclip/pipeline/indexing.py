@@ -48,8 +48,13 @@ def build_indexes(store_dir: str | Path, out: str | Path, *, backend: str = "fai
 
 def build_lexical(store: EmbeddingStore, out: str | Path) -> int:
     """The lexical view from the products' stored metadata (title, brand, attributes, description)."""
-    from shopclip.index.lexical import LexicalIndex
+    try:
+        from shopclip.index.lexical import LexicalIndex
+    except ImportError as e:  # tantivy needs Python >= 3.11: search stays vector-only there
+        import logging
 
+        logging.getLogger(__name__).warning("no lexical index: %s", e)
+        return 0
     index = LexicalIndex.build(Path(out) / LEXICAL, store.meta())
     return len(index)
 
