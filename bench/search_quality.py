@@ -231,6 +231,31 @@ def latency(runner: Runner, weight: float, n: int) -> dict[str, Any]:
     return {"search_only": summary(times), "end_to_end": summary(e2e)}
 
 
+def write_cost(metas: list[dict], scale: int, writes: int) -> dict[str, Any]:
+    """One-product upsert + commit on lexical indexes of n and scale x n products, interleaved."""
+    import tempfile
+
+    from shopclip.index.lexical import LexicalIndex
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="lexical-write-") as tmp:
+        big = [{**m, "id": f"{m['id']}~{r}"} if r else m for r in range(scale) for m in metas]
+        sizes = {"n": metas, f"{scale}n": big}
+        indexes = {name: LexicalIndex.build(Path(tmp) / name, items) for name, items in sizes.items()}
+        times: dict[str, list[float]] = defaultdict(list)
+        for i in range(writes):
+            for name, ix in indexes.items():
+                doc = {**metas[i % len(metas)], "title": f"{metas[i % len(metas)]['title']} v{i}"}
+                t0 = time.perf_counter()
+                ix.upsert([doc])
+                times[name].append((time.perf_counter() - t0) * 1000)
+        for name, ix in indexes.items():
+            out[name] = {"products": len(ix), "upsert_p50_ms": round(float(np.percentile(times[name], 50)), 2),
+                         "upsert_p99_ms": round(float(np.percentile(times[name], 99)), 2), "writes": writes}
+            ix.close()
+    return out
+
+
 def choose_weight(runner: Runner) -> tuple[float, str, dict[str, Any]]:
     """Weighted-mix vector weight and default fusion that maximise mean dev NDCG@10 over sets a-d."""
     grid: dict[str, Any] = {}
@@ -311,6 +336,7 @@ def main() -> None:
     test = evaluate(runner, weight, ("test",), "abcde")
     ml = multilingual(runner, weight)
     lat = latency(runner, weight, 40 if args.quick else 300)
+    writes = write_cost(list(engine._meta.values()), 2 if args.quick else 10, 5 if args.quick else 40)
     result = {
         "catalog": {"products": len(engine), "work": str(work), "model": engine.store.model},
         "queries": {s: {sp: sum(q["set"] == s and q["split"] == sp for q in queries) for sp in ("dev", "test")}
@@ -325,6 +351,7 @@ def main() -> None:
         "multilingual_problem": runner.multi_problem,
         "latency_ms": lat,
         "encode_seconds": round(runner.encode_seconds, 2),
+        "lexical_write_cost": writes,
         "targets": targets(test, ml, lat, fusion),
     }
     out = args.out or (None if args.quick else RESULT)
