@@ -211,6 +211,7 @@ def _prices(query: str, vocab: Vocabulary) -> tuple[str, float | None, float | N
     lo = hi = None
     chips: list[Chip] = []
     ignored: list[dict[str, str]] = []
+    phrases: list[str] = []
     text = query
     for kind, pattern in _PRICE_PATTERNS:
         for m in list(pattern.finditer(text)):
@@ -223,12 +224,14 @@ def _prices(query: str, vocab: Vocabulary) -> tuple[str, float | None, float | N
                 problem = "this catalog has no prices"
             if problem:
                 ignored.append({"words": words, "reason": problem})
-            elif kind in ("between", "range"):
-                lo, hi = values[0][0], values[1][0]
-            elif kind == "max":
-                hi = values[0][0]
             else:
-                lo = values[0][0]
+                phrases.append(words)
+                if kind in ("between", "range"):
+                    lo, hi = values[0][0], values[1][0]
+                elif kind == "max":
+                    hi = values[0][0]
+                else:
+                    lo = values[0][0]
             text = text.replace(m.group(0), " ", 1)
     if lo is not None or hi is not None:
         if lo is not None and hi is not None and lo > hi:
@@ -237,7 +240,7 @@ def _prices(query: str, vocab: Vocabulary) -> tuple[str, float | None, float | N
         else:
             label = (f"{_fmt(lo)} ≤ price ≤ {_fmt(hi)}" if lo is not None and hi is not None
                      else f"price < {_fmt(hi)}" if hi is not None else f"price > {_fmt(lo)}")  # type: ignore[arg-type]
-            chips.append(Chip("price", tuple(_fmt(v) for v in (lo, hi) if v is not None), query, label))
+            chips.append(Chip("price", tuple(_fmt(v) for v in (lo, hi) if v is not None), " ".join(phrases), label))
     return " ".join(text.split()), lo, hi, chips, ignored
 
 
@@ -246,6 +249,7 @@ def understand(query: str, vocab: Vocabulary) -> Understood:
     text, lo, hi, price_chips, ignored = _prices(query, vocab)
     words = _WORD.findall(text)
     facets: dict[str, set[str]] = {}
+    said: dict[str, list[str]] = {}
     chips: list[Chip] = []
     i = 0
     while i < len(words):
@@ -257,6 +261,7 @@ def understand(query: str, vocab: Vocabulary) -> Understood:
                         facets[name] |= values
                     else:
                         facets[name] = set(values)
+                    said.setdefault(name, []).append(" ".join(words[i : i + n]))
                 i += n
                 break
         else:
@@ -265,7 +270,7 @@ def understand(query: str, vocab: Vocabulary) -> Understood:
         if name in facets:
             values = tuple(sorted(facets[name]))
             shown = values[0] if len(values) == 1 else " or ".join(values[:3]) + (" …" if len(values) > 3 else "")
-            chips.append(Chip(name, values, name, f"{LABELS[name]} = {shown}"))
+            chips.append(Chip(name, values, " ".join(said[name]), f"{LABELS[name]} = {shown}"))
     filters = Filters({c.facet: c.values for c in chips}, lo, hi)
     for c in price_chips:
         chips.append(Chip("price", c.values, c.words, c.label))
