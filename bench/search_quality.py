@@ -61,14 +61,27 @@ def full_workdir(progress: bool) -> Path:
     catalog = SAMPLE / "catalog.jsonl"
     key = hashlib.sha1(f"{resolve_model_ref('default')}|{catalog.resolve()}|{catalog.stat().st_size}".encode()).hexdigest()[:12]
     work = cache_root() / f"search-{key}"
-    seed = cache_root() / f"work-{key}"
-    if not work.exists() and seed.exists():
+    seed = _seed(catalog)
+    if not work.exists() and seed is not None:
         tmp = work.with_name(work.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(seed, tmp, ignore=shutil.ignore_patterns("cache"))
         tmp.rename(work)
     build(catalog, work, BuildOptions(model="default", progress=progress, check_images=False))
     return work
+
+
+def _seed(catalog: Path) -> Path | None:
+    """A full-sample work folder another benchmark already built (bench/_synthetic.py keys it by the
+    model folder's path, which differs per checkout); build() below redoes only what differs."""
+    for folder in sorted(cache_root().glob("work-*")):
+        try:
+            manifest = json.loads((folder / "shopclip.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("catalog") == str(catalog.resolve()) and not manifest.get("options", {}).get("sample"):
+            return folder
+    return None
 
 
 def quick_workdir(tmp: Path) -> tuple[Path, list[dict]]:
