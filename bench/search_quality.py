@@ -107,8 +107,9 @@ def metrics(ranked: list[str], relevant: set[str]) -> dict[str, float]:
     rel = np.array([[1.0 if i in relevant else 0.0 for i in ranked[:K]] + [0.0] * (K - len(ranked[:K]))])
     full = np.zeros((1, max(K, len(relevant))))
     full[0, : len(relevant)] = 1.0
-    return {"ndcg@10": float(ndcg_at_k(rel, K, relevance=full)[0]), "hits@10": float(hits_at_k(rel, K)[0]),
-            "precision@10": float(precision_at_k(rel, K)[0])}
+    n = [len(relevant)]  # a query with nothing relevant in its top 10 still counts (0, not NaN)
+    return {"ndcg@10": float(ndcg_at_k(rel, K, relevance=full)[0]), "hits@10": float(hits_at_k(rel, K, n)[0]),
+            "precision@10": float(precision_at_k(rel, K, n)[0])}
 
 
 def mean(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -235,7 +235,7 @@ def test_server_modes_understood_filters_and_bad_input(server):
     with httpx.Client(base_url=url, timeout=60) as c:
         r = c.get("/search", params={"q": "red shoes under ₹2,000", "k": 4})
         body = r.json()
-        assert r.status_code == 200 and body["mode"] == "hybrid" and body["fusion"] == "rrf"
+        assert r.status_code == 200 and body["mode"] == "hybrid" and body["fusion"] == "weighted"
         labels = [f["label"] for f in body["understood"]["filters"]]
         assert "colour = red" in labels and body["understood"]["shown"].startswith("showing: ")
         assert body["understood"]["ignored"][0]["reason"] == "this catalog has no prices"
