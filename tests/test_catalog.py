@@ -320,19 +320,35 @@ def test_other_field_rules(tmp_path, rows):
     report = validate_catalog(path)
     got = [(e.line, e.field, e.reason) for e in report.errors]
     assert got == [
-        (1, "price", "negative price"),
         (3, "labels", "wrong type: expected object, got list"),
         (3, "split", "unknown split (expected train, val, test)"),
         (4, "image", "empty string"),
         (4, "category", "empty category level"),
     ]
-    assert report.rejected_rows == 3  # one row, several errors, rejected once
-    (p,) = report.products
+    # price is optional: an unusable one is dropped with a warning and the product kept
+    assert [(e.line, e.field, e.reason) for e in report.warnings] == [
+        (1, "price", "negative price")]
+    assert report.rejected_rows == 2  # one row, several errors, rejected once
+    first, p = report.products
+    assert first.id == rows[0]["id"] and first.price is None
     assert p.category == ["Apparel", "Topwear", "Tshirts"] and p.price == 499.5 and p.group == "7"
     assert p.labels == {"adult": False} and p.url == "https://example.com/p/1"
     assert p.extra == {"source": rows[1]["source"], "vendor_sku": "A-1"}
     summary = report.summary()
-    assert "4 rows, 1 valid, 3 rejected (5 errors)" in summary and "price: negative price" in summary
+    assert "4 rows, 2 valid, 2 rejected (4 errors, 1 warnings, rows kept)" in summary
+    assert "price: negative price (warning)" in summary
+
+
+def test_prices_as_shops_write_them(tmp_path, rows):
+    """`1,299`, `₹1,299.00`, `Rs. 499` are read; text that is no price keeps the row with a warning."""
+    written = ["1,299", "₹1,299.00", "Rs. 499", "12,34,567", "499/-", "call for price", 250]
+    items = [{**rows[i % 4], "id": f"p{i}", "price": v} for i, v in enumerate(written)]
+    report = validate_catalog(write_lines(tmp_path, items), check_images=False)
+    assert report.errors == []
+    assert [p.price for p in report.products] == [1299.0, 1299.0, 499.0, 1234567.0, 499.0, None, 250.0]
+    (w,) = report.warnings
+    assert (w.line, w.field, w.severity, w.id) == (6, "price", "warning", "p5")
+    assert w.reason.startswith("not a number")
 
 
 def test_errors_file(tmp_path, rows):

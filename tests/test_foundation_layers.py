@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "enrich": 3,
     "train": 3,
     "eval": 3,
+    "query": 3,
     "pipeline": 4,
     "search": 4,
     "serve": 5,

@@ -70,7 +70,7 @@ def put(c: httpx.Client, url: str, work: Path, pid: str, title: str, row: dict) 
 def test_server_on_pgvector_searches_and_writes_one_transaction_each(work, pg):
     sizes = build_indexes(work / "embeddings", work / "index", backend="pgvector", uri=pg.uri)
     n = len(rows(work))
-    assert sizes == {"image": n, "text": n, "fused": n}
+    assert sizes == {"image": n, "text": n, "fused": n, "lexical": n}  # the lexical view stays in the work folder
     assert read_json(work / "index" / "fused" / "manifest.json")["backend"] == "pgvector"
     r = rows(work)
     app = create_app(work, api_key=KEY, model=shared_model())

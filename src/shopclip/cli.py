@@ -227,6 +227,14 @@ def search(
     image: Annotated[Path | None, typer.Option(help="Search by this image instead of text")] = None,
     k: Annotated[int, typer.Option("-k", help="Number of results")] = 10,
     category: Annotated[str | None, typer.Option(help="Only products under this category path, e.g. 'Footwear'")] = None,
+    mode: Annotated[str | None, typer.Option(help="vector, lexical (BM25) or hybrid (both, fused); default: hybrid "
+                                                  "when the work folder has a lexical index, else vector")] = None,
+    fusion: Annotated[str | None, typer.Option(help="hybrid only: rrf (reciprocal rank fusion, k=60) or weighted")] = None,
+    lang: Annotated[str | None, typer.Option(help="Query language: auto (detected), en, hi, es, fr, de")] = None,
+    understand: Annotated[bool, typer.Option(help="Turn brand/colour/gender/type/price words into filters "
+                                                  "(shown above the results)")] = True,
+    drop: Annotated[list[str] | None, typer.Option(help="Ignore this understood filter (brand, color, gender, "
+                                                        "type, price); repeatable")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table")] = False,
     store: StoreOpt = None,
     uri: UriOpt = None,
@@ -234,6 +242,8 @@ def search(
     """Find products by text or by image.
 
     Examples: shopclip search demo-work "red running shoes" -k 10;
+    shopclip search demo-work "puma shoes under 2000" --mode hybrid --drop price;
+    shopclip search demo-work "लाल कुर्ता";
     shopclip search demo-work --image ../shared/data/products/images/myntra-10104.jpg --category Footwear
     """
     _quiet_libraries()
@@ -254,8 +264,29 @@ def search(
             raise typer.Exit(2) from None
         title = f"image: {image}"
     else:
-        results = eng.search_text(query, k, category)
-        title = f"text: {query!r}" + ("" if eng.aligned else " (matched against product text: model not trained)")
+        from shopclip.search import SearchInputError
+
+        text = " ".join(query.split())
+        if not any(c.isalnum() for c in text):
+            err.print("[red]the query has no letters or digits to search for[/red]")
+            raise typer.Exit(2)
+        try:
+            out = eng.search(text, k, category, mode=mode, fusion=fusion, lang=lang, understand=understand,
+                             drop=tuple(drop or ()))
+        except SearchInputError as e:
+            err.print(f"[red]{e}[/red]", soft_wrap=True)
+            raise typer.Exit(2) from None
+        results, info = out.results, out.info
+        title = f"text: {query!r} ({info.mode}{'/' + info.fusion if info.fusion else ''}, {info.lang})" + (
+            "" if eng.aligned else " (matched against product text: model not trained)")
+        if not as_json:
+            if info.understood and info.understood.shown:
+                console.print(f"{info.understood.shown}  (drop one with --drop FACET, or --no-understand)",
+                              markup=False, highlight=False)
+            for item in (info.understood.ignored if info.understood else []):
+                console.print(f"ignored {item['words']!r}: {item['reason']}", markup=False, highlight=False)
+            for note in info.notes:
+                console.print(f"note: {note}", markup=False, highlight=False)
     _print_results(title, results, as_json)
 
 
@@ -405,10 +436,12 @@ def _register_capabilities() -> None:
     from shopclip.grounding.cli import ground_command
     from shopclip.serve.cli import serve_command
     from shopclip.train.cli import train_command
+    from shopclip.train.multilingual import train_multilingual_command
 
     app.command("ground")(ground_command)
     app.command("enrich")(enrich_command)
     app.command("train")(train_command)
+    app.command("train-multilingual")(train_multilingual_command)
     app.command("eval")(eval_command)
     app.command("serve")(serve_command)
 

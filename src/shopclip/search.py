@@ -1,13 +1,17 @@
 """Query a built work folder: text → products, image → products, product → similar products.
 
 Loads the stored embeddings and indexes once; the model is loaded only when a text
-or image query needs encoding, so `similar` answers without touching a tower. Indexes
+or image query needs encoding, so `similar` answers without touching a tower. Text
+queries run through `shopclip.query.hybrid`: mode vector, lexical or hybrid (the
+default when the work folder has a lexical index), filters understood from the query,
+and the multilingual query encoder for queries in other languages. Indexes
 built from other embeddings than the store holds (``shopclip embed`` ran since) raise
 :class:`IndexOutOfDateError` on opening rather than answer from stale vectors.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +21,17 @@ import numpy as np
 from shopclip.index.base import read_manifest
 from shopclip.index.store import EmbeddingStore
 from shopclip.models import DualEncoder, load_model
-from shopclip.pipeline.indexing import VIEWS, IndexOutOfDateError, check_indexes, load_indexes
+from shopclip.pipeline.indexing import LEXICAL, VIEWS, IndexOutOfDateError, check_indexes, load_indexes
 from shopclip.pipeline.workdir import WorkDir
+from shopclip.query.hybrid import HybridConfig, HybridResult, HybridSearcher, SearchInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Hit:
+    id: str
+    score: float
 
 
 @dataclass
@@ -33,7 +46,15 @@ class Result:
         return asdict(self)
 
 
-__all__ = ["IndexOutOfDateError", "Result", "SearchEngine"]
+__all__ = ["IndexOutOfDateError", "Result", "SearchEngine", "SearchInputError", "TextSearch"]
+
+
+@dataclass
+class TextSearch:
+    """A text search's results plus how it was run: mode, language, encoder, understood filters."""
+
+    results: list[Result]
+    info: HybridResult
 
 
 class SearchEngine:
@@ -62,6 +83,33 @@ class SearchEngine:
         self._model = model if isinstance(model, DualEncoder) else None
         self._model_ref = model if isinstance(model, str) else self.workdir.model_ref()
         self._meta = {m["id"]: m for m in self.store.meta()}
+        self.lexical = self._open_lexical()
+        self.hybrid_config = HybridConfig()
+        self._searchers: dict[str, HybridSearcher] = {}
+        self._vocabulary = None
+        self._multi: Any = None
+        self._multi_problem: str | None = None
+
+    def _open_lexical(self) -> Any:
+        """The lexical view, or None for a work folder indexed before it existed (vector search only)."""
+        from shopclip.index.lexical import LexicalIndex
+
+        folder = self.workdir.index / LEXICAL
+        if not LexicalIndex.exists(folder):
+            return None
+        index = LexicalIndex.open(folder)
+        if len(index) != len(self._meta) or index.hashes().keys() != self._meta.keys():
+            # The store changed since (an embed run, or a writer that kept only the vector views
+            # in step): bring the view up to date from the store, as the server does at start.
+            try:
+                index.sync(list(self._meta.values()))
+            except Exception as e:  # another process (a server) holds the writer: search vector-only
+                log.warning("lexical index of %s is out of date and could not be repaired (%s); "
+                            "run `shopclip index build %s`", self.workdir.root, e, self.workdir.root)
+                return None
+            finally:
+                index.close()
+        return index
 
     @property
     def model(self) -> DualEncoder:
@@ -82,7 +130,7 @@ class SearchEngine:
             raise KeyError(product_id)
         return self._meta[product_id]
 
-    def _results(self, hits: list, ) -> list[Result]:
+    def _results(self, hits: list) -> list[Result]:
         out = []
         for h in hits:
             m = self._meta.get(h.id, {})
@@ -93,9 +141,53 @@ class SearchEngine:
                       exclude: tuple[str, ...] = ()) -> list[Result]:
         return self._results(self.indexes[view].search(vec.astype(np.float32), k, category=category, exclude=exclude)[0])
 
-    def search_text(self, query: str, k: int = 10, category: str | None = None, view: str | None = None) -> list[Result]:
+    def search_text(self, query: str, k: int = 10, category: str | None = None, view: str | None = None,
+                    **options: Any) -> list[Result]:
+        """Text → products. `options`: mode ("vector" | "lexical" | "hybrid"), fusion ("rrf" |
+        "weighted"), lang ("auto", "en", "hi", ...), understand (filters from the query, default
+        on), drop (understood facets to ignore), filters (a catalog.facets.Filters)."""
+        return self.search(query, k, category, view, **options).results
+
+    def search(self, query: str, k: int = 10, category: str | None = None, view: str | None = None, *,
+               mode: str | None = None, fusion: str | None = None, lang: str | None = None,
+               understand: bool = True, drop: tuple[str, ...] = (), filters: Any = None) -> TextSearch:
+        """Like `search_text`, plus what was understood and how the query was run (`info`)."""
+        out = self.searcher(view).search(query, k, mode=mode, fusion=fusion, category=category, lang=lang,
+                                         understand_query=understand, drop=drop, filters=filters)
+        return TextSearch(self._results([_Hit(i, s) for i, s in out.hits]), out)
+
+    def searcher(self, view: str | None = None) -> HybridSearcher:
+        """The hybrid searcher over one vector view (default: fused once aligned, else text)."""
         view = view or ("fused" if self.aligned else "text")
-        return self.search_vector(self.model.encode_text([query])[0], view, k, category)
+        if view not in self._searchers:
+            from shopclip.query.hybrid import ValueVectors
+            from shopclip.query.understand import Vocabulary
+
+            if self._vocabulary is None:
+                self._vocabulary = Vocabulary(self._meta.values())
+                self._value_vectors = ValueVectors(self._vocabulary, lambda xs: self.model.encode_text(xs))
+            encoders: dict[str, Any] = {"en": lambda q: self.model.encode_text([q])[0]}
+            multi = self.multilingual()
+            if multi is not None:
+                encoders["multi"] = lambda q: multi.encode([q])[0]
+            unavailable = {"multi": self._multi_problem} if self._multi_problem else {}
+            self._searchers[view] = HybridSearcher(self.indexes[view], self.lexical, self._meta, encoders,
+                                                   self._vocabulary, self.hybrid_config, unavailable=unavailable,
+                                                   value_vectors=self._value_vectors)
+        return self._searchers[view]
+
+    def multilingual(self) -> Any:
+        """The shipped multilingual query encoder, if installed and distilled for this folder's model."""
+        if self._multi is None and self._multi_problem is None:
+            from shopclip.models.multilingual import MultilingualMismatchError, MultilingualQueryEncoder
+
+            try:
+                enc = MultilingualQueryEncoder.load()
+                enc.check_target(self.store.model)
+                self._multi = enc
+            except (FileNotFoundError, ImportError, MultilingualMismatchError) as e:
+                self._multi_problem = str(e)
+        return self._multi
 
     def search_image(self, image: Any, k: int = 10, category: str | None = None, view: str = "image") -> list[Result]:
         return self.search_vector(self.model.encode_image([image])[0], view, k, category)

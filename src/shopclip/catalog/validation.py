@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
+from shopclip.catalog.prices import PriceError, parse_price
 from shopclip.catalog.readers import read_rows
 from shopclip.catalog.schema import (
     KNOWN_FIELDS,
@@ -266,24 +267,13 @@ def _labels(value: Any) -> dict[str, Any]:
 
 
 def _price(value: Any) -> float | None:
-    if value is _MISSING or value is None:
+    """Prices as shops write them (`1,299`, `₹1,299.00`, `Rs. 499`): see catalog.prices."""
+    if value is _MISSING:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _wrong_type("number", value)
-    if isinstance(value, str):
-        if not value.strip():
-            return None
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise _FieldError("not a number", value) from None
-    else:
-        number = float(value)
-    if not math.isfinite(number):
-        raise _FieldError("not a finite number", value)
-    if number < 0:
-        raise _FieldError("negative price", value)
-    return number
+    try:
+        return parse_price(value)
+    except PriceError as e:
+        raise _FieldError(str(e), value) from None
 
 
 def _split(value: Any) -> str | None:
@@ -294,6 +284,10 @@ def _split(value: Any) -> str | None:
         raise _FieldError(f"unknown split (expected {', '.join(SPLITS)})", value)
     return name
 
+
+# Optional fields whose unreadable value is dropped with a warning instead of rejecting the
+# row: a price a shop wrote oddly should not cost the product its place in search.
+WARN_ONLY = frozenset({"price"})
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "description": lambda v: _optional_text(v) or "",
@@ -327,7 +321,11 @@ def image_path_problem(image: str) -> str | None:
 
 
 def validate_row(row: dict[str, Any], line: int) -> tuple[Product | None, list[RowError]]:
-    """Check one parsed row; the Product is None when any error was found."""
+    """Check one parsed row; the Product is None when any error was found.
+
+    The list holds errors and warnings (`severity == "warning"`: an unreadable optional
+    value was dropped and the row kept); only errors make the Product None.
+    """
     errors: list[RowError] = []
     values: dict[str, Any] = {}
     pid: str | None = None
@@ -348,15 +346,21 @@ def validate_row(row: dict[str, Any], line: int) -> tuple[Product | None, list[R
             add(name, e)
     if "image" in values and (problem := image_path_problem(values["image"])):
         add("image", _FieldError(problem, values["image"]))
+    warnings: list[RowError] = []
     for name, check in _CHECKS.items():
         try:
             values[name] = check(row.get(name, _MISSING))
         except _FieldError as e:
-            add(name, e)
+            if name in WARN_ONLY:
+                values[name] = None
+                warnings.append(RowError(line, e.where or name, e.reason, pid,
+                                         None if e.value is None else short_repr(e.value), severity="warning"))
+            else:
+                add(name, e)
     if errors:
-        return None, errors
+        return None, errors + warnings
     extra = {k: v for k, v in row.items() if k not in KNOWN_FIELDS}
-    return Product(**values, extra=extra, line=line), []
+    return Product(**values, extra=extra, line=line), warnings
 
 
 # -- the whole catalog ------------------------------------------------------------------
@@ -382,6 +386,7 @@ def validate_catalog(
     # A rejected row still claims its id: which of two copies is right is the owner's call.
     first_line: dict[str, int] = {}
     to_check: list[tuple[int, str | None, str]] = []  # (line, id, image) of every usable image path
+    row_warnings: list[RowError] = []
     total = 0
 
     for line, row in read_rows(source):
@@ -408,13 +413,15 @@ def validate_catalog(
         image = product.image if product else _usable_image(row)
         if check_images and image is not None:
             to_check.append((line, pid, image))
-        errors.extend(row_errors)
+        errors.extend(e for e in row_errors if e.severity != "warning")
+        row_warnings.extend(e for e in row_errors if e.severity == "warning")
         if product is not None:
             candidates.append(product)
 
-    warnings: list[RowError] = []
+    warnings: list[RowError] = row_warnings
     if check_images and to_check:
-        bad, warnings = _check_images(root, to_check, min_image_size, workers, progress)
+        bad, image_warnings = _check_images(root, to_check, min_image_size, workers, progress)
+        warnings = sorted(row_warnings + image_warnings, key=lambda e: e.line)
         errors.extend(bad)
         bad_lines = {e.line for e in bad}
         candidates = [p for p in candidates if p.line not in bad_lines]

@@ -225,7 +225,7 @@ def _index_fp(ctx: BuildContext) -> str:
 
     store = EmbeddingStore.open(ctx.workdir.embeddings).state_key() if ctx.workdir.embeddings.exists() else None
     return json_sha1([ctx.upstream("index"), ctx.options.backend, store, INDEX_FORMAT_VERSION,
-                      sorted(ctx.options.index_options.items())])
+                      sorted(ctx.options.index_options.items()), "lexical/1"])
 
 
 def _index_run(ctx: BuildContext) -> str:
@@ -242,7 +242,7 @@ register_stage(ground_stage())
 register_stage(enrich_stage())
 register_stage(train_stage())
 register_stage(Stage("embed", _embed_fp, _embed_run, lambda c: [c.workdir.embeddings]))
-register_stage(Stage("index", _index_fp, _index_run, lambda c: [c.workdir.index]))
+register_stage(Stage("index", _index_fp, _index_run, lambda c: [c.workdir.index, c.workdir.index / "lexical" / "manifest.json"]))
 
 
 @dataclass

@@ -35,6 +35,9 @@ def row_hash(content_hash: str, category: object) -> str:
     return sha1_bytes(f"{content_hash}\x1f{category_text(category) or ''}".encode())[:20]
 
 
+LEXICAL = "lexical"  # the BM25 view (shopclip.index.lexical), beside the vector views
+
+
 class IndexOutOfDateError(RuntimeError):
     """The indexes were built from other embeddings than the store now holds."""
 
@@ -75,8 +78,22 @@ def build_indexes(store_dir: str | Path, out: str | Path, *, backend: str = "fai
     finally:
         for _, index in staged:
             index.close()
+    sizes[LEXICAL] = build_lexical(store, out)
     record_source(store, out)  # last: a crash before this leaves the old record, which no longer matches
     return sizes
+
+
+def build_lexical(store: EmbeddingStore, out: str | Path) -> int:
+    """The lexical view from the products' stored metadata (title, brand, attributes, description)."""
+    try:
+        from shopclip.index.lexical import LexicalIndex
+    except ImportError as e:  # tantivy needs Python >= 3.11: search stays vector-only there
+        import logging
+
+        logging.getLogger(__name__).warning("no lexical index: %s", e)
+        return 0
+    index = LexicalIndex.build(Path(out) / LEXICAL, store.meta())
+    return len(index)
 
 
 def view_options(backend: str, view: str, options: dict[str, Any], workdir: str | Path) -> dict[str, Any]:

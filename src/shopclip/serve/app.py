@@ -41,6 +41,10 @@ from shopclip.serve.state import ServeState, public_product
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 View = Literal["image", "text", "fused"]
+Mode = Literal["vector", "lexical", "hybrid"]
+Fusion = Literal["rrf", "weighted"]
+Lang = Literal["auto", "en", "hi", "es", "fr", "de", "xx"]
+FacetName = Literal["brand", "color", "gender", "type", "price"]
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
                    Awaitable[None]]
 
@@ -60,6 +64,29 @@ class SearchResponse(BaseModel):
     view: str = Field(description="which product vectors were searched: image, text or fused")
     took_ms: float
     results: list[Hit]
+
+
+class UnderstoodFilter(BaseModel):
+    facet: str = Field(description="brand, color, gender, type or price; pass it in `drop` to remove this filter")
+    values: list[str]
+    words: str = Field(description="the query words it came from")
+    label: str = Field(description='what to show, e.g. "colour = red" or "price < 1500"')
+
+
+class Understood(BaseModel):
+    text: str = Field(description="the query the rankers saw (price phrases taken out)")
+    filters: list[UnderstoodFilter]
+    shown: str = Field(description='"showing: colour = red, price < 1500", empty without filters')
+    ignored: list[dict[str, str]] = Field(description="phrases not used as filters, with the reason")
+
+
+class TextSearchResponse(SearchResponse):
+    mode: str = Field(description="vector, lexical or hybrid")
+    fusion: str | None = Field(default=None, description="rrf or weighted (hybrid only)")
+    lang: str = Field(description="the query's language, detected or as given")
+    encoder: str = Field(description="shopclip (English text tower), multilingual, or empty (lexical)")
+    understood: Understood | None = None
+    notes: list[str] = Field(default_factory=list)
 
 
 class Product(BaseModel):
@@ -529,7 +556,7 @@ def create_app(
         """Every category path and its prefixes with product counts: what `category=` accepts."""
         return {"categories": st.categories()}
 
-    @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["search"],
+    @app.get("/search", response_model=TextSearchResponse, response_model_exclude_none=True, tags=["search"],
              dependencies=read_deps, responses={**validation, **responses(*read_errors)})
     def search(
         q: Annotated[str, Query(min_length=1, max_length=max_query_chars, description="search text",
@@ -537,12 +564,22 @@ def create_app(
         k: K = 10,
         category: Category_q = None,
         view: Annotated[View | None, Query(description="default: fused if the model is trained, else text")] = None,
+        mode: Annotated[Mode | None, Query(description="vector, lexical (BM25) or hybrid (both, fused); "
+                                                       "default: hybrid where the lexical index exists")] = None,
+        fusion: Annotated[Fusion | None, Query(description="hybrid only: rrf (k=60) or weighted")] = None,
+        lang: Annotated[Lang | None, Query(description="query language; default auto (detected)")] = None,
+        understand: Annotated[bool, Query(description="turn brand/colour/gender/type/price words into filters")] = True,
+        drop: Annotated[list[FacetName] | None, Query(description="understood filters to remove")] = None,
     ) -> dict[str, Any]:
-        """Text search: products whose image or text best match the query."""
+        """Text search: products whose image or text best match the query, with the filters it names."""
         t0 = time.perf_counter()
         text = query_text(q)
+        if not any(c.isalnum() for c in text):
+            raise ApiError(422, "no_words", "the query has no letters or digits to search for")
         v = view or st.default_view("text")
-        return timed(v, t0, st.search_text(text, k, category, v))
+        hits, how = st.search_query(text, k, category, v, mode=mode, fusion=fusion, lang=lang, understand=understand,
+                                    drop=tuple(drop or ()))
+        return timed(v, t0, hits) | how.to_dict()
 
     @app.post("/search/image", response_model=SearchResponse, response_model_exclude_none=True, tags=["search"],
               dependencies=read_deps, responses={**responses(400, 403, 413, 415), **validation,

@@ -52,7 +52,7 @@ from shopclip.index import create_index, load_index
 from shopclip.index.base import StoreUnavailableError, VectorIndex, read_manifest, write_together
 from shopclip.index.store import EmbeddingStore, StoreWriter, l2_normalize
 from shopclip.pipeline.embed import model_fingerprint, product_hash, product_meta
-from shopclip.pipeline.indexing import VIEWS, row_hash, view_options
+from shopclip.pipeline.indexing import LEXICAL, VIEWS, row_hash, view_options
 from shopclip.pipeline.workdir import WorkDir
 from shopclip.serve.errors import ApiError
 from shopclip.serve.recommend import cluster_interests, event_weights, interleave
@@ -175,6 +175,7 @@ class ServeState:
         self._category_counts: Counter[str] = Counter(
             p for m in self._products.values() for p in _prefixes(m.get("category")))
         self._image_refs: Counter[str] = Counter(str(m.get("image") or "") for m in self._products.values())
+        repaired.update(self._open_lexical(self._products))
         self.store: StoreWriter | EmbeddingStore = full.writer()  # from here on the store is only appended to
         del full
         self._version = 1
@@ -374,8 +375,105 @@ class ServeState:
         return {"id": product_id, "score": round(float(score), 6), "title": m.get("title", ""),
                 "category": m.get("category") or "", "image_url": image_url(product_id)}
 
-    def search_text(self, query: str, k: int, category: str | None = None, view: str | None = None) -> list[dict]:
-        return self.search_vector(self.encode_text(query), view or self.default_view("text"), k, category)
+    def search_text(self, query: str, k: int, category: str | None = None, view: str | None = None,
+                    **options: Any) -> list[dict]:
+        return self.search_query(query, k, category, view, **options)[0]
+
+    def search_query(self, query: str, k: int, category: str | None = None, view: str | None = None,
+                     **options: Any) -> tuple[list[dict], Any]:
+        """Text search through `shopclip.query.hybrid` (mode, fusion, lang, understand, drop): hits + how."""
+        from shopclip.query.hybrid import HybridSearcher, SearchInputError
+
+        view = view or self.default_view("text")
+        options.setdefault("understand_query", options.pop("understand", True))
+        encoders = self._encoders()
+        with self._rw.read():  # the vector view, the lexical view and the products of one instant
+            searcher = HybridSearcher(self._indexes[view], self.lexical, self._products, encoders,
+                                      self.vocabulary, self.hybrid_config, unavailable=self._multi_problem,
+                                      facet_cache=self._facet_cache, value_vectors=self._value_vectors)
+            try:
+                out = searcher.search(query, k, category=category, **options)
+            except SearchInputError as e:
+                raise ApiError(422, "invalid_search", str(e)) from None
+            return [self._hit(i, s) for i, s in out.hits if i in self._products], out
+
+    def _encoders(self) -> dict[str, Callable[[str], np.ndarray]]:
+        encoders: dict[str, Callable[[str], np.ndarray]] = {"en": self.encode_text}
+        multi = self.multilingual
+        if multi is not None:
+            encoders["multi"] = lambda q: multi.encode([q])[0]
+        return encoders
+
+    @property
+    def multilingual(self) -> Any:
+        """The shipped multilingual query encoder, when it was distilled for this folder's model."""
+        if self._multi is None and not self._multi_problem:
+            from shopclip.models.multilingual import MultilingualMismatchError, MultilingualQueryEncoder
+
+            try:
+                enc = MultilingualQueryEncoder.load()
+                enc.check_target(self.store.model)
+                self._multi = enc
+            except (FileNotFoundError, ImportError, MultilingualMismatchError) as e:
+                self._multi_problem = {"multi": str(e)}
+        return self._multi
+
+    # ------------------------------------------------------------------ the lexical view
+
+    def _open_lexical(self, products: dict[str, dict[str, Any]]) -> dict[str, int]:
+        """Open the lexical index and make it hold exactly the store's products (the store is the log).
+
+        A work folder built before the lexical view existed gets one built here; without
+        tantivy the server runs vector-only. Returns {"lexical": n} when it repaired n docs.
+        """
+        from shopclip.query.hybrid import HybridConfig
+        from shopclip.query.understand import Vocabulary
+
+        self.hybrid_config = HybridConfig()
+        from shopclip.query.hybrid import ValueVectors
+
+        self.vocabulary = Vocabulary(products.values())
+        self._value_vectors = ValueVectors(self.vocabulary, lambda xs: self.model.encode_text(xs))
+        self._facet_cache: dict[str, Any] = {}
+        self._multi: Any = None
+        self._multi_problem: dict[str, str] = {}
+        self.lexical: Any = None
+        try:
+            from shopclip.index.lexical import LexicalIndex
+        except ImportError as e:  # pragma: no cover - tantivy is a dependency on Python >= 3.11
+            log.warning("lexical search off: %s", e)
+            return {}
+        folder = self.workdir.index / LEXICAL
+        if not LexicalIndex.exists(folder):
+            log.warning("no lexical index in %s; building it from the store", folder)
+            self.lexical = LexicalIndex.build(folder, products.values())
+            return {"lexical": len(products)}
+        self.lexical = LexicalIndex.open(folder)
+        try:
+            fixed = self.lexical.sync(list(products.values()))
+        except Exception as e:  # another server holds this folder's writer: serve what it has
+            log.warning("could not bring the lexical index in step (%s); serving it as it is", e)
+            return {}
+        return {"lexical": fixed} if fixed else {}
+
+    def _keep_lexical_in_step(self, upserted: Sequence[dict[str, Any]] = (), deleted: Sequence[str] = (),
+                              replaced: Sequence[dict[str, Any]] = ()) -> None:
+        """THE hook for writes: after a committed upsert/delete, update the lexical view and the
+        query vocabulary by these products only (cost independent of the catalog's size).
+
+        `replaced` are the metas the write superseded or removed (the vocabulary's counts).
+        A crash before this line is repaired at start by `_open_lexical` (sync from the store).
+        """
+        for meta in replaced:
+            self.vocabulary.remove(meta)
+        for meta in upserted:
+            self.vocabulary.add(meta)
+        if self.lexical is None:
+            return
+        if deleted:
+            self.lexical.remove(list(deleted))
+        if upserted:
+            self.lexical.upsert(list(upserted))
 
     def search_image(self, image: Image.Image, k: int, category: str | None = None,
                      view: str | None = None) -> list[dict]:
@@ -632,6 +730,9 @@ class ServeState:
                 self._products[product_id] = meta
                 self._category_counts.update(_prefixes(meta.get("category")))
                 self._image_refs[str(meta.get("image") or "")] += 1
+            self._keep_lexical_in_step(upserted=[meta] if meta is not None else [],
+                                       deleted=[product_id] if meta is None else [],
+                                       replaced=[old] if old is not None else [])
             self._version += 1
             if not self._unsaved:
                 self._first_unsaved = time.monotonic()
@@ -741,6 +842,7 @@ class ServeState:
                     self._category_counts = Counter(
                         p for m in self._products.values() for p in _prefixes(m.get("category")))
                     self._image_refs = Counter(str(m.get("image") or "") for m in self._products.values())
+                    self._open_lexical(self._products)
                     self._version += 1
                 self._degraded = None
             log.info("vector store back: replayed %s", repaired or "nothing")

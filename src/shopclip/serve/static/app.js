@@ -116,21 +116,52 @@ async function renderHome() {
   await renderRecommendations($("#home-recs"), state.render);
 }
 
+// Filters the server understood from the query, each with a button that drops it (a new search).
+function renderUnderstood(out, params) {
+  const box = $("#understood");
+  const chips = $("#filter-chips");
+  const understood = out.understood || { filters: [], ignored: [] };
+  chips.replaceChildren();
+  for (const f of understood.filters) {
+    const li = el("li", { class: "chip" });
+    li.append(el("span", {}, f.label));
+    const remove = el("button", { type: "button", class: "chip-remove", "aria-label": `Remove filter ${f.label}`,
+                                  "data-facet": f.facet }, "\u00d7");
+    remove.addEventListener("click", () => {
+      const next = new URLSearchParams(params);
+      next.append("drop", f.facet);
+      location.hash = `#/search?${next}`;
+    });
+    li.append(remove);
+    chips.append(li);
+  }
+  const notes = [...(understood.ignored || []).map((i) => `ignored \u201c${i.words}\u201d: ${i.reason}`),
+                 ...(out.notes || [])];
+  $("#understood-notes").textContent = notes.join(" \u00b7 ");
+  box.hidden = understood.filters.length === 0 && notes.length === 0;
+}
+
 async function renderTextSearch(params) {
   const q = (params.get("q") || "").trim();
   const cat = params.get("category") || "";
+  const mode = params.get("mode") || "";
   $("#q").value = q;
   if (cat) $("#category").value = cat;
+  $("#search-mode").value = mode;
   showView("results");
+  $("#understood").hidden = true;
   if (!q) return renderHome();
   $("#results-heading").textContent = `Results for \u201c${q}\u201d`;
   setStatus("Searching\u2026");
   const query = new URLSearchParams({ q, k: "24" });
   if (cat) query.set("category", cat);
+  if (mode) query.set("mode", mode);
+  for (const d of params.getAll("drop")) query.append("drop", d);
   const token = state.render;
   try {
     const out = await api(`/search?${query}`);
     if (token !== state.render) return;
+    renderUnderstood(out, params);
     fill($("#results"), out.results);
     setStatus(out.results.length ? `${out.results.length} results in ${Math.round(out.took_ms)} ms`
                                  : "No products match; try other words or all categories.");
@@ -260,8 +291,12 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!q) { setStatus("Type what you are looking for.", true); $("#q").focus(); return; }
     const params = new URLSearchParams({ q });
     if (category()) params.set("category", category());
+    if ($("#search-mode").value) params.set("mode", $("#search-mode").value);
     const target = `#/search?${params}`;
     if (location.hash === target) route(); else location.hash = target;
+  });
+  $("#search-mode").addEventListener("change", () => {
+    if ($("#mode-text").checked && $("#q").value.trim()) $("#search-form").requestSubmit();
   });
   $("#category").addEventListener("change", () => {
     if ($("#mode-text").checked && $("#q").value.trim()) $("#search-form").requestSubmit();

@@ -1,0 +1,1 @@
+"""Query-side search logic: filters understood from the query, language routing, rank fusion, hybrid search."""
