@@ -28,7 +28,6 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,6 +48,7 @@ from shopclip.index.store import EmbeddingStore, l2_normalize
 from shopclip.pipeline.embed import fused_vectors, model_fingerprint, product_hash, product_meta
 from shopclip.pipeline.indexing import VIEWS
 from shopclip.pipeline.workdir import WorkDir
+from shopclip.serve.batching import QueryEmbedder, embed_texts
 from shopclip.serve.errors import ApiError
 from shopclip.serve.recommend import cluster_interests, event_weights, interleave
 
@@ -119,6 +119,7 @@ class ServeState:
         max_image_pixels: int = 40_000_000,
         min_image_size: int = 32,
         text_cache_size: int = 1024,
+        batch_queries: bool = True,
         compact_every: int = 64,
         failpoint: Callable[[str], None] | None = None,
     ) -> None:
@@ -141,9 +142,11 @@ class ServeState:
         self._model_lock = threading.Lock()
         self._fingerprint: str | None = None
         self._write_lock = threading.Lock()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = int(text_cache_size)
-        self._cache_lock = threading.Lock()
+        self.batch_listeners: list[Callable[[int], None]] = []  # called with each text batch's size (metrics)
+        # Text query -> vector (read path, serve/batching.py): an LRU of recent queries, then one
+        # tower call per batch of concurrent ones; its worker thread starts with the first query.
+        self.queries = QueryEmbedder(lambda texts: embed_texts(self.model, texts), cache_size=text_cache_size,
+                                     batching=batch_queries, on_batch=lambda n: [f(n) for f in self.batch_listeners])
         self._writes_since_compact = 0
         self.uploads = self.workdir.root / UPLOADS
         t0 = time.perf_counter()
@@ -268,18 +271,7 @@ class ServeState:
         return meta
 
     def encode_text(self, query: str) -> np.ndarray:
-        with self._cache_lock:
-            hit = self._cache.get(query)
-            if hit is not None:
-                self._cache.move_to_end(query)
-                return hit
-        vec = self.model.encode_text([query])[0]
-        if self._cache_size:
-            with self._cache_lock:
-                self._cache[query] = vec
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return vec
+        return self.queries(query)
 
     def search_vector(
         self, vec: np.ndarray, view: str, k: int, category: str | None = None,
