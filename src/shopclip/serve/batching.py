@@ -39,9 +39,10 @@ def embed_texts(model: Any, texts: Sequence[str]) -> np.ndarray:
     """
     import torch
 
-    tokens = model.text_tower.tokenize(list(texts))
+    dev = model.device
+    tokens = {k: v.to(dev) for k, v in model.text_tower.tokenize(list(texts)).items()}
     with torch.inference_mode():
-        return model.forward_text(tokens).float().numpy()
+        return model.forward_text(tokens).float().cpu().numpy()
 
 
 @dataclass
