@@ -1,13 +1,13 @@
 """Text queries on the request path: concurrent queries share one tower call, repeats hit a cache.
 
-Why (profile of `shopclip serve` over the 8,225-product sample, see bench/serve.py): a text
-search spent nearly all of its server time in the text tower, and a single short query
-costs about as much as four in one call, because MiniLM's cost at a few tokens is per-call
-overhead (Python dispatch through its layers, `DualEncoder.encode_text`'s eval()/train()
-walk over every module of both towers), not arithmetic. So every text query goes to one
-worker thread that embeds, in a single call, everything that queued while it was busy.
-There is no timer: a lone query is embedded at once; under load the batches grow by
-themselves, which is when they pay.
+Why (py-spy on `shopclip serve` over the 8,225-product sample under bench/serve.py's
+load): 56% of the server's time was the text tower, one call per query. At a few tokens a
+query its fp32 matmuls run far below the CPU's peak (every call streams all the layer
+weights for a handful of rows), so a lone query costs nearly what four in one call do, and
+`DualEncoder.encode_text` also walks every module of both towers for eval()/train() per call.
+So every text query goes to one worker thread that embeds, in a single call, everything
+that queued while it was busy. There is no timer: a lone query is embedded at once; under
+load the batches grow by themselves, which is when they pay.
 
 `embed_texts` is the only place the server calls the text tower: a faster engine (ONNX,
 a single-query fast path) is swapped in there.
@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ def embed_texts(model: Any, texts: Sequence[str]) -> np.ndarray:
     """(n, d) float32 unit vectors for `texts` in one tower call: the server's one call into the model.
 
     The model is in eval mode for the server's whole life (ServeState sets it), so this skips
-    `encode_text`'s per-call eval()/train() walk and output buffer, ~1 ms of a ~5 ms query.
+    `encode_text`'s per-call eval()/train() walk over both towers (~1 ms a call here).
     """
     import torch
 
@@ -52,14 +52,11 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     largest: int = 0
-    sizes: list[int] = field(default_factory=list)  # recent batch sizes, for /metrics; drained by readers
 
     def record(self, n: int) -> None:
         self.batches += 1
         self.items += n
         self.largest = max(self.largest, n)
-        if len(self.sizes) < 10_000:
-            self.sizes.append(n)
 
 
 class MicroBatcher:
