@@ -364,7 +364,11 @@ def test_metrics_count_requests_and_index_size(client):
     assert 'shopclip_http_requests_total{method="GET",route="/search",status="200"}' in text
     assert 'route="/products/{product_id}",status="404"' in text
     assert "missing-for-metrics" not in text  # route templates, not raw paths
-    assert 'shopclip_http_request_duration_seconds_bucket{method="GET",route="/search",le="+Inf"}' in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]  # the official parser reads it
+    assert any(s.name == "shopclip_http_request_duration_seconds_bucket" and s.value >= 1
+               and s.labels == {"method": "GET", "route": "/search", "le": "+Inf"} for s in samples)
     assert 'shopclip_index_vectors{view="fused"}' in text
     assert "shopclip_catalog_writes_total" in text
 

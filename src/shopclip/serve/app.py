@@ -35,6 +35,7 @@ from starlette.routing import Match, Mount
 from shopclip.index.base import StoreUnavailableError
 from shopclip.serve.errors import ApiError, responses
 from shopclip.serve.fetch import fetch_image
+from shopclip.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from shopclip.serve.metrics import Metrics
 from shopclip.serve.state import ServeState, public_product
 
@@ -360,6 +361,7 @@ def create_app(
     max_k: int = 100,
     max_query_chars: int = 512,
     preload_model: bool = False,
+    batch_queries: bool = True,
     model: Any = None,
     state: ServeState | None = None,
     failpoint: Callable[[str], None] | None = None,
@@ -374,6 +376,7 @@ def create_app(
     refused. `protect_reads` (env SHOPCLIP_PROTECT_READS=1) puts reads behind it too.
     `allow_url_fetch` lets /search/image fetch `url=`: only from `url_fetch_hosts` when
     given, else from any host at a public address (never loopback, private or link-local).
+    `batch_queries` embeds concurrent text queries in one tower call (serve/batching.py).
     `model` / `state` let tests share one loaded model; `failpoint` is for crash tests.
     `store`/`uri` open the vector store elsewhere than the work folder recorded;
     in-process indexes are snapshotted every `snapshot_every` writes or `snapshot_seconds`
@@ -384,8 +387,9 @@ def create_app(
         protect_reads = os.environ.get("SHOPCLIP_PROTECT_READS", "") in ("1", "true", "yes")
     st = state or ServeState(workdir, model=model, max_image_pixels=max_image_pixels, failpoint=failpoint,
                              store=store, uri=uri, snapshot_every=snapshot_every,
-                             snapshot_seconds=snapshot_seconds)
+                             snapshot_seconds=snapshot_seconds, batch_queries=batch_queries)
     metrics = Metrics()
+    st.batch_listeners.append(metrics.observe_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -544,7 +548,7 @@ def create_app(
                                            [({}, snap.version)]),
             }
 
-        return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(metrics.render(gauges), media_type=METRICS_CONTENT_TYPE)
 
     # HEAD too (its own operation id): probes check reachability without pulling the whole text.
     app.add_api_route("/metrics", prometheus, methods=["HEAD"], response_class=PlainTextResponse, tags=["ops"],

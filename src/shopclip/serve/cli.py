@@ -27,6 +27,8 @@ def serve_command(
     protect_reads: Annotated[bool, typer.Option(help="Require X-API-Key on reads too (writes always need it)")] = False,
     preload: Annotated[bool, typer.Option(help="Load the model before taking traffic")] = True,
     threads: Annotated[int | None, typer.Option(help="torch threads per query; 1 suits concurrent traffic, 0 = torch default")] = 1,
+    batch_queries: Annotated[bool, typer.Option(help="Embed concurrent text queries together in one tower call "
+                                                "(off: one call per query)")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
     store: Annotated[str | None, typer.Option("--store", help="Vector store (faiss, pgvector, milvus); default: "
                                               "what the work folder was built with")] = None,
@@ -80,7 +82,8 @@ def serve_command(
         app = create_app(workdir, max_upload_bytes=int(max_upload_mb * 1024 * 1024), allow_url_fetch=allow_url_fetch,
                          url_fetch_hosts=tuple(url_fetch_host) if url_fetch_host else None,
                          max_image_pixels=max_image_pixels, protect_reads=protect_reads, preload_model=preload,
-                         store=store, uri=uri, snapshot_every=snapshot_every, snapshot_seconds=snapshot_seconds)
+                         store=store, uri=uri, snapshot_every=snapshot_every, snapshot_seconds=snapshot_seconds,
+                         batch_queries=batch_queries)
     except (FileNotFoundError, StoreUnavailableError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

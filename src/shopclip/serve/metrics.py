@@ -1,96 +1,75 @@
-"""Prometheus text exposition, by hand: a few counters and histograms need no client library.
+"""Prometheus metrics through `prometheus_client`: request counts and latency per route template.
 
 Request latency is bucketed per route template (`/products/{product_id}/similar`), never per
-raw path, so an id-scanning client cannot blow up the number of series.
+raw path, so an id-scanning client cannot blow up the number of series. Each app has its own
+registry (tests run several apps in one process; the library's global registry would mix
+them). One process serves (see `shopclip serve --help`), so no multiprocess mode is needed.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 
-# A gauge for `Metrics.render`: its help text and (labels, value) samples, read at scrape time.
-Gauge = tuple[str, list[tuple[dict[str, str], float]]]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+# A gauge read at scrape time: its help text and (labels, value) samples.
+GaugeSamples = tuple[str, list[tuple[dict[str, str], float]]]
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _ScrapeGauges:
+    """A collector over a callable, so index sizes and the like are read when scraped, not tracked."""
 
+    def __init__(self, source: Callable[[], dict[str, GaugeSamples]]) -> None:
+        self.source = source
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + inner + "}" if inner else ""
+    def collect(self) -> Iterator[Metric]:
+        for name, (help_text, samples) in self.source().items():
+            names = sorted({k for labels, _ in samples for k in labels})
+            family = GaugeMetricFamily(name, help_text, labels=names)
+            for labels, value in samples:
+                family.add_metric([labels.get(k, "") for k in names], float(value))
+            yield family
 
 
 class Metrics:
-    """Thread-safe counters; `render` adds gauges read at scrape time (index sizes)."""
+    """The server's counters and histograms; `render` adds gauges read at scrape time."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=True)
         self.started = time.time()
-        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)  # (method, route, status)
-        self.hist: dict[tuple[str, str], list[int]] = {}  # (method, route) -> bucket counts + inf
-        self.hist_sum: dict[tuple[str, str], float] = defaultdict(float)
-        self.writes: dict[str, int] = defaultdict(int)
+        self.requests = Counter("shopclip_http_requests", "HTTP requests by method, route template and status.",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("shopclip_http_request_duration_seconds", "Request latency, server side.",
+                                 ["method", "route"], buckets=BUCKETS, registry=self.registry)
+        self.writes = Counter("shopclip_catalog_writes", "Acknowledged catalog updates.", ["op"],
+                              registry=self.registry)
+        for op in ("upsert", "delete"):
+            self.writes.labels(op=op)  # both series exist from the start, at 0
+        self.text_batch = Histogram("shopclip_text_query_batch_size",
+                                    "Text queries embedded together in one tower call (micro-batching).",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        uptime = Gauge("shopclip_uptime_seconds", "Seconds since the app was created.", registry=self.registry)
+        uptime.set_function(lambda: time.time() - self.started)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(method, route, str(status))] += 1
-            key = (method, route)
-            counts = self.hist.get(key)
-            if counts is None:
-                counts = self.hist[key] = [0] * (len(BUCKETS) + 1)
-            counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-            self.hist_sum[key] += seconds
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
 
     def count_write(self, op: str) -> None:
-        with self._lock:
-            self.writes[op] += 1
+        self.writes.labels(op=op).inc()
 
-    def render(self, gauges: Callable[[], dict[str, Gauge]] | None = None) -> str:
+    def observe_batch(self, size: int) -> None:
+        self.text_batch.observe(size)
+
+    def render(self, gauges: Callable[[], dict[str, GaugeSamples]] | None = None) -> str:
         """The exposition text; `gauges()` maps each gauge name to (help text, samples)."""
-        lines: list[str] = []
-        with self._lock:
-            lines += [
-                "# HELP shopclip_http_requests_total HTTP requests by method, route template and status.",
-                "# TYPE shopclip_http_requests_total counter",
-            ]
-            for (method, route, status), n in sorted(self.requests.items()):
-                lab = _labels([("method", method), ("route", route), ("status", status)])
-                lines.append(f"shopclip_http_requests_total{lab} {n}")
-            lines += [
-                "# HELP shopclip_http_request_duration_seconds Request latency, server side.",
-                "# TYPE shopclip_http_request_duration_seconds histogram",
-            ]
-            for (method, route), counts in sorted(self.hist.items()):
-                base = [("method", method), ("route", route)]
-                cum = 0
-                for le, c in zip([*map(str, BUCKETS), "+Inf"], counts, strict=True):
-                    cum += c
-                    lines.append(f"shopclip_http_request_duration_seconds_bucket{_labels([*base, ('le', le)])} {cum}")
-                lines.append(f"shopclip_http_request_duration_seconds_sum{_labels(base)} {self.hist_sum[(method, route)]:.6f}")
-                lines.append(f"shopclip_http_request_duration_seconds_count{_labels(base)} {cum}")
-            lines += [
-                "# HELP shopclip_catalog_writes_total Acknowledged catalog updates.",
-                "# TYPE shopclip_catalog_writes_total counter",
-            ]
-            for op in ("upsert", "delete"):
-                lines.append(f"shopclip_catalog_writes_total{_labels([('op', op)])} {self.writes.get(op, 0)}")
-        lines += [
-            "# HELP shopclip_uptime_seconds Seconds since the app was created.",
-            "# TYPE shopclip_uptime_seconds gauge",
-            f"shopclip_uptime_seconds {time.time() - self.started:.3f}",
-        ]
-        for name, (help_text, samples) in (gauges() if gauges else {}).items():
-            lines += [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} gauge"]
-            for labels, value in samples:
-                lines.append(f"{name}{_labels(sorted(labels.items()))} {value:g}")
-        return "\n".join(lines) + "\n"
+        out = generate_latest(self.registry)
+        if gauges is not None:
+            out += generate_latest(_ScrapeGauges(gauges))  # type: ignore[arg-type]
+        return out.decode("utf-8")

@@ -32,7 +32,7 @@ import logging
 import re
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -54,6 +54,7 @@ from shopclip.index.store import EmbeddingStore, StoreWriter, l2_normalize
 from shopclip.pipeline.embed import model_fingerprint, product_hash, product_meta
 from shopclip.pipeline.indexing import LEXICAL, VIEWS, row_hash, view_options
 from shopclip.pipeline.workdir import WorkDir
+from shopclip.serve.batching import QueryEmbedder, embed_texts
 from shopclip.serve.errors import ApiError
 from shopclip.serve.recommend import cluster_interests, event_weights, interleave
 
@@ -135,6 +136,7 @@ class ServeState:
         store: str | None = None,
         uri: str | None = None,
         background: bool = True,
+        batch_queries: bool = True,
         failpoint: Callable[[str], None] | None = None,
     ) -> None:
         """`model` may be a loaded DualEncoder (tests share one) or a reference; default: the
@@ -163,9 +165,12 @@ class ServeState:
         self._fingerprint: str | None = None
         self._write_lock = threading.Lock()  # one writer at a time (held across commit + apply)
         self._rw = RWLock()  # readers vs the in-place apply of a write
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = int(text_cache_size)
-        self._cache_lock = threading.Lock()
+        self.batch_listeners: list[Callable[[int], None]] = []  # called with each text batch's size (metrics)
+        # Text query -> vector (read path, serve/batching.py): an LRU of recent queries, then one
+        # tower call per batch of concurrent ones; its worker thread starts with the first query.
+        self.queries = QueryEmbedder(lambda texts: embed_texts(self.model, texts), cache_size=text_cache_size,
+                                     batching=batch_queries, on_batch=lambda n: [f(n) for f in self.batch_listeners],
+                                     batch_invariant=lambda: self.model.engine.batch_invariant("text"))
         self._thresholds: dict[str, tuple[int, float]] = {}  # view -> (catalog size when computed, value)
         self.uploads = self.workdir.root / UPLOADS
         t0 = time.perf_counter()
@@ -343,18 +348,7 @@ class ServeState:
         return self.snapshot.categories
 
     def encode_text(self, query: str) -> np.ndarray:
-        with self._cache_lock:
-            hit = self._cache.get(query)
-            if hit is not None:
-                self._cache.move_to_end(query)
-                return hit
-        vec = self.model.encode_text([query])[0]
-        if self._cache_size:
-            with self._cache_lock:
-                self._cache[query] = vec
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return vec
+        return self.queries(query)
 
     def search_vector(
         self, vec: np.ndarray, view: str, k: int, category: str | None = None,

@@ -35,6 +35,15 @@ class InferenceEngine:
         """"" if this engine's `kind` ("image" | "text") features equal torch fp32's, else a tag naming the change."""
         return ""
 
+    def batch_invariant(self, kind: str) -> bool:
+        """Whether one input's features are the same whatever else is in its batch.
+
+        Dynamic int8 quantisation picks its scale from the whole batch, so batching other
+        shoppers' queries with a query would change its vector: a server must then not batch
+        queries (the same query would rank differently under load).
+        """
+        return True
+
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name}
 

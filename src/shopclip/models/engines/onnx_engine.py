@@ -307,6 +307,12 @@ class OnnxEngine(InferenceEngine):
         v = self._variant[kind]
         return "" if v in ("fp32", "torch") else f"onnx-{v}"
 
+    def batch_invariant(self, kind: str) -> bool:
+        if self.precision == "fp32":
+            return True
+        self.session(kind)
+        return "dynamic" not in self._variant[kind]
+
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "variants": dict(self._variant), "folder": str(self._write)}
 
