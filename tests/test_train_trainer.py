@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -169,3 +170,25 @@ def test_real_towers_heads_only(tmp_path, mini_catalog):
 
 
 register_tiny()  # `--model tiny` for the in-process runs above
+
+
+def test_harder_batches_hard_negatives_and_image_image_term_train(tmp_path, mini_catalog):
+    """Leaf batches + hard-negative weighting + the image–image term (two cached views) run end to end."""
+    torch.manual_seed(0)
+    cfg = _cfg(mini_catalog, tmp_path / "run", tmp_path / "cache", epochs=5, lr=3e-3, image_views=2,
+               batch_sampler="leaf", leaf_chunk=4, hard_beta=2.0, i2i_weight=0.5, i2i_positives="leaf")
+    trainer = Trainer(cfg, model=tiny_model())
+    trainer.setup()
+    idx = np.arange(8)
+    images, texts = trainer._inputs(idx, 0)
+    assert images.shape[0] == 2 * len(idx) and texts.shape[0] == len(idx)  # [view a; view b] per pair
+    assert not torch.equal(images[:8], images[8:])
+
+    def loss_on_fixed_batch() -> float:
+        with torch.no_grad():
+            fn = trainer.make_loss(torch.from_numpy(trainer.train.keys.keys[idx]), torch.from_numpy(trainer.train.leaves[idx]))
+            return float(fn(trainer.encode_image(images), trainer.encode_text(texts)))
+
+    before = loss_on_fixed_batch()
+    result = trainer.fit()
+    assert result.steps == 20 and loss_on_fixed_batch() < before

@@ -56,6 +56,8 @@ from shopclip.train.data import (
     effective_batch_size,
     epoch_batches,
     keys_tensor,
+    leaf_batches,
+    pick_other_views,
     pick_texts,
     pick_views,
     rank_slice,
@@ -65,7 +67,7 @@ from shopclip.train.data import (
 from shopclip.train.evaluate import retrieval_report
 from shopclip.train.false_negatives import false_negative_mask
 from shopclip.train.gradcache import contrastive_step
-from shopclip.train.losses import clip_loss, siglip_loss
+from shopclip.train.losses import clip_loss, image_image_loss, siglip_loss
 from shopclip.train.schedule import make_scheduler, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -351,8 +353,9 @@ class Trainer:
         return (x - mean) / std
 
     # ------------------------------------------------------------------ batches
-    def _load_pixels(self, pairs: PairSet, idx: np.ndarray, epoch: int, augment: bool) -> torch.Tensor:
-        views = pick_views(self.cfg.seed, epoch, idx, 1 if augment and self.cfg.augment else 0, self.cfg.clean_view_p)
+    def _load_pixels(self, pairs: PairSet, idx: np.ndarray, epoch: int, augment: bool, salt: str = "aug") -> torch.Tensor:
+        views = pick_views(self.cfg.seed, epoch, idx, 1 if augment and self.cfg.augment else 0,
+                           self.cfg.clean_view_p if salt == "aug" else 0.0)
 
         def one(i: int, v: int) -> torch.Tensor:
             item = pairs.items[i]
@@ -360,7 +363,7 @@ class Trainer:
                 return load_view(item, CLEAN_VIEW, self.model, self.aug, self.cfg.seed)
             from shopclip.core.images import open_image
 
-            img = augment_image(open_image(item.path), view_rng(self.cfg.seed, "aug", epoch, i), self.aug,
+            img = augment_image(open_image(item.path), view_rng(self.cfg.seed, salt, epoch, i), self.aug,
                                 can_flip=item.can_flip)
             return self.model.transform(img)
 
@@ -372,8 +375,13 @@ class Trainer:
         if self.img_feats is not None:
             views = pick_views(cfg.seed, epoch, idx, len(self.views) - 1, cfg.clean_view_p)
             images = self.img_feats[torch.as_tensor(views), torch.from_numpy(idx)]
+            if cfg.i2i_weight > 0:  # the image–image term sees a second, different view of each photo
+                other = pick_other_views(cfg.seed, epoch, idx, len(self.views) - 1, views)
+                images = torch.cat([images, self.img_feats[torch.as_tensor(other), torch.from_numpy(idx)]])
         else:
             images = self._load_pixels(self.train, idx, epoch, augment=True)
+            if cfg.i2i_weight > 0:
+                images = torch.cat([images, self._load_pixels(self.train, idx, epoch, augment=True, salt="aug2")])
         variants = pick_texts(cfg.seed, epoch, idx, len(self.train.texts[0]), cfg.text.full_p)
         if self.txt_feats is not None:
             texts = self.txt_feats[torch.as_tensor(variants), torch.from_numpy(idx)]
@@ -400,12 +408,19 @@ class Trainer:
                 return self.model.project_text(self._standardize("text", x))
             return self.model.forward_text(x)
 
-    def make_loss(self, keys_local: torch.Tensor) -> Any:
+    def make_loss(self, keys_local: torch.Tensor, leaves_local: torch.Tensor | None = None) -> Any:
         cfg = self.cfg
         keys = D.all_gather_nograd(keys_local.to(self.device))
         mask = false_negative_mask(keys) if cfg.fn_mode != "none" else None
+        same_leaf = None
+        if cfg.i2i_weight > 0 and cfg.i2i_positives == "leaf" and leaves_local is not None:
+            leaves = D.all_gather_nograd(leaves_local.to(self.device))
+            same_leaf = (leaves[:, None] == leaves[None, :]) & (leaves[:, None] >= 0)
 
         def loss_fn(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+            second = None
+            if cfg.i2i_weight > 0:  # images = [view a; view b] of this rank's pairs
+                img, second = img[: len(txt)], img[len(txt) :]
             img_g, txt_g = D.all_gather_with_grad(img.float()), D.all_gather_with_grad(txt.float())
             scale = self.model.clamped_logit_scale().exp()
             if cfg.loss == "siglip":
@@ -413,7 +428,11 @@ class Trainer:
                                    fn_mode=cfg.fn_mode)
             else:
                 loss = clip_loss(img_g, txt_g, scale, fn_mask=mask, fn_mode=cfg.fn_mode,
-                                 label_smoothing=cfg.label_smoothing)
+                                 label_smoothing=cfg.label_smoothing, hard_beta=cfg.hard_beta)
+            if second is not None:
+                loss = loss + cfg.i2i_weight * image_image_loss(
+                    img_g, D.all_gather_with_grad(second.float()), 1.0 / cfg.i2i_temperature, pos_mask=same_leaf,
+                    fn_mask=mask)
             return self.scaler.scale(loss)
 
         return loss_fn
@@ -427,8 +446,9 @@ class Trainer:
         images, texts = inputs if inputs is not None else self._inputs(idx, epoch)
         images, texts = self._to_device(images), self._to_device(texts)
         self.optimizer.zero_grad(set_to_none=True)
+        leaves = torch.from_numpy(self.train.leaves[idx]) if self.train.leaves is not None else None
         loss = contrastive_step(self.encode_image, self.encode_text, images, texts,
-                                self.make_loss(keys_tensor(self.train, idx)), self.cfg.grad_cache_chunk)
+                                self.make_loss(keys_tensor(self.train, idx), leaves), self.cfg.grad_cache_chunk)
         D.average_gradients(self.trainable())
         self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip > 0:
@@ -550,7 +570,10 @@ class Trainer:
         n = len(self.train)
         for epoch in range(self.epoch, self.cfg.epochs):
             bs = effective_batch_size(self.cfg.batch_size_at(epoch), n, self.world)
-            batches = epoch_batches(self.cfg.seed, epoch, n, bs)
+            if self.cfg.batch_sampler == "leaf" and self.train.leaves is not None:
+                batches = leaf_batches(self.cfg.seed, epoch, self.train.leaves, bs, self.cfg.leaf_chunk)
+            else:
+                batches = epoch_batches(self.cfg.seed, epoch, n, bs)
             start = self.batch_in_epoch if epoch == self.epoch else 0
             for b in range(start, len(batches)):
                 yield epoch, b, batches[b]
