@@ -120,4 +120,40 @@ def whole_catalog_metrics(image: np.ndarray | None, text: np.ndarray | None, pro
     return out
 
 
-__all__ = ["CUTOFFS", "Protocol", "fuse", "relevance", "same_leaf_precision", "whole_catalog_metrics"]
+
+
+# --------------------------------------------------------------------------- run on a catalog
+
+
+def evaluate_whole_catalog(emb: Any, catalog: Any, query_ids: Sequence[str], *, split: str = "test",
+                           text_fields: Sequence[str] = ("title", "description"),
+                           ks: Sequence[int] = CUTOFFS) -> dict[str, Any]:
+    """The protocol for one :class:`~shopclip.eval.embedders.Embedder` over every product of ``catalog``.
+
+    ``catalog`` should carry merged groups (:func:`shopclip.catalog.photos.merge_identical_photos`)
+    so identical twins count as the same product. Embeddings come through the embedder's
+    content cache: photos already embedded for the other tasks are not encoded again.
+    """
+    from shopclip.catalog import group_key
+    from shopclip.eval.data import ProductSet
+
+    ps = ProductSet.from_products("catalog", catalog, catalog.products, text_fields)
+    proto = Protocol.build(ps.ids, [group_key(p) for p in catalog.products], ps.paths, query_ids, split)
+    image = emb.images(ps.images) if emb.has_image else None
+    text = emb.texts(ps.texts) if emb.has_text else None
+    out = whole_catalog_metrics(image, text, proto, ks, aligned=bool(emb.cross_modal and emb.aligned))
+    out["text"] = " + ".join(text_fields)
+    return out
+
+
+WHOLE_CATALOG_DOC = (
+    "queries: the evaluated split's products; candidates: EVERY catalog product (train and val included as "
+    "distractors); relevant: the product itself and its group (declared re-listings and byte-identical photos); "
+    "t2i = query text vs every photo, i2t = query photo vs every text (HITS@k, MRR over the whole ranking, "
+    "binary NDCG@10); i2i_same_leaf_precision@10 = query photo vs every other photo, share of the 10 nearest "
+    "in the query's leaf category (fused: image+text vectors)"
+)
+
+
+__all__ = ["CUTOFFS", "WHOLE_CATALOG_DOC", "Protocol", "evaluate_whole_catalog", "fuse", "relevance", "same_leaf_precision",
+           "whole_catalog_metrics"]
