@@ -48,7 +48,9 @@ class DualEncoderConfig:
     image_size: int = 224
     image_mode: str = "pad"
     trained: bool = False  # heads aligned by contrastive training (text→image search is meaningful)
-    tower_weights: str = "pretrained"  # "pretrained": towers come from their source; "saved": from towers.safetensors
+    # "pretrained": towers come from their source; "saved": from towers.safetensors; "partial": pretrained
+    # towers with the fine-tuned blocks in towers.safetensors laid over them
+    tower_weights: str = "pretrained"
     info: dict[str, Any] = field(default_factory=dict)  # provenance: training run, data, metrics
 
     @classmethod
@@ -213,24 +215,41 @@ class DualEncoder(nn.Module):
     def heads_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith(("image_tower.", "text_tower."))}
 
-    def save(self, folder: str | Path, *, save_towers: bool | None = None) -> Path:
-        """One folder: config.json + heads.safetensors (+ towers.safetensors when towers were trained)."""
+    def save(self, folder: str | Path, *, save_towers: bool | None = None, tower_keys: Sequence[str] | None = None,
+             half: bool = False) -> Path:
+        """One folder: config.json + heads.safetensors (+ towers.safetensors when towers were trained).
+
+        ``tower_keys`` (partial fine-tuning) saves only those tower tensors, in float16
+        (``tower_weights = "partial"``): loading rebuilds the pretrained towers and lays
+        them over. ``half`` stores the heads in float16 too (the shipped default: half the
+        wheel size; loading casts them back to float32).
+        """
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if save_towers is None:
-            save_towers = self.config.tower_weights == "saved"
-        self.config.tower_weights = "saved" if save_towers else "pretrained"
+            save_towers = self.config.tower_weights in ("saved", "partial")
+        if tower_keys is not None:
+            save_towers = True
+        self.config.tower_weights = ("partial" if tower_keys is not None else "saved") if save_towers else "pretrained"
+
+        def cast(v: torch.Tensor, to_half: bool) -> torch.Tensor:
+            v = v.detach().cpu().contiguous()
+            return v.half() if to_half and v.is_floating_point() else v
+
         tmp = folder / f".{HEADS_FILE}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.heads_state().items()}, str(tmp))
+        save_file({k: cast(v, half) for k, v in self.heads_state().items()}, str(tmp))
         tmp.replace(folder / HEADS_FILE)
         if save_towers:
-            towers = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                      if k.startswith(("image_tower.", "text_tower."))}
+            keep = set(tower_keys) if tower_keys is not None else None
+            towers = {k: cast(v, keep is not None) for k, v in self.state_dict().items()
+                      if k.startswith(("image_tower.", "text_tower.")) and (keep is None or k in keep)}
             tmp = folder / f".{TOWERS_FILE}.tmp"
             save_file(towers, str(tmp))
             tmp.replace(folder / TOWERS_FILE)
+        elif (folder / TOWERS_FILE).exists():
+            (folder / TOWERS_FILE).unlink()
         atomic_write_json(folder / CONFIG_FILE, self.config.to_dict())
         return folder
 
@@ -245,8 +264,9 @@ class DualEncoder(nn.Module):
         config = DualEncoderConfig.from_dict(read_json(cfg_path))
         model = cls.from_config(config)
         state = load_file(str(folder / HEADS_FILE), device=map_location)
-        if config.tower_weights == "saved":
+        if config.tower_weights in ("saved", "partial"):
             state.update(load_file(str(folder / TOWERS_FILE), device=map_location))
+        state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if config.tower_weights == "saved" or not k.startswith(("image_tower.", "text_tower."))]
         if missing or unexpected:

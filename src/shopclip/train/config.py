@@ -55,6 +55,9 @@ class TrainConfig:
     lock: str = "both"  # both = heads only; image = image locked, text trained; text; none
     unlock_blocks: int = -1  # for the towers that are not locked: train only their last N blocks (-1 = all)
     standardize: bool = False  # z-score locked-tower features; folded into the saved heads
+    # An image tower that trains only its last N blocks is fed cached outputs of its frozen lower blocks
+    # (partial fine-tuning on CPU: one epoch costs seconds of top-block work, not a full forward pass).
+    tower_cache: bool = True
     # --- loss
     loss: str = "clip"
     fn_mode: str = "mask"  # mask | positive | none

@@ -303,16 +303,27 @@ class Trainer:
         cfg, model = self.cfg, self.model
         self.views = view_names(cfg.image_views if cfg.augment else 0, self.aug, cfg.seed)
         self.img_feats = self.txt_feats = self.val_img = self.val_txt = None
+        self.img_split = None
         rank, world = self.dist.rank, self.dist.world
         sets = [s for s in (self.train, self.val) if s is not None]
-        if self.image_blocks == 0:
-            cache = FeatureCache(self._cache_root(), "image", image_fingerprint(model), model.image_tower.output_dim)
+        if self.image_blocks > 0 and cfg.tower_cache:
+            from shopclip.models.partial import image_top_split
+
+            self.img_split = image_top_split(model.image_tower, self.image_blocks)
+        if self.image_blocks == 0 or self.img_split is not None:
+            if self.img_split is None:
+                cache = FeatureCache(self._cache_root(), "image", image_fingerprint(model), model.image_tower.output_dim)
+                featurizer: Any = model
+            else:  # frozen lower blocks' outputs (float16: they are activations, not the features themselves)
+                cache = FeatureCache(self._cache_root(), f"image-lower{self.image_blocks}", image_fingerprint(model),
+                                     self.img_split.dim, dtype="float16")
+                featurizer = _Featurizer(self.img_split, model.transform)
             jobs = [(it, v) for it in self.train.items for v in self.views]
             if self.val is not None:
                 jobs += [(it, CLEAN_VIEW) for it in self.val.items]
             mine = jobs[rank::world]
             for v in dict.fromkeys(v for _, v in mine):
-                compute_image_features(model, [it for it, vv in mine if vv == v], [v], cache, aug=self.aug,
+                compute_image_features(featurizer, [it for it, vv in mine if vv == v], [v], cache, aug=self.aug,
                                        seed=cfg.seed, batch_size=cfg.feature_batch_size, num_workers=cfg.num_workers,
                                        progress=cfg.progress and self.dist.is_main)
             D.barrier()
@@ -336,7 +347,7 @@ class Trainer:
         # Feature standardisation (locked towers): z-scores from the clean training features;
         # centred only where the head can absorb the shift (a first layer with a bias).
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if cfg.standardize and not self.continued:  # trained heads expect raw features
+        if cfg.standardize and not self.continued and self.img_split is None:  # trained heads expect raw features
             for name, feats, head in (("image", self.img_feats, model.image_head),
                                       ("text", self.txt_feats, model.text_head)):
                 first = first_linear(head)
@@ -398,6 +409,8 @@ class Trainer:
     # ------------------------------------------------------------------ encoders and loss
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():
+            if self.img_split is not None:  # cached lower blocks → the unlocked top → head
+                return self.model.project_image(self.img_split.upper(x.float()))
             if self.img_feats is not None:
                 return self.model.project_image(self._standardize("image", x))
             return self.model.forward_image(x)
@@ -675,11 +688,23 @@ class Trainer:
             }
             model.config.trained = True
             model.config.info = {"training": summary}
-            model.save(model_dir, save_towers=self.image_blocks != 0 or self.text_blocks != 0)
+            partial = -1 not in (self.image_blocks, self.text_blocks)  # only some blocks trained: save those alone
+            keys = [n for n, p in self.model.named_parameters()
+                    if p.requires_grad and n.startswith(("image_tower.", "text_tower."))] if partial else None
+            model.save(model_dir, save_towers=self.image_blocks != 0 or self.text_blocks != 0,
+                       tower_keys=keys if keys else None)
             atomic_write_json(self.run_dir / "summary.json", summary)
             self._log(f"saved {model_dir} ({self.step} steps, {seconds:.0f} s)")
         D.barrier()
         return TrainResult(self.run_dir, model_dir, self.step, seconds, dict(self.last_val))
+
+
+class _Featurizer:
+    """What `compute_image_features` needs of a model (`image_tower`, `transform`), for a tower's lower blocks."""
+
+    def __init__(self, tower: nn.Module, transform: Any) -> None:
+        self.image_tower = tower
+        self.transform = transform
 
 
 def _kill_at_step() -> int:
