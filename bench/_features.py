@@ -39,7 +39,10 @@ def _items(catalog, products):
                       flip_allowed(f"{p.category_path} {p.title}", no_flip)) for p in products]
 
 
-def catalog_features(catalog, model, cache_dir: str | None, products=None, progress: bool = True) -> CatalogFeatures:
+def catalog_features(catalog, model, cache_dir: str | None, products=None, progress: bool = True,
+                     variants: bool = True) -> CatalogFeatures:
+    """``variants=False`` featurises only the full text and the title (an expensive text tower's arm
+    trains with the title as its only variant)."""
     from shopclip.models.augment import AugmentConfig
     from shopclip.models.features import (
         CLEAN_VIEW,
@@ -61,12 +64,13 @@ def catalog_features(catalog, model, cache_dir: str | None, products=None, progr
     ic = FeatureCache(root, "image", image_fingerprint(model), model.image_tower.output_dim)
     compute_image_features(model, items, [CLEAN_VIEW], ic, aug=AugmentConfig(), seed=0, progress=progress)
     tcfg = TextConfig()
-    variants = [text_variants(p, tcfg) for p in products]
+    texts = [text_variants(p, tcfg) for p in products]
     titles = [render_text(p, ["title"], tcfg) for p in products]
     tc = FeatureCache(root, "text", text_fingerprint(model), model.text_tower.output_dim)
-    compute_text_features(model, [t for v in variants for t in v] + titles, tc, progress=progress)
+    wanted = [t for v in texts for t in v] if variants else [v[0] for v in texts]
+    compute_text_features(model, wanted + titles, tc, progress=progress)
     return CatalogFeatures(ic.get([view_key(it.sha1, CLEAN_VIEW) for it in items]),
-                           tc.get([text_key(v[0]) for v in variants]), tc.get([text_key(t) for t in titles]))
+                           tc.get([text_key(v[0]) for v in texts]), tc.get([text_key(t) for t in titles]))
 
 
 def fill_training_views(catalog, model, cache_dir: str | None, products, views: int = 2, seed: int = 0,
@@ -95,13 +99,14 @@ def main() -> None:
     ap.add_argument("--catalog", default=str(Path(__file__).resolve().parents[2] / "shared/data/products/catalog.jsonl"))
     ap.add_argument("--cache-dir", default=None, help="feature cache root (as `shopclip train --cache-dir`)")
     ap.add_argument("--views", type=int, default=2, help="augmented views of each train photo (0: none)")
+    ap.add_argument("--titles-only", action="store_true", help="texts: the full text and the title only, no variants")
     a = ap.parse_args()
     from shopclip.catalog import Catalog
     from shopclip.models import create_model
 
     catalog = Catalog.load(a.catalog)
     model = create_model(a.model).eval()
-    catalog_features(catalog, model, a.cache_dir)
+    catalog_features(catalog, model, a.cache_dir, variants=not a.titles_only)
     if a.views:
         fill_training_views(catalog, model, a.cache_dir, [p for p in catalog.products if p.split == "train"], a.views)
 
