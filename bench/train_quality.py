@@ -20,7 +20,7 @@ Arms (each varies one thing from ``default_recipe``, today's recipe retrained he
   references   untrained, image_tower (raw tower features, image→image only), shipped_before (the
                heads shipped in the package when this run started), lit_baseline (the plain LiT recipe:
                single-level towers, 10 epochs, no augmentation, 256-d)
-  like-for-like single_level, epochs_10, no_augment, dim_256
+  like-for-like single_level, epochs_10, no_augment, dim_256, no_fn_mask
   harder       leaf_batches, hard_negatives, leaf_hard
   similar items i2i_views, i2i_leaf (image–image term; positives: the other view / also same leaf)
   partial      partial_ft (EfficientNet-Lite0's last MBConv block + head conv fine-tuned on cached
@@ -83,6 +83,8 @@ ARMS: dict[str, Arm] = {
     "epochs_10": Arm("like_for_like", "10 epochs instead of 40", over={"epochs": 10}),
     "no_augment": Arm("like_for_like", "no augmented views (clean photos only)", over={"augment": False}),
     "dim_256": Arm("like_for_like", "256-d heads instead of 768", over={"embed_dim": 256}),
+    "no_fn_mask": Arm("like_for_like", "false-negative masking off (duplicates count as negatives)",
+                      over={"fn_mode": "none"}),
     "leaf_batches": Arm("harder", "batches of same-leaf runs of 32", over={"batch_sampler": "leaf", "leaf_chunk": 32},
                         candidate=True),
     "hard_negatives": Arm("harder", "hard-negative-weighted InfoNCE (beta 4)", over={"hard_beta": 4.0},
