@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 class CatalogFeatures:
     image: np.ndarray  # (n, d_image) clean photo
     full: np.ndarray  # (n, d_text) Product.text(): title, category, attributes, description
-    title: np.ndarray  # (n, d_text) the bare title
+    title: np.ndarray | None  # (n, d_text) the bare title (None when only full texts were featurised)
 
 
 def _items(catalog, products):
@@ -41,8 +41,8 @@ def _items(catalog, products):
 
 def catalog_features(catalog, model, cache_dir: str | None, products=None, progress: bool = True,
                      variants: bool = True) -> CatalogFeatures:
-    """``variants=False`` featurises only the full text and the title (an expensive text tower's arm
-    trains with the title as its only variant)."""
+    """``variants=False`` featurises only the full text (an expensive text tower's arm trains on it alone);
+    the title features are then None."""
     from shopclip.models.augment import AugmentConfig
     from shopclip.models.features import (
         CLEAN_VIEW,
@@ -67,10 +67,11 @@ def catalog_features(catalog, model, cache_dir: str | None, products=None, progr
     texts = [text_variants(p, tcfg) for p in products]
     titles = [render_text(p, ["title"], tcfg) for p in products]
     tc = FeatureCache(root, "text", text_fingerprint(model), model.text_tower.output_dim)
-    wanted = [t for v in texts for t in v] if variants else [v[0] for v in texts]
-    compute_text_features(model, wanted + titles, tc, progress=progress)
+    wanted = [t for v in texts for t in v] + titles if variants else [v[0] for v in texts]
+    compute_text_features(model, wanted, tc, progress=progress)
     return CatalogFeatures(ic.get([view_key(it.sha1, CLEAN_VIEW) for it in items]),
-                           tc.get([text_key(v[0]) for v in texts]), tc.get([text_key(t) for t in titles]))
+                           tc.get([text_key(v[0]) for v in texts]),
+                           tc.get([text_key(t) for t in titles]) if variants else None)
 
 
 def fill_training_views(catalog, model, cache_dir: str | None, products, views: int = 2, seed: int = 0,
@@ -99,14 +100,15 @@ def main() -> None:
     ap.add_argument("--catalog", default=str(Path(__file__).resolve().parents[2] / "shared/data/products/catalog.jsonl"))
     ap.add_argument("--cache-dir", default=None, help="feature cache root (as `shopclip train --cache-dir`)")
     ap.add_argument("--views", type=int, default=2, help="augmented views of each train photo (0: none)")
-    ap.add_argument("--titles-only", action="store_true", help="texts: the full text and the title only, no variants")
+    ap.add_argument("--full-text-only", action="store_true", help="texts: the full product text only (no variants, "
+                    "no titles)")
     a = ap.parse_args()
     from shopclip.catalog import Catalog
     from shopclip.models import create_model
 
     catalog = Catalog.load(a.catalog)
     model = create_model(a.model).eval()
-    catalog_features(catalog, model, a.cache_dir, variants=not a.titles_only)
+    catalog_features(catalog, model, a.cache_dir, variants=not a.full_text_only)
     if a.views:
         fill_training_views(catalog, model, a.cache_dir, [p for p in catalog.products if p.split == "train"], a.views)
 

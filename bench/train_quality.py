@@ -22,14 +22,17 @@ Arms (each varies one thing from ``default_recipe``, today's recipe retrained he
                single-level towers, 10 epochs, no augmentation, 256-d)
   like-for-like single_level, epochs_10, no_augment, dim_256, no_fn_mask
   harder       leaf_batches, hard_negatives, leaf_hard
-  similar items i2i_views, i2i_leaf (image–image term; positives: the other view / also same leaf)
+  similar items i2i_shared (image–image term on the shared space), similar_subspace(_leaf) (on its own
+               256-d subspace of the image embedding; its weight in image→image scores chosen on val)
   partial      partial_ft (EfficientNet-Lite0's last MBConv block + head conv fine-tuned on cached
-               lower-block outputs)
-  towers       lite1, lite2 (image), mpnet (text)
+               lower-block outputs, continuing similar_subspace)
+  towers       towers_ref, lite1, lite2 (image), mpnet (text): one cheaper recipe for all four
   chosen       new_default: the arm the selection rule picks on val (its config retrained), shipped
                with --ship as float16 heads and measured again as ``shipped`` (fp16).
 
-Usage: python bench/train_quality.py [--ship] [--arms a,b] [--cache-dir DIR] [--quick] [--out PATH]
+Usage: python bench/train_quality.py [--set core|towers] [--ship] [--arms a,b] [--cache-dir DIR] [--quick] [--out PATH]
+  --set core   (default) → train_quality.json: references, like-for-like, harder, similar items; chooses the default
+  --set towers → train_quality_towers.json: partial fine-tuning, Lite1/Lite2/mpnet, single-level and LiT references
 """
 
 from __future__ import annotations
@@ -72,8 +75,11 @@ class Arm:
 
 
 HARD = {"batch_sampler": "leaf", "leaf_chunk": 32, "hard_beta": 4.0}
-I2I = {"i2i_weight": 0.3, "i2i_positives": "leaf", "i2i_temperature": 0.1}
-TOWERS = {**HARD, **I2I, "augment": False, "text_variants": [["title"]]}
+I2I = {"i2i_weight": 1.0, "i2i_positives": "leaf", "i2i_temperature": 0.1}
+# The similar-items subspace (models/heads.py): 256 of the 768 image dims trained by the image-image term
+# alone; search rankings stay the contrastive heads' (512-d); its weight in image-image scores is chosen on val.
+SIM = {"hard_beta": 4.0, **I2I, "sim_dim": 256, "sim_weight": 0.5}
+TOWERS = {**SIM, "augment": False, "text_variants": []}
 ARMS: dict[str, Arm] = {
     "default_recipe": Arm("like_for_like", "today's recipe (TrainConfig defaults before this change), retrained here",
                           candidate=True),
@@ -90,23 +96,35 @@ ARMS: dict[str, Arm] = {
     "hard_negatives": Arm("harder", "hard-negative-weighted InfoNCE (beta 4)", over={"hard_beta": 4.0},
                           candidate=True),
     "leaf_hard": Arm("harder", "leaf batches + hard-negative weighting", over=HARD, candidate=True),
-    "i2i_views": Arm("similar_items", "image-image term, positives = the other view",
-                     over={**HARD, **I2I, "i2i_positives": "view"}, candidate=True),
-    "i2i_leaf": Arm("similar_items", "image-image term, positives = the other view and same-leaf products",
-                    over={**HARD, **I2I}, candidate=True),
-    "partial_ft": Arm("partial", "i2i_leaf's model, then 3 more epochs with EfficientNet-Lite0's last MBConv block "
-                      "+ head conv unlocked, fed cached lower-block outputs (~90 s an epoch on 2 cores)",
-                      over={**HARD, **I2I, "lock": "text", "unlock_blocks": 2, "tower_lr": 1e-4, "epochs": 3,
-                            "lr": 2e-4, "warmup_steps": 5}, candidate=True, init="i2i_leaf"),
-    # Tower arms share one cheaper recipe (clean photos only, the title as the only short text variant) so
-    # each new tower is featurised once (8,225 photos or 16,450 texts), not with augmented views and variants;
+    "i2i_shared": Arm("similar_items", "hard_negatives + image-image term (weight 1, same-leaf and other-view "
+                      "positives) on the shared 768-d space", over={"hard_beta": 4.0, **I2I}, candidate=True),
+    "similar_subspace": Arm("similar_items", "hard_negatives + the image-image term on its own 256-d subspace of "
+                            "the image embedding (search on the other 512)", over=SIM, candidate=True),
+    "similar_subspace_leaf": Arm("similar_items", "similar_subspace with leaf batches", over={**SIM, **HARD},
+                                 candidate=True),
+    "partial_ft": Arm("partial", "similar_subspace's model, then 3 more epochs with EfficientNet-Lite0's last MBConv "
+                      "block + head conv unlocked, fed cached lower-block outputs (~90 s an epoch on 2 cores)",
+                      over={**SIM, "lock": "text", "unlock_blocks": 2, "tower_lr": 1e-4, "epochs": 3, "lr": 2e-4,
+                            "warmup_steps": 5, "image_views": 1}, candidate=True, init="similar_subspace"),
+    # Tower arms share one cheaper recipe (clean photos only, the full product text only) so each new tower
+    # is featurised once (8,225 photos or 8,225 texts), not with augmented views and text variants;
     # towers_ref is the same recipe on the default towers: each tower arm varies the tower alone.
     "towers_ref": Arm("towers", "the tower arms' recipe on Lite0 + MiniLM", over=TOWERS, candidate=True),
     "lite1": Arm("towers", "EfficientNet-Lite1 image tower (240 px)", "minilm-efflite1-ml", over=TOWERS, candidate=True),
     "lite2": Arm("towers", "EfficientNet-Lite2 image tower (260 px)", "minilm-efflite2-ml", over=TOWERS, candidate=True),
     "mpnet": Arm("towers", "all-mpnet-base-v2 text tower", "mpnet-efflite0-ml", over=TOWERS, candidate=True),
 }
-QUICK_ARMS = ("default_recipe", "leaf_hard", "i2i_leaf")
+QUICK_ARMS = ("default_recipe", "leaf_hard", "similar_subspace")
+# Two sets, two result files (each produced whole by one run; `make bench` runs both): the core arms choose and
+# ship the default on Lite0 + MiniLM features that are cached once; the towers set featurises new towers
+# (minutes each on 2 cores) and measures them, partial fine-tuning and the single-level / LiT references.
+SETS = {
+    "core": ("default_recipe", "epochs_10", "no_augment", "dim_256", "no_fn_mask", "leaf_batches", "hard_negatives",
+             "leaf_hard", "i2i_shared", "similar_subspace", "similar_subspace_leaf"),
+    "towers": ("similar_subspace", "partial_ft", "towers_ref", "lite1", "lite2", "mpnet", "single_level",
+               "lit_baseline"),
+}
+SET_RESULTS = {"core": "train_quality.json", "towers": "train_quality_towers.json"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -214,8 +232,25 @@ def project(model: Any, feats: Any, image: torch.Tensor | None = None) -> tuple[
     """What encode_image / encode_text return, from cached tower features (tower → head → L2)."""
     model.eval()
     img = model.project_image(torch.from_numpy(feats.image) if image is None else image).numpy()
-    return img, model.project_text(torch.from_numpy(feats.full)).numpy(), model.project_text(
-        torch.from_numpy(feats.title)).numpy()
+    title = model.project_text(torch.from_numpy(feats.title)).numpy() if feats.title is not None else None
+    return img, model.project_text(torch.from_numpy(feats.full)).numpy(), title
+
+
+SIM_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@torch.no_grad()
+def choose_sim_weight(ctx: Context, model: Any, image_feats: torch.Tensor) -> dict[str, Any]:
+    """The similar-items subspace's share in image→image scores, by VAL same-leaf precision@10 (set on the model)."""
+    from shopclip.eval.whole_catalog import same_leaf_precision
+
+    m, s = (x.numpy() for x in model.image_head.parts(image_feats))
+    sweep = {w: same_leaf_precision(np.concatenate([m * math.sqrt(1 - w), s * math.sqrt(w)], axis=1),
+                                    ctx.protos["val"]) for w in SIM_WEIGHTS}
+    best = max(sweep, key=lambda w: sweep[w])
+    model.image_head.set_weight(best)
+    model.config.sim_weight = best
+    return {"chosen": best, "val_i2i_same_leaf_precision@10": {str(w): round(v, 4) for w, v in sweep.items()}}
 
 
 def lower_features(ctx: Context, model: Any, n_top: int) -> torch.Tensor:
@@ -241,7 +276,8 @@ def lower_features(ctx: Context, model: Any, n_top: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def partial_image(model: Any, lower: torch.Tensor, n_top: int) -> torch.Tensor:
+def partial_tower(model: Any, lower: torch.Tensor, n_top: int) -> torch.Tensor:
+    """The fine-tuned tower's output for every catalog photo, from the cached lower blocks."""
     from shopclip.models.partial import image_top_split
 
     split = image_top_split(model.image_tower, n_top).eval()
@@ -329,14 +365,18 @@ def main() -> None:
     ap.add_argument("--catalog", default=str(SAMPLE / "catalog.jsonl"))
     ap.add_argument("--cache-dir", default=None, help="feature cache root [default: a temp folder with --quick, "
                                                       "else $SHOPCLIP_CACHE_DIR/features or ~/.cache/shopclip/features]")
-    ap.add_argument("--arms", default="", help="comma-separated subset of arms (pilots; the committed file runs all)")
+    ap.add_argument("--set", default="core", choices=sorted(SETS), help="which arms (and default result file): core "
+                    "chooses and ships the default; towers measures new towers, partial fine-tuning, single-level")
+    ap.add_argument("--arms", default="", help="comma-separated arms instead of a set (pilots; never committed)")
     ap.add_argument("--ship", action="store_true", help="ship the chosen arm as the package default (float16 heads)")
     ap.add_argument("--quick", action="store_true", help="a seconds-long run on ~240 products, 3 arms, 2 epochs")
     ap.add_argument("--out", default=None, help=f"result file [default: {RESULTS / 'train_quality.json'}]")
     a = ap.parse_args()
     if a.quick and a.ship:
         ap.error("--quick never ships")
-    out_path = Path(a.out) if a.out else (None if a.quick else RESULTS / "train_quality.json")
+    out_path = Path(a.out) if a.out else (None if a.quick or a.arms else RESULTS / SET_RESULTS[a.set])
+    if a.ship and a.set != "core":
+        ap.error("--ship goes with the core set (the arms the default is chosen from)")
     prov = Provenance.start()
     from shopclip.catalog import Catalog
     from shopclip.models import create_model, load_model
@@ -350,7 +390,7 @@ def main() -> None:
     if a.quick:
         catalog = quick_catalog(catalog, {"train": 160, "val": 40, "test": 40})
     ctx, photos = make_context(catalog, cache_dir, a.quick)
-    names = [n for n in (a.arms.split(",") if a.arms else (QUICK_ARMS if a.quick else ARMS)) if n]
+    names = [n for n in (a.arms.split(",") if a.arms else (QUICK_ARMS if a.quick else SETS[a.set])) if n]
     unknown = [n for n in names if n not in ARMS and n not in ("lit_baseline",)]
     if unknown:
         ap.error(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
@@ -391,7 +431,7 @@ def main() -> None:
             arms["shipped_before"] = {"group": "reference", "doc": "the default shipped when this run started",
                                       "model": shipped.config.info.get("training", {}).get("config", {}),
                                       **measure(ctx, *project(shipped, f0))}
-    if "lit_baseline" in names or (not a.arms and not a.quick):
+    if "lit_baseline" in names:
         single = bases.get("minilm-efflite0") or create_model("minilm-efflite0").eval()
         fs = feats.get("minilm-efflite0") or catalog_features(catalog, single, cache_dir, progress=not a.quick)
         t = time.perf_counter()
@@ -418,9 +458,15 @@ def main() -> None:
         model = load_model(res.model_dir)  # the saved model, as every command loads it
         f = feats[arm.model]
         image = None
+        tower_out = torch.from_numpy(f.image)
         if model.config.tower_weights == "partial":
-            image = partial_image(model, lower_features(ctx, bases[arm.model], cfg.unlock_blocks), cfg.unlock_blocks)
-        return {"group": arm.group, "doc": arm.doc, "model": arm.model, "overrides": arm.over,
+            tower_out = partial_tower(model, lower_features(ctx, bases[arm.model], cfg.unlock_blocks), cfg.unlock_blocks)
+            image = tower_out
+        extra: dict[str, Any] = {}
+        if model.config.sim_dim:  # its weight in image→image scores, chosen on val, saved with the model
+            extra["sim_weight"] = choose_sim_weight(ctx, model, tower_out)
+            model.save(res.model_dir)
+        return {"group": arm.group, "doc": arm.doc, "model": arm.model, "overrides": arm.over, **extra,
                 "candidate": arm.candidate, "train_minutes": round(res.seconds / 60, 2),
                 "towers": {k: v for k, v in arch_info[arm.model].items() if k != "featurise_seconds"},
                 **measure(ctx, *project(model, f, image))}
@@ -439,24 +485,31 @@ def main() -> None:
         selection = choose(arms, arms["image_tower"]["whole_catalog"]["val"]["i2i_same_leaf_precision@10"],
                            lite0_speed)
         chosen = selection["chosen"]
+    if selection is not None and a.set == "towers" and not a.arms:
+        selection["note"] = ("informative: the default is chosen and shipped by the core set; this says whether "
+                             "a tower option or partial fine-tuning would beat it on val (cost clause included)")
+    elif selection is not None:
         arms["new_default"] = {**arms[chosen], "group": "chosen", "doc": f"the arm chosen on val: {chosen}",
                                "chosen_arm": chosen, "candidate": False}
-        if a.ship:
-            model = load_model(runs[chosen])
-            if SHIP_DIR.exists():
-                shutil.rmtree(SHIP_DIR)
-            model.save(SHIP_DIR, half=True)
-            shipped = load_model("default")
-            arm = ARMS[chosen]
-            image = None
-            if shipped.config.tower_weights == "partial":
-                n_top = arm.over["unlock_blocks"]
-                image = partial_image(shipped, lower_features(ctx, bases[arm.model], n_top), n_top)
-            size = sum(p.stat().st_size for p in SHIP_DIR.iterdir())
-            arms["shipped"] = {"group": "chosen", "doc": f"{chosen} as shipped: float16 heads (+ float16 tower "
-                               "blocks when fine-tuned) in src/shopclip/models/pretrained/default",
-                               "package_bytes": size, "files": sorted(p.name for p in SHIP_DIR.iterdir()),
-                               "embed_dim": shipped.embed_dim, **measure(ctx, *project(shipped, feats[arm.model], image))}
+        # Shipped as float16 heads (+ float16 tower blocks when fine-tuned) and measured again as loaded:
+        # into the package with --ship, else into a temp folder (the same numbers, nothing shipped).
+        ship_dir = SHIP_DIR if a.ship else tmp / "ship"
+        if ship_dir.exists():
+            shutil.rmtree(ship_dir)
+        load_model(runs[chosen]).save(ship_dir, half=True)
+        shipped = load_model(ship_dir)
+        arm = ARMS[chosen]
+        image = None
+        if shipped.config.tower_weights == "partial":
+            n_top = arm.over["unlock_blocks"]
+            image = partial_tower(shipped, lower_features(ctx, bases[arm.model], n_top), n_top)
+        size = sum(p.stat().st_size for p in ship_dir.iterdir())
+        arms["shipped"] = {"group": "chosen", "doc": f"{chosen} saved as shipped (float16) and loaded back"
+                           + (": src/shopclip/models/pretrained/default" if a.ship else " (not shipped: no --ship)"),
+                           "package_bytes": size, "files": sorted(p.name for p in ship_dir.iterdir()),
+                           "embed_dim": shipped.embed_dim, "sim_dim": shipped.config.sim_dim,
+                           "sim_weight": shipped.config.sim_weight,
+                           **measure(ctx, *project(shipped, feats[arm.model], image))}
 
     headline = {}
     for name, r in arms.items():
@@ -466,21 +519,27 @@ def main() -> None:
                           for split in ("val", "test")}
         headline[name].update({k: r[k] for k in ("train_minutes", "towers") if k in r})
     targets = None
-    ref = "shipped" if "shipped" in arms else "new_default"
-    if ref in arms and "shipped_before" in arms:
-        wt, wb = arms[ref]["whole_catalog"]["test"], arms["shipped_before"]["whole_catalog"]["test"]
+    if "shipped" in arms and "default_recipe" in arms:
+        wt = arms["shipped"]["whole_catalog"]["test"]
         tower_p = arms["image_tower"]["whole_catalog"]["test"]["i2i_same_leaf_precision@10"]
-        st, sb = arms[ref]["split"]["test"], arms["shipped_before"]["split"]["test"]
-        targets = _r({
-            "compared": f"{ref} vs shipped_before (today's default) on the TEST split, whole catalog",
-            "t2i_mrr_relative_gain": wt["t2i"]["mrr"] / wb["t2i"]["mrr"] - 1, "t2i_mrr_target": 0.30,
-            "i2i_same_leaf_precision@10_gain_over_image_tower": wt["i2i_same_leaf_precision@10"] - tower_p,
-            "i2i_target": 0.05,
-            "split_protocol_delta": {k: st[k] - sb[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10", "t2i_mrr", "i2t_r1",
-                                                                 "i2t_r5", "i2t_r10", "i2t_mrr")},
-        })
+        targets = {"compared": "shipped (the chosen arm, float16) on the TEST split, whole catalog, against today's "
+                               "default: its recipe retrained here (default_recipe) and the heads shipped when this "
+                               "run started (shipped_before)", "t2i_mrr_target_relative_gain": 0.30,
+                   "i2i_target_gain_over_image_tower": 0.05,
+                   "i2i_same_leaf_precision@10_gain_over_image_tower": wt["i2i_same_leaf_precision@10"] - tower_p}
+        for ref in ("default_recipe", "shipped_before"):
+            if ref not in arms:
+                continue
+            wb = arms[ref]["whole_catalog"]["test"]
+            st, sb = arms["shipped"]["split"]["test"], arms[ref]["split"]["test"]
+            targets[f"vs_{ref}"] = {
+                "t2i_mrr_relative_gain": wt["t2i"]["mrr"] / wb["t2i"]["mrr"] - 1,
+                "split_protocol_delta": {k: st[k] - sb[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10", "t2i_mrr", "i2t_r1",
+                                                                     "i2t_r5", "i2t_r10", "i2t_mrr")}}
+        targets = _r(targets)
     result = {
-        "config": {"catalog": a.catalog, "quick": a.quick, "ship": a.ship, "arms_requested": a.arms or "all",
+        "config": {"catalog": a.catalog, "quick": a.quick, "ship": a.ship, "set": a.set, "arms_requested": a.arms or None,
+                   "arms_run": names,
                    "cache_dir": cache_dir, "default_train_config": TrainConfig().to_dict(),
                    "arms": {n: {"model": ARMS[n].model, "overrides": ARMS[n].over, "group": ARMS[n].group}
                             for n in names if n in ARMS}, "epochs_override": epochs or None},

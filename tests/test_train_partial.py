@@ -57,3 +57,16 @@ def test_partial_run_trains_saves_and_loads_only_the_top_blocks(tmp_path, mini_c
     moved = loaded["net._conv_head.weight"] - pretrained["net._conv_head.weight"]
     assert moved.abs().max() > 1e-4  # the head conv was trained
     assert torch.equal(loaded["net._conv_head.weight"], saved["image_tower.net._conv_head.weight"].float())
+
+
+def test_a_loaded_partial_model_saves_the_same_blocks_again(tmp_path, mini_catalog):
+    cfg = TrainConfig(catalog=str(mini_catalog), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                      model="minilm-efflite0-ml", embed_dim=32, lock="text", unlock_blocks=1, epochs=1, batch_size=16,
+                      augment=False, progress=False, num_workers=1, warmup_steps=1, precision="fp32")
+    train(cfg)
+    model = load_model(tmp_path / "run")
+    model.save(tmp_path / "again", half=True)
+    a = load_file(str(tmp_path / "run" / "model" / "towers.safetensors"))
+    b = load_file(str(tmp_path / "again" / "towers.safetensors"))
+    assert set(a) == set(b) and all(k.startswith(("image_tower.net._conv_head.", "image_tower.net._bn1.")) for k in a)
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["tower_weights"] == "partial"

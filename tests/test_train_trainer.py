@@ -192,3 +192,27 @@ def test_harder_batches_hard_negatives_and_image_image_term_train(tmp_path, mini
     before = loss_on_fixed_batch()
     result = trainer.fit()
     assert result.steps == 20 and loss_on_fixed_batch() < before
+
+
+def test_similar_items_subspace_trains_by_the_image_image_term_only(tmp_path, mini_catalog):
+    cfg = _cfg(mini_catalog, tmp_path / "run", tmp_path / "cache", epochs=3, lr=3e-3, image_views=2,
+               i2i_weight=0.5, i2i_positives="leaf", sim_dim=3, sim_weight=0.5)
+    model = tiny_model(embed_dim=8, sim_dim=3, sim_weight=0.5)
+    before_sim = model.image_head.sim.weight.detach().clone()
+    before_text = model.text_head.main.weight.detach().clone()
+    trainer = Trainer(cfg, model=model)
+    trainer.setup()
+    idx = np.arange(8)
+    images, texts = trainer._inputs(idx, 0)
+    trainer.optimizer.zero_grad()
+    loss = trainer.make_loss(torch.from_numpy(trainer.train.keys.keys[idx]), torch.from_numpy(trainer.train.leaves[idx]))
+    # without the image-image term the subspace would get no gradient: the text side has zeros there
+    cfg.i2i_weight = 0.0
+    out = loss(trainer.encode_image(images[:8]), trainer.encode_text(texts))
+    out.backward()
+    assert model.image_head.sim.weight.grad is None or float(model.image_head.sim.weight.grad.abs().max()) < 1e-10
+    cfg.i2i_weight = 0.5
+    trainer.optimizer.zero_grad()
+    trainer.fit()
+    assert not torch.equal(model.image_head.sim.weight.detach(), before_sim)
+    assert not torch.equal(model.text_head.main.weight.detach(), before_text)

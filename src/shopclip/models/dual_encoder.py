@@ -42,6 +42,10 @@ class DualEncoderConfig:
     pair: str | None = None  # "hf-clip:<id>" etc.: both towers from one aligned checkpoint
     embed_dim: int = 256
     head: str = "linear"  # "linear" | "mlp" | "identity"
+    # > 0: the last sim_dim dimensions of the image embedding are an image-image ("similar items") subspace
+    # mixed in with weight sim_weight; the text side is zero there (models/heads.py), so search is unchanged.
+    sim_dim: int = 0
+    sim_weight: float = 0.0
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
     text_max_length: int = 64
@@ -92,8 +96,17 @@ class DualEncoder(nn.Module):
         self.config = config
         self.image_tower = image_tower
         self.text_tower = text_tower
-        self.image_head = _make_head(config.head, image_tower.output_dim, config.embed_dim, seed=0)
-        self.text_head = _make_head(config.head, text_tower.output_dim, config.embed_dim, seed=1)
+        if config.sim_dim > 0:
+            from shopclip.models.heads import PaddedTextHead, SplitImageHead
+
+            if config.head != "linear" or not 0 < config.sim_dim < config.embed_dim:
+                raise ValueError("sim_dim needs linear heads and 0 < sim_dim < embed_dim")
+            main = config.embed_dim - config.sim_dim
+            self.image_head: nn.Module = SplitImageHead(image_tower.output_dim, main, config.sim_dim, config.sim_weight)
+            self.text_head: nn.Module = PaddedTextHead(text_tower.output_dim, main, config.sim_dim)
+        else:
+            self.image_head = _make_head(config.head, image_tower.output_dim, config.embed_dim, seed=0)
+            self.text_head = _make_head(config.head, text_tower.output_dim, config.embed_dim, seed=1)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         tf = image_tower.transform
         # An aligned hub checkpoint brings its own preprocessing; our towers follow the config.
@@ -228,10 +241,13 @@ class DualEncoder(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if tower_keys is None and self.config.tower_weights == "partial":
+            tower_keys = getattr(self, "partial_keys", None)  # a loaded partial model saves the same blocks
         if save_towers is None:
             save_towers = self.config.tower_weights in ("saved", "partial")
         if tower_keys is not None:
             save_towers = True
+            self.partial_keys = list(tower_keys)
         self.config.tower_weights = ("partial" if tower_keys is not None else "saved") if save_towers else "pretrained"
 
         def cast(v: torch.Tensor, to_half: bool) -> torch.Tensor:
@@ -265,7 +281,10 @@ class DualEncoder(nn.Module):
         model = cls.from_config(config)
         state = load_file(str(folder / HEADS_FILE), device=map_location)
         if config.tower_weights in ("saved", "partial"):
-            state.update(load_file(str(folder / TOWERS_FILE), device=map_location))
+            towers = load_file(str(folder / TOWERS_FILE), device=map_location)
+            state.update(towers)
+            if config.tower_weights == "partial":
+                model.partial_keys = list(towers)
         state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if config.tower_weights == "saved" or not k.startswith(("image_tower.", "text_tower."))]

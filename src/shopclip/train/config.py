@@ -67,6 +67,11 @@ class TrainConfig:
     i2i_weight: float = 0.0  # weight of the image–image term (two views of each photo; 0 = off)
     i2i_positives: str = "view"  # view = the product's other view; leaf = also same-leaf products of the batch
     i2i_temperature: float = 0.1
+    # > 0: a separate image-image subspace of this many dims in the image embedding, trained by the i2i term
+    # alone (models/heads.py); search rankings stay the contrastive heads'. sim_weight: its share in
+    # image-image scores (re-chosen on val after training by bench/train_quality.py).
+    sim_dim: int = 0
+    sim_weight: float = 0.5
     init_temperature: float = 0.07
     siglip_bias: float = -10.0
     # --- optimisation
@@ -114,6 +119,9 @@ class TrainConfig:
                                                    f"got {self.batch_sampler!r}")
         need(self.i2i_positives in I2I_POSITIVES, f"i2i_positives must be one of {I2I_POSITIVES}, "
                                                   f"got {self.i2i_positives!r}")
+        need(self.sim_dim == 0 or (self.i2i_weight > 0 and 0 < self.sim_weight < 1 and self.head == "linear"
+                                   and 0 < self.sim_dim < self.embed_dim),
+             "sim_dim needs i2i_weight > 0, 0 < sim_weight < 1, linear heads and sim_dim < embed_dim")
         need(self.leaf_chunk >= 1 and self.i2i_weight >= 0 and self.hard_beta >= 0 and self.i2i_temperature > 0,
              "leaf_chunk must be ≥ 1, i2i_weight and hard_beta ≥ 0, i2i_temperature > 0")
         need(self.epochs >= 1 and self.batch_size >= 2, "epochs must be ≥ 1 and batch_size ≥ 2")

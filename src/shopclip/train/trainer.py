@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shopclip.catalog import Catalog
@@ -230,7 +231,8 @@ class Trainer:
             model = load_model(ref)  # continue from a trained model; its heads are kept
             self.continued = True
         else:
-            model = create_model(self.cfg.model, head=self.cfg.head, embed_dim=self.cfg.embed_dim)
+            extra = {"sim_dim": self.cfg.sim_dim, "sim_weight": self.cfg.sim_weight} if self.cfg.sim_dim else {}
+            model = create_model(self.cfg.model, head=self.cfg.head, embed_dim=self.cfg.embed_dim, **extra)
             with torch.no_grad():
                 init = math.log(10.0) if self.cfg.loss == "siglip" else math.log(1 / self.cfg.init_temperature)
                 model.logit_scale.fill_(init)
@@ -430,10 +432,16 @@ class Trainer:
             leaves = D.all_gather_nograd(leaves_local.to(self.device))
             same_leaf = (leaves[:, None] == leaves[None, :]) & (leaves[:, None] >= 0)
 
+        split = getattr(self.model.image_head, "main_dim", 0) if self.model.config.sim_dim else 0
+
         def loss_fn(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
             second = None
             if cfg.i2i_weight > 0:  # images = [view a; view b] of this rank's pairs
                 img, second = img[: len(txt)], img[len(txt) :]
+            if split:  # contrastive loss on the main subspace, image-image term on the similar-items one
+                second = F.normalize(second[:, split:].float(), dim=-1) if second is not None else None
+                sim_a = F.normalize(img[:, split:].float(), dim=-1)
+                img, txt = F.normalize(img[:, :split].float(), dim=-1), F.normalize(txt[:, :split].float(), dim=-1)
             img_g, txt_g = D.all_gather_with_grad(img.float()), D.all_gather_with_grad(txt.float())
             scale = self.model.clamped_logit_scale().exp()
             if cfg.loss == "siglip":
@@ -443,8 +451,9 @@ class Trainer:
                 loss = clip_loss(img_g, txt_g, scale, fn_mask=mask, fn_mode=cfg.fn_mode,
                                  label_smoothing=cfg.label_smoothing, hard_beta=cfg.hard_beta)
             if second is not None:
+                first = D.all_gather_with_grad(sim_a) if split else img_g
                 loss = loss + cfg.i2i_weight * image_image_loss(
-                    img_g, D.all_gather_with_grad(second.float()), 1.0 / cfg.i2i_temperature, pos_mask=same_leaf,
+                    first, D.all_gather_with_grad(second.float()), 1.0 / cfg.i2i_temperature, pos_mask=same_leaf,
                     fn_mask=mask)
             return self.scaler.scale(loss)
 
