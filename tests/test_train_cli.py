@@ -58,3 +58,5 @@ def test_harder_training_options_reach_the_config_and_bad_values_are_refused(tmp
     assert result.exit_code == 2 and "batch_sampler must be one of" in result.output
     result = CliRunner().invoke(_app(), ["x.jsonl", "--i2i-positives", "group", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "i2i_positives must be one of" in result.output
+    result = CliRunner().invoke(_app(), ["x.jsonl", "--sim-dim", "256", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "sim_dim needs i2i_weight > 0" in result.output

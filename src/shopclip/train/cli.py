@@ -88,6 +88,11 @@ def train_command(
                                                               "or leaf (also same-leaf products)", _D.i2i_positives))] = None,
     i2i_temperature: Annotated[float | None, typer.Option(help=_h("Temperature of the image-image term",
                                                                   _D.i2i_temperature))] = None,
+    sim_dim: Annotated[int | None, typer.Option(help=_h("Dims of the image embedding kept for similar items, trained by "
+                                                        "the image-image term alone (search uses the rest; needs "
+                                                        "--i2i-weight > 0)", _D.sim_dim))] = None,
+    sim_weight: Annotated[float | None, typer.Option(help=_h("Share of that subspace in image-image scores",
+                                                             _D.sim_weight))] = None,
     init_temperature: Annotated[float | None, typer.Option(help=_h("Initial softmax temperature (learned, clamped "
                                                                    "≥ 0.01)", _D.init_temperature))] = None,
     # optimisation
@@ -181,6 +186,7 @@ def train_command(
         resume=resume or None, model=model, head=head, embed_dim=embed_dim, lock=lock, unlock_blocks=unlock_blocks,
         standardize=standardize, tower_cache=tower_cache, loss=loss, fn_mode=fn_mode, fn_signals=_list(fn_signals),
         hard_beta=hard_beta, i2i_weight=i2i_weight, i2i_positives=i2i_positives, i2i_temperature=i2i_temperature,
+        sim_dim=sim_dim, sim_weight=sim_weight,
         batch_sampler=batch_sampler, leaf_chunk=leaf_chunk,
         label_smoothing=label_smoothing, init_temperature=init_temperature, epochs=epochs, batch_size=batch_size,
         batch_schedule=batch_schedule, lr=lr, tower_lr=tower_lr, weight_decay=weight_decay,
