@@ -51,6 +51,10 @@ class SplitImageHead(nn.Module):
             raise ValueError(f"sim_weight must be in [0, 1), got {weight}")
         self.weight = float(weight)
 
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear map before the per-part normalisation (grounding averages cells through it)."""
+        return torch.cat([self.main(x), self.sim(x)], dim=-1)
+
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(m, s), each L2-normalised."""
         return F.normalize(self.main(x), dim=-1), F.normalize(self.sim(x), dim=-1)
