@@ -134,12 +134,12 @@ def _tiny_text(max_length: int = 32, **_):
     return HFMeanPoolTextTower(BertModel(cfg).eval(), tok, "tiny-text", max_length, levels=(0,))
 
 
-register_tower("tiny-image", "image", TinyImageTower)
-register_tower("tiny-text", "text", _tiny_text)
+register_tower("engine-tiny-image", "image", TinyImageTower)
+register_tower("engine-tiny-text", "text", _tiny_text)
 
 
 def _tiny_folder(folder: Path, scale: float = 1.0) -> Path:
-    cfg = DualEncoderConfig(name="tiny", text_tower="tiny-text", image_tower="tiny-image", embed_dim=8, image_size=32,
+    cfg = DualEncoderConfig(name="tiny", text_tower="engine-tiny-text", image_tower="engine-tiny-image", embed_dim=8, image_size=32,
                             text_max_length=32)
     m = DualEncoder.from_config(cfg)
     with torch.no_grad():
@@ -201,7 +201,7 @@ def shutil_rm(path: Path) -> None:
 
 def test_a_model_without_a_folder_caches_in_the_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOPCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = DualEncoderConfig(name="tiny", text_tower="tiny-text", image_tower="tiny-image", embed_dim=8, image_size=32)
+    cfg = DualEncoderConfig(name="tiny", text_tower="engine-tiny-text", image_tower="engine-tiny-image", embed_dim=8, image_size=32)
     from shopclip.models.engines import attach_engine
 
     m = attach_engine(DualEncoder.from_config(cfg).eval(), "onnx")

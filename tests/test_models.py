@@ -350,3 +350,19 @@ def test_multi_level_text_tower_adds_the_embedding_layer():
     mask = plain.tokenize(texts)["attention_mask"].unsqueeze(-1).float()
     bag = (emb * mask).sum(1) / mask.sum(1)
     torch.testing.assert_close(b[:, 384:], nn.functional.normalize(bag, dim=1) * LEVEL_NORM, atol=1e-4, rtol=1e-4)
+
+
+def test_fingerprint_ignores_config_fields_left_at_their_default_but_not_changes():
+    """A release that adds a config field with a default must not orphan stored embeddings."""
+    from shopclip.models.features import model_fingerprint
+    from shopclip.train.testing import tiny_model
+
+    base = tiny_model()
+    fp = model_fingerprint(base)
+    same = tiny_model(init_logit_scale=base.config.init_logit_scale)  # set explicitly, to its default
+    assert model_fingerprint(same) == fp
+    assert model_fingerprint(tiny_model(max_logit_scale=3.0)) != fp  # a real change still counts
+    changed = tiny_model()
+    with torch.no_grad():
+        changed.image_head.weight.add_(0.01)
+    assert model_fingerprint(changed) != fp

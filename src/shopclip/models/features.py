@@ -77,8 +77,14 @@ def engine_numerics(engine: Any) -> dict[str, str]:
 
 
 def model_fingerprint(model: Any) -> str:
-    """Changes whenever the dual encoder's outputs can change (config, any trained weight, an int8 engine)."""
-    h = [json_sha1({k: v for k, v in model.config.to_dict().items() if k != "info"})]
+    """Changes whenever the dual encoder's outputs can change (config, any trained weight, an int8 engine).
+
+    Config entries still at their default are left out, so a release that adds a config field
+    (with a default that keeps today's behaviour) does not orphan every stored embedding.
+    """
+    cfg = model.config.to_dict()
+    defaults = type(model.config)().to_dict()
+    h = [json_sha1({k: v for k, v in cfg.items() if k != "info" and (k not in defaults or v != defaults[k])})]
     state = model.heads_state() if model.config.tower_weights == "pretrained" else model.state_dict()
     for k in sorted(state):
         h.append(k + sha1_bytes(state[k].detach().cpu().float().numpy().tobytes()))
