@@ -119,6 +119,11 @@ def validate(
         raise typer.Exit(1)
 
 
+RUNNER_HELP = "Where the embed step runs: local (this process) or ray (a Ray Data actor pool; pip install 'shopclip[ray]')"
+ADDRESS_HELP = "Ray cluster for --runner ray: auto (started with `ray start --head`), HOST:6379 or ray://HOST:10001; default: start one in this process"
+ACTORS_HELP = "Ray actors (model copies) for --runner ray; default: one per GPU, else one per CPU of the cluster"
+
+
 @app.command()
 def embed(
     catalog: Annotated[Path, typer.Argument(help="Catalog file (.jsonl, .csv, .parquet)")],
@@ -126,14 +131,20 @@ def embed(
     model: Annotated[str, typer.Option(help="Model name, model/run folder, or hub spec (see `shopclip models`)")] = "default",
     dtype: Annotated[str, typer.Option(help="float16 or float32")] = "float16",
     sample: Annotated[int | None, typer.Option(help="Embed only a deterministic sample of N products")] = None,
+    runner: Annotated[str, typer.Option(help=RUNNER_HELP)] = "local",
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    actors: Annotated[int | None, typer.Option(help=ACTORS_HELP)] = None,
 ) -> None:
     """Embed every valid product's image and text (resumable: unchanged products are skipped).
 
     Example: shopclip embed ../shared/data/products/catalog.jsonl --out work --model default
+    (on a Ray cluster: ... --runner ray --address auto)
     """
     from shopclip.pipeline.build import BuildOptions
 
-    _run_build(catalog, out, BuildOptions(model=model, dtype=dtype, sample=sample), only=("validate", "embed"))
+    options = BuildOptions(model=model, dtype=dtype, sample=sample, runner=runner, address=address,
+                           extra={"ray_actors": actors} if actors else {})
+    _run_build(catalog, out, options, only=("validate", "embed"))
 
 
 @index_app.command("build")
@@ -252,6 +263,7 @@ def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | No
     from shopclip.catalog import CatalogReadError
     from shopclip.pipeline.build import BuildOptionsError, build, planned_stages
     from shopclip.pipeline.embed import StoreConflictError
+    from shopclip.pipeline.runners import RunnerError
 
     _quiet_libraries()
     try:
@@ -262,8 +274,10 @@ def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | No
     except CatalogReadError as e:
         err.print(f"[red]cannot read {catalog}:[/red] {e}")
         raise typer.Exit(2) from None
-    except (BuildOptionsError, StoreConflictError) as e:
-        err.print(f"[red]{e}[/red]")
+    except (BuildOptionsError, StoreConflictError, RunnerError) as e:
+        from rich.markup import escape
+
+        err.print(f"[red]{escape(str(e))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -283,6 +297,9 @@ def build_cmd(
     train: Annotated[bool, typer.Option(help="Train the heads on this catalog (cached tower features) before "
                                              "embedding; the build then uses the trained model")] = False,
     train_epochs: Annotated[int, typer.Option(help="Epochs of the --train stage")] = 40,
+    runner: Annotated[str, typer.Option(help=RUNNER_HELP)] = "local",
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    actors: Annotated[int | None, typer.Option(help=ACTORS_HELP)] = None,
 ) -> None:
     """Run the whole pipeline (validate → [ground] → [enrich] → [train] → embed → index); a re-run does only what changed.
 
@@ -297,8 +314,10 @@ def build_cmd(
         extra["enrich"] = enrich
     if train:
         extra.update(train=True, train_epochs=train_epochs)
+    if actors:
+        extra["ray_actors"] = actors
     options = BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images, force=force,
-                           extra=extra)
+                           runner=runner, address=address, extra=extra)
     _run_build(catalog, workdir, options, announce=True)
 
 

@@ -49,7 +49,9 @@ class BuildOptions:
     sample: int | None = None  # embed a deterministic sample of N valid products (demos)
     progress: bool = True
     force: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # options of the optional stages
+    runner: str = "local"  # where per-product jobs run: local | ray (shopclip.pipeline.runners)
+    address: str | None = None  # the ray runner's cluster: None = start one here, "auto", "ray://host:port"
+    extra: dict[str, Any] = field(default_factory=dict)  # options of the optional stages (and runners: ray_actors)
 
     def check(self) -> None:
         """Refuse bad options before any stage touches the work folder (a typo must cost nothing)."""
@@ -62,6 +64,12 @@ class BuildOptions:
         if self.sample is not None and self.sample < 1:
             raise BuildOptionsError(f"--sample must be at least 1, got {self.sample}")
         check_model_ref(self.model)  # UnknownModelError lists the known names
+        from shopclip.pipeline.runners import RunnerError, check_runner
+
+        try:
+            check_runner(self.runner, self.address)
+        except RunnerError as e:
+            raise BuildOptionsError(str(e)) from None
 
 
 class BuildOptionsError(ValueError):
@@ -190,11 +198,14 @@ def _embed_fp(ctx: BuildContext) -> str:
 
 
 def _embed_run(ctx: BuildContext) -> str:
-    from shopclip.pipeline.embed import embed_catalog
+    from shopclip.pipeline.runners import get_runner
 
-    res = embed_catalog(ctx.catalog(), ctx.workdir.embeddings, ctx.model(), texts=ctx.texts, images=ctx.images,
-                        dtype=ctx.options.dtype, progress=ctx.options.progress,
-                        feature_cache=ctx.workdir.root / "cache" / "features")
+    o = ctx.options
+    runner = get_runner(o.runner, address=o.address, **({"actors": o.extra["ray_actors"]}
+                                                        if o.extra.get("ray_actors") else {}))
+    res = runner.embed(ctx.catalog(), ctx.workdir.embeddings, ctx.model(), ctx.model_ref, texts=ctx.texts,
+                       images=ctx.images, dtype=o.dtype, progress=o.progress,
+                       feature_cache=ctx.workdir.root / "cache" / "features")
     ctx.manifest["model"] = ctx.model_ref
     return res.summary()
 

@@ -17,7 +17,7 @@ LOSSES = ("clip", "siglip")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Fields that may differ between a checkpoint and the config that resumes it.
 RESUMABLE_CHANGES = frozenset({"resume", "progress", "log_every", "checkpoint_every", "num_workers", "out",
-                               "catalog", "cache_dir", "device", "val_every"})
+                               "catalog", "cache_dir", "device", "val_every", "parallel"})
 
 
 @dataclass
@@ -79,6 +79,7 @@ class TrainConfig:
     # --- runtime
     seed: int = 0
     device: str = "auto"
+    parallel: str = "auto"  # several processes: ddp (replicated) | fsdp (sharded) | auto = by size (train/parallel.py)
     num_workers: int = 2
     feature_batch_size: int = 16  # images per tower forward while caching (small batches are faster on CPU)
     cache_dir: str | None = None
@@ -99,6 +100,7 @@ class TrainConfig:
         need(self.fn_mode in ("mask", "positive", "none"), f"fn_mode must be mask|positive|none, got {self.fn_mode!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(self.head in ("linear", "mlp"), f"head must be linear|mlp, got {self.head!r}")
+        need(self.parallel in ("auto", "ddp", "fsdp"), f"parallel must be auto|ddp|fsdp, got {self.parallel!r}")
         need(self.epochs >= 1 and self.batch_size >= 2, "epochs must be ≥ 1 and batch_size ≥ 2")
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
         need(0.0 <= self.clean_view_p <= 1.0, "clean_view_p must be in [0, 1]")

@@ -1,0 +1,170 @@
+"""`runner` figure of bench/results/scale.json: embed products/s, local runner vs Ray runner, on this machine.
+
+Both arms embed the same deterministic sample of real products from the sample catalog
+(images + texts, the `default` model) into a fresh store, interleaved (local, ray, local,
+ray, ...), in this process:
+
+* local: what `shopclip embed` runs by default (`LocalRunner.embed`: threaded decode,
+  torch's threads on every core, the tower-feature cache in a fresh folder, as the build
+  stage passes it);
+* ray: `RayRunner.embed` on a Ray instance started for that arm (`ray.init(num_cpus=<all
+  cores>)`, one 1-CPU actor per core, blocks chosen by `auto_block_size`), stopped after
+  it, so the local arms run without Ray's processes around. Reported apart: the cluster
+  start, the whole job (actor start-up and model loads included), and the steady rate from
+  the moment every actor has delivered its first block to the last (what a long job on
+  a cluster approaches; None when there are too few blocks, as in --quick).
+
+`measure_runner(quick)` returns the dict that `bench/scale.py` stores under "runner";
+run this file alone for a standalone check:
+
+    flock /work/heavy.lock .venv/bin/python bench/_scale_runner.py            # writes bench/results/scale_runner.json
+    .venv/bin/python bench/_scale_runner.py --quick --out /tmp/runner.json    # seconds, 16 products
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, SAMPLE, Provenance, write_result  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+class _TimedRunner:
+    """Delegates to a runner and records when each block was committed (for the steady rate)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name = inner, inner.name
+        self.commits: list[tuple[float, int]] = []
+
+    def run(self, job: Any, *, progress: bool = True) -> int:
+        from shopclip.pipeline.runners.base import block_count
+
+        commit = job.commit
+
+        def timed(batch: Any) -> None:
+            commit(batch)
+            self.commits.append((time.perf_counter(), block_count(batch)))
+
+        job.commit = timed
+        return self.inner.run(job, progress=progress)
+
+    def steady_rate(self, actors: int) -> float | None:
+        """Products/s once every actor has delivered its first block (start-up and model load behind it).
+
+        Rows committed after the `actors`-th block over the time since; slightly optimistic,
+        as the blocks in flight then were started a little earlier. None with too few blocks.
+        """
+        if len(self.commits) < actors + 2:
+            return None
+        t0, t1 = self.commits[actors - 1][0], self.commits[-1][0]
+        return sum(n for _, n in self.commits[actors:]) / (t1 - t0) if t1 > t0 else None
+
+
+def _local_arm(catalog: Any, model: Any, folder: Path) -> dict[str, float]:
+    from shopclip.pipeline.runners import get_runner
+
+    t0 = time.perf_counter()
+    res = get_runner("local").embed(catalog, folder / "emb", model, "default", progress=False,
+                                    feature_cache=folder / "features")
+    dt = time.perf_counter() - t0
+    assert res.embedded == len(catalog), res.summary()
+    return {"seconds": dt, "products_per_s": len(catalog) / dt}
+
+
+def _ray_arm(catalog: Any, model: Any, folder: Path, cpus: int) -> dict[str, Any]:
+    import ray
+
+    from shopclip.pipeline.embed_blocks import embed_with_runner
+    from shopclip.pipeline.runners.ray_data import RayRunner
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    start = time.perf_counter() - t0
+    try:
+        runner = _TimedRunner(RayRunner())
+        t1 = time.perf_counter()
+        res = embed_with_runner(runner, catalog, folder / "emb", model, "default", progress=False)
+        job = time.perf_counter() - t1
+    finally:
+        ray.shutdown()
+    assert res.embedded == len(catalog) and res.returned == len(catalog), res.summary()
+    steady = runner.steady_rate(cpus)
+    return {"cluster_start_seconds": start, "job_seconds": job, "products_per_s": len(catalog) / job,
+            "steady_products_per_s": steady, "blocks": len(runner.commits),
+            "block_rows": max(n for _, n in runner.commits)}
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def measure_runner(quick: bool) -> dict[str, Any]:
+    """Local vs Ray embed throughput on this machine; arms interleaved, each on a fresh store."""
+    import torch
+
+    from shopclip.catalog import Catalog
+    from shopclip.models import load_model
+    from shopclip.pipeline.build import sample_products
+
+    n, repeats = (16, 1) if quick else (480, 2)
+    cpus = os.cpu_count() or 1
+    full = Catalog.load(SAMPLE / "catalog.jsonl")
+    catalog = full.subset(p.id for p in sample_products(list(full), n))
+    model = load_model("default")
+    model.encode_image([catalog.image_path(p) for p in list(catalog)[:4]])  # first-call allocations, both arms
+    local: list[dict[str, Any]] = []
+    ray_rows: list[dict[str, Any]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="scale-runner-"))
+    try:
+        for r in range(repeats):
+            local.append(_local_arm(catalog, model, tmp / f"local{r}"))
+            ray_rows.append(_ray_arm(catalog, model, tmp / f"ray{r}", cpus))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    loc, job, steady = _median(local, "products_per_s"), _median(ray_rows, "products_per_s"), \
+        _median(ray_rows, "steady_products_per_s")
+    return {
+        "workload": {"products": len(catalog), "repeats": repeats, "model": "default", "views": "image + text",
+                     "catalog": "deterministic id-hash sample of ../shared/data/products (real photos and titles)",
+                     "cpus": cpus, "ray_actors": cpus, "torch_threads_local": torch.get_num_threads()},
+        "local": {"products_per_s": loc, "runs": local},
+        "ray": {"products_per_s": job, "steady_products_per_s": steady,
+                "cluster_start_seconds": _median(ray_rows, "cluster_start_seconds"), "runs": ray_rows},
+        "ratio_ray_over_local": round(job / loc, 3) if job and loc else None,
+        "ratio_ray_steady_over_local": round(steady / loc, 3) if steady and loc else None,
+        "per_core_products_per_s": {"local": round(loc / cpus, 3) if loc else None,
+                                    "ray_steady_per_actor": round(steady / cpus, 3) if steady else None},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="16 products, one repeat (seconds; used by checks)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results file (default: bench/results/scale_runner.json; a --quick run writes only here)")
+    args = ap.parse_args()
+    out = args.out or (None if args.quick else RESULTS / "scale_runner.json")
+    prov = Provenance.start()
+    result = {"runner": measure_runner(args.quick)}
+    if out is not None:
+        write_result(out, result, prov)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
