@@ -57,6 +57,7 @@ class EmbedWorker:
                 f"{fingerprint[:10]}: every node needs the same shopclip version and model files")
         if torch.cuda.is_available():  # Ray hands a GPU actor exactly its own device
             model = model.to("cuda")
+            num_workers = max(num_workers, torch.get_num_threads())  # decoding feeds the GPU: all the actor's CPUs
         self.model = model.eval()
         self.image_batch_size, self.text_batch_size, self.num_workers = image_batch_size, text_batch_size, num_workers
 

@@ -85,7 +85,7 @@ class RayRunner:
 
     address: str | None = None
     actors: int | None = None  # actor-pool size; default: one per GPU (GPU jobs), else CPUs / cpus_per_actor
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None  # default: 1 on CPU clusters; a GPU actor gets its share of CPUs (≤ 8) to decode
     local_cpus: int | None = None
     name: str = "ray"
 
@@ -115,11 +115,13 @@ class RayRunner:
         """(actors, per-actor resources) for this job on this cluster."""
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0)) if job.gpu else 0
+        cpus = float(res.get("CPU", 1))
         if gpus:
-            size, remote = self.actors or gpus, {"num_gpus": 1, "num_cpus": self.cpus_per_actor}
+            per = self.cpus_per_actor or float(min(8, max(1, int(cpus // gpus))))
+            size, remote = self.actors or gpus, {"num_gpus": 1, "num_cpus": per}
         else:
-            size = self.actors or max(1, int(res.get("CPU", 1) // self.cpus_per_actor))
-            remote = {"num_cpus": self.cpus_per_actor}
+            per = self.cpus_per_actor or 1.0
+            size, remote = self.actors or max(1, int(cpus // per)), {"num_cpus": per}
         return max(1, size), remote
 
     # ------------------------------------------------------------------ jobs
