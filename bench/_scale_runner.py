@@ -7,18 +7,21 @@ ray, ...), in this process:
 * local: what `shopclip embed` runs by default (`LocalRunner.embed`: threaded decode,
   torch's threads on every core, the tower-feature cache in a fresh folder, as the build
   stage passes it);
+* local_1thread: the same with `torch.set_num_threads(1)` (one thing varied: intra-op
+  threads), which says how much of the Ray/local ratio is one-thread-per-process;
 * ray: `RayRunner.embed` on a Ray instance started for that arm (`ray.init(num_cpus=<all
-  cores>)`, one 1-CPU actor per core, blocks chosen by `auto_block_size`), stopped after
-  it, so the local arms run without Ray's processes around. Reported apart: the cluster
-  start, the whole job (actor start-up and model loads included), and the steady rate from
-  the moment every actor has delivered its first block to the last (what a long job on
-  a cluster approaches; None when there are too few blocks, as in --quick).
+  cores>)`, one 1-CPU actor per core (Ray gives each one torch thread), blocks chosen by
+  `auto_block_size`), stopped after it, so the local arms run without Ray's processes
+  around. Reported apart: the cluster start, the whole job (actor start-up and model
+  loads included), and the steady rate: rows over the seconds the actors spent inside
+  the worker, times the number of actors (what a long job, whose start-up is amortised,
+  approaches when no actor idles).
 
 `measure_runner(quick)` returns the dict that `bench/scale.py` stores under "runner";
 run this file alone for a standalone check:
 
     flock /work/heavy.lock .venv/bin/python bench/_scale_runner.py            # writes bench/results/scale_runner.json
-    .venv/bin/python bench/_scale_runner.py --quick --out /tmp/runner.json    # seconds, 16 products
+    .venv/bin/python bench/_scale_runner.py --quick --out /tmp/runner.json    # ~1 min, 16 products
 """
 
 from __future__ import annotations
@@ -34,53 +37,63 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SAMPLE, Provenance, write_result  # noqa: E402
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, SAMPLE, Provenance, write_result  # noqa: E402
+from shopclip.pipeline.embed_blocks import EmbedWorker  # noqa: E402
+
+
+class _TimedWorker(EmbedWorker):
+    """The embed worker, also saying how long it spent on each block (an extra column the store ignores)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        out = super().__call__(batch)
+        out["busy_seconds"] = np.full(len(out["id"]), time.perf_counter() - t0)
+        return out
 
 
 class _TimedRunner:
-    """Delegates to a runner and records when each block was committed (for the steady rate)."""
+    """Delegates to a runner with the timed worker; records each block's rows and busy seconds."""
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.name = inner, inner.name
-        self.commits: list[tuple[float, int]] = []
+        self.blocks: list[tuple[int, float]] = []
 
     def run(self, job: Any, *, progress: bool = True) -> int:
-        from shopclip.pipeline.runners.base import block_count
-
         commit = job.commit
 
         def timed(batch: Any) -> None:
             commit(batch)
-            self.commits.append((time.perf_counter(), block_count(batch)))
+            self.blocks.append((len(batch["id"]), float(batch["busy_seconds"][0])))
 
-        job.commit = timed
+        job.commit, job.worker = timed, _TimedWorker
         return self.inner.run(job, progress=progress)
 
-    def steady_rate(self, actors: int) -> float | None:
-        """Products/s once every actor has delivered its first block (start-up and model load behind it).
-
-        Rows committed after the `actors`-th block over the time since; slightly optimistic,
-        as the blocks in flight then were started a little earlier. None with too few blocks.
-        """
-        if len(self.commits) < actors + 2:
-            return None
-        t0, t1 = self.commits[actors - 1][0], self.commits[-1][0]
-        return sum(n for _, n in self.commits[actors:]) / (t1 - t0) if t1 > t0 else None
+    def busy_rate(self) -> float:
+        """Products per second of worker time: one actor's steady throughput."""
+        return sum(n for n, _ in self.blocks) / sum(b for _, b in self.blocks)
 
 
-def _local_arm(catalog: Any, model: Any, folder: Path) -> dict[str, float]:
+def _local_arm(catalog: Any, model: Any, folder: Path, threads: int | None = None) -> dict[str, float]:
+    import torch
+
     from shopclip.pipeline.runners import get_runner
 
-    t0 = time.perf_counter()
-    res = get_runner("local").embed(catalog, folder / "emb", model, "default", progress=False,
-                                    feature_cache=folder / "features")
-    dt = time.perf_counter() - t0
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        t0 = time.perf_counter()
+        res = get_runner("local").embed(catalog, folder / "emb", model, "default", progress=False,
+                                        feature_cache=folder / "features")
+        dt = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
     assert res.embedded == len(catalog), res.summary()
     return {"seconds": dt, "products_per_s": len(catalog) / dt}
 
@@ -102,10 +115,10 @@ def _ray_arm(catalog: Any, model: Any, folder: Path, cpus: int) -> dict[str, Any
     finally:
         ray.shutdown()
     assert res.embedded == len(catalog) and res.returned == len(catalog), res.summary()
-    steady = runner.steady_rate(cpus)
+    per_actor = runner.busy_rate()
     return {"cluster_start_seconds": start, "job_seconds": job, "products_per_s": len(catalog) / job,
-            "steady_products_per_s": steady, "blocks": len(runner.commits),
-            "block_rows": max(n for _, n in runner.commits)}
+            "busy_products_per_s_per_actor": per_actor, "steady_products_per_s": per_actor * cpus,
+            "blocks": len(runner.blocks), "block_rows": max(n for n, _ in runner.blocks)}
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -115,12 +128,15 @@ def _median(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def measure_runner(quick: bool) -> dict[str, Any]:
     """Local vs Ray embed throughput on this machine; arms interleaved, each on a fresh store."""
+    import ray.cloudpickle
     import torch
 
     from shopclip.catalog import Catalog
     from shopclip.models import load_model
     from shopclip.pipeline.build import sample_products
 
+    if __name__ != "__main__":  # imported (bench/scale.py): ship the timed worker to the actors by value
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     n, repeats = (16, 1) if quick else (480, 2)
     cpus = os.cpu_count() or 1
     full = Catalog.load(SAMPLE / "catalog.jsonl")
@@ -128,27 +144,32 @@ def measure_runner(quick: bool) -> dict[str, Any]:
     model = load_model("default")
     model.encode_image([catalog.image_path(p) for p in list(catalog)[:4]])  # first-call allocations, both arms
     local: list[dict[str, Any]] = []
+    local1: list[dict[str, Any]] = []
     ray_rows: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="scale-runner-"))
     try:
         for r in range(repeats):
             local.append(_local_arm(catalog, model, tmp / f"local{r}"))
             ray_rows.append(_ray_arm(catalog, model, tmp / f"ray{r}", cpus))
+            local1.append(_local_arm(catalog, model, tmp / f"local1-{r}", threads=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    loc, job, steady = _median(local, "products_per_s"), _median(ray_rows, "products_per_s"), \
-        _median(ray_rows, "steady_products_per_s")
+    loc, loc1 = _median(local, "products_per_s"), _median(local1, "products_per_s")
+    job, steady = _median(ray_rows, "products_per_s"), _median(ray_rows, "steady_products_per_s")
+    actor = _median(ray_rows, "busy_products_per_s_per_actor")
     return {
         "workload": {"products": len(catalog), "repeats": repeats, "model": "default", "views": "image + text",
                      "catalog": "deterministic id-hash sample of ../shared/data/products (real photos and titles)",
                      "cpus": cpus, "ray_actors": cpus, "torch_threads_local": torch.get_num_threads()},
         "local": {"products_per_s": loc, "runs": local},
-        "ray": {"products_per_s": job, "steady_products_per_s": steady,
+        "local_1thread": {"products_per_s": loc1, "runs": local1},
+        "ray": {"products_per_s": job, "steady_products_per_s": steady, "busy_products_per_s_per_actor": actor,
                 "cluster_start_seconds": _median(ray_rows, "cluster_start_seconds"), "runs": ray_rows},
         "ratio_ray_over_local": round(job / loc, 3) if job and loc else None,
         "ratio_ray_steady_over_local": round(steady / loc, 3) if steady and loc else None,
+        "ratio_local_1thread_over_local": round(loc1 / loc, 3) if loc1 and loc else None,
         "per_core_products_per_s": {"local": round(loc / cpus, 3) if loc else None,
-                                    "ray_steady_per_actor": round(steady / cpus, 3) if steady else None},
+                                    "local_1thread": loc1, "ray_actor": actor},
     }
 
 
