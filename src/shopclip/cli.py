@@ -137,6 +137,11 @@ def validate(
         raise typer.Exit(1)
 
 
+RUNNER_HELP = "Where the embed step runs: local (this process) or ray (a Ray Data actor pool; pip install 'shopclip[ray]')"
+ADDRESS_HELP = "Ray cluster for --runner ray: auto (started with `ray start --head`), HOST:6379 or ray://HOST:10001; default: start one in this process"
+ACTORS_HELP = "Ray actors (model copies) for --runner ray; default: one per GPU, else one per CPU of the cluster"
+
+
 @app.command()
 def embed(
     catalog: Annotated[Path, typer.Argument(help="Catalog file (.jsonl, .csv, .parquet)")],
@@ -145,15 +150,20 @@ def embed(
     dtype: Annotated[str, typer.Option(help="float16 or float32")] = "float16",
     sample: Annotated[int | None, typer.Option(help="Embed only a deterministic sample of N products")] = None,
     engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
+    runner: Annotated[str, typer.Option(help=RUNNER_HELP)] = "local",
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    actors: Annotated[int | None, typer.Option(help=ACTORS_HELP)] = None,
 ) -> None:
     """Embed every valid product's image and text (resumable: unchanged products are skipped).
 
     Example: shopclip embed ../shared/data/products/catalog.jsonl --out work --model default --engine onnx-int8
+    (on a Ray cluster: ... --runner ray --address auto)
     """
     from shopclip.pipeline.build import BuildOptions
 
-    _run_build(catalog, out, BuildOptions(model=model, dtype=dtype, sample=sample, engine=engine),
-               only=("validate", "embed"))
+    options = BuildOptions(model=model, dtype=dtype, sample=sample, engine=engine, runner=runner, address=address,
+                           extra={"ray_actors": actors} if actors else {})
+    _run_build(catalog, out, options, only=("validate", "embed"))
 
 
 def _store_options(store: str | None, uri: str | None, index: str = "auto") -> tuple[str, dict]:
@@ -337,6 +347,7 @@ def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | No
     from shopclip.catalog import CatalogReadError
     from shopclip.pipeline.build import BuildOptionsError, build, planned_stages
     from shopclip.pipeline.embed import StoreConflictError
+    from shopclip.pipeline.runners import RunnerError
 
     _quiet_libraries()
     try:
@@ -347,8 +358,10 @@ def _run_build(catalog: Path, workdir: Path, options, only: tuple[str, ...] | No
     except CatalogReadError as e:
         err.print(f"[red]cannot read {catalog}:[/red] {e}")
         raise typer.Exit(2) from None
-    except (BuildOptionsError, StoreConflictError) as e:
-        err.print(f"[red]{e}[/red]")
+    except (BuildOptionsError, StoreConflictError, RunnerError) as e:
+        from rich.markup import escape
+
+        err.print(f"[red]{escape(str(e))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -372,6 +385,9 @@ def build_cmd(
     uri: UriOpt = None,
     index: IndexKindOpt = "auto",
     engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
+    runner: Annotated[str, typer.Option(help=RUNNER_HELP)] = "local",
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    actors: Annotated[int | None, typer.Option(help=ACTORS_HELP)] = None,
 ) -> None:
     """Run the whole pipeline (validate → [ground] → [enrich] → [train] → embed → index); a re-run does only what changed.
 
@@ -387,8 +403,11 @@ def build_cmd(
     if train:
         extra.update(train=True, train_epochs=train_epochs)
     backend, index_options = _store_options(store, uri, index)
+    if actors:
+        extra["ray_actors"] = actors
     options = BuildOptions(model=model, dtype=dtype, sample=sample, check_images=check_images, force=force,
-                           engine=engine, extra=extra, backend=backend, index_options=index_options)
+                           engine=engine, extra=extra, backend=backend, index_options=index_options,
+                           runner=runner, address=address)
     _run_build(catalog, workdir, options, announce=True)
 
 

@@ -52,7 +52,9 @@ class BuildOptions:
     progress: bool = True
     force: bool = False
     engine: str | None = None  # inference engine for the embed stage (None: $SHOPCLIP_ENGINE or the default)
-    extra: dict[str, Any] = field(default_factory=dict)  # options of the optional stages
+    runner: str = "local"  # where per-product jobs run: local | ray (shopclip.pipeline.runners)
+    address: str | None = None  # the ray runner's cluster: None = start one here, "auto", "ray://host:port"
+    extra: dict[str, Any] = field(default_factory=dict)  # options of the optional stages (and runners: ray_actors)
 
     def check(self) -> None:
         """Refuse bad options before any stage touches the work folder (a typo must cost nothing)."""
@@ -67,6 +69,12 @@ class BuildOptions:
         check_model_ref(self.model)  # UnknownModelError lists the known names
         if self.engine is not None and self.engine not in ENGINES:
             raise BuildOptionsError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        from shopclip.pipeline.runners import RunnerError, check_runner
+
+        try:
+            check_runner(self.runner, self.address)
+        except RunnerError as e:
+            raise BuildOptionsError(str(e)) from None
 
 
 class BuildOptionsError(ValueError):
@@ -208,11 +216,14 @@ def _embed_fp(ctx: BuildContext) -> str:
 
 
 def _embed_run(ctx: BuildContext) -> str:
-    from shopclip.pipeline.embed import embed_catalog
+    from shopclip.pipeline.runners import get_runner
 
-    res = embed_catalog(ctx.catalog(), ctx.workdir.embeddings, ctx.model(), texts=ctx.texts, images=ctx.images,
-                        dtype=ctx.options.dtype, progress=ctx.options.progress,
-                        feature_cache=ctx.workdir.root / "cache" / "features")
+    o = ctx.options
+    runner = get_runner(o.runner, address=o.address, **({"actors": o.extra["ray_actors"]}
+                                                        if o.extra.get("ray_actors") else {}))
+    res = runner.embed(ctx.catalog(), ctx.workdir.embeddings, ctx.model(), ctx.model_ref, texts=ctx.texts,
+                       images=ctx.images, dtype=o.dtype, progress=o.progress,
+                       feature_cache=ctx.workdir.root / "cache" / "features")
     ctx.manifest["model"] = ctx.model_ref
     ctx.manifest["engine"] = ctx.engine  # `shopclip serve` defaults to the engine the store was embedded with
     return res.summary()

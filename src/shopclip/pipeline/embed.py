@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from shopclip.models.features import (
     view_key,
 )
 
-__all__ = ["EmbedResult", "StoreConflictError", "embed_catalog", "fused_vectors", "model_fingerprint", "product_hash", "product_meta"]
+__all__ = ["EmbedResult", "EmbedTask", "StoreConflictError", "commit_embeddings", "embed_catalog", "fused_vectors",
+           "model_fingerprint", "open_store", "plan_embedding", "product_hash", "product_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,14 @@ class EmbedResult:
     skipped: int
     store: Path
     replaced: str | None = None  # the other model whose embeddings were deleted first
+    failed: dict[str, str] = field(default_factory=dict)  # product id → why it was not embedded (retried next run)
+    returned: int | None = None  # rows the workers sent back (a block runner): embedded + failed when none doubled
 
     def summary(self) -> str:
         s = f"{self.total} products: {self.embedded} embedded, {self.skipped} already up to date → {self.store}"
+        if self.failed:
+            first = next(iter(self.failed.items()))
+            s += f"; {len(self.failed)} failed (e.g. {first[0]}: {first[1]}), tried again next run"
         if self.replaced:
             s += f"; deleted the old embeddings of another model, {self.replaced}"
         return s
@@ -87,24 +93,8 @@ def embed_catalog(
     Progress is committed every `chunk` products or about every `flush_seconds`, whichever
     comes first, so an interrupted run resumes close to where it stopped.
     """
-    out = Path(out)
-    if dtype not in DTYPES:  # before anything on disk is touched
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    fp = model_fingerprint(model)
-    info = {"name": model.name, "config": model.config.to_dict(), "engine": model.engine.name}
-    replaced = _replace_other_model(out, fp, model.embed_dim, dtype)
-    store = EmbeddingStore.create(out, model=fp, dim=model.embed_dim, dtype=dtype, model_info=info)
-    texts = texts or {}
-    images = images or {}
-    have = store.hashes()
-    todo: list[tuple[Product, str, Path, str, str]] = []
-    for p in catalog:
-        text = texts.get(p.id) or p.text()
-        img = Path(images.get(p.id) or catalog.image_path(p))
-        img_sha1 = file_sha1(img)
-        h = product_hash(p, text, img_sha1, fp)
-        if have.get(p.id) != h:
-            todo.append((p, text, img, h, img_sha1))
+    store, replaced = open_store(out, model, dtype)
+    todo = plan_embedding(catalog, store, texts=texts, images=images)
     cached = _CachedTowers(model, feature_cache) if feature_cache is not None and todo else None
     bar = None
     if progress and todo:
@@ -117,16 +107,13 @@ def embed_catalog(
             part = todo[start : start + size]
             t0 = time.monotonic()
             if cached is not None:
-                img_vecs = cached.images([(str(x[2]), x[4]) for x in part], image_batch_size, num_workers)
-                txt_vecs = cached.texts([x[1] for x in part], text_batch_size)
+                img_vecs = cached.images([(str(x.image), x.image_sha1) for x in part], image_batch_size, num_workers)
+                txt_vecs = cached.texts([x.text for x in part], text_batch_size)
             else:
-                img_vecs = model.encode_image([x[2] for x in part], batch_size=image_batch_size,
+                img_vecs = model.encode_image([x.image for x in part], batch_size=image_batch_size,
                                               num_workers=num_workers)
-                txt_vecs = model.encode_text([x[1] for x in part], batch_size=text_batch_size)
-            store.append(
-                [x[0].id for x in part], [x[3] for x in part], {"image": img_vecs, "text": txt_vecs},
-                [product_meta(x[0], catalog) | {"text": x[1], "image": str(x[2])} for x in part],
-            )
+                txt_vecs = model.encode_text([x.text for x in part], batch_size=text_batch_size)
+            commit_embeddings(store, catalog, part, img_vecs, txt_vecs)
             start += len(part)
             # Each part is a commit: a kill loses at most one part's work. Keep parts under
             # ~flush_seconds on slow machines or big models, never above `chunk` products.
@@ -139,8 +126,59 @@ def embed_catalog(
         if bar is not None:
             bar.close()
     store.compact(keep_ids=catalog.ids)
-    return EmbedResult(total=len(catalog), embedded=len(todo), skipped=len(catalog) - len(todo), store=out,
+    return EmbedResult(total=len(catalog), embedded=len(todo), skipped=len(catalog) - len(todo), store=Path(out),
                        replaced=replaced)
+
+
+@dataclass(frozen=True)
+class EmbedTask:
+    """One product still to embed: its text and image as the towers will see them, and its content hash."""
+
+    product: Product
+    text: str
+    image: Path
+    hash: str
+    image_sha1: str
+
+
+def open_store(out: str | Path, model: DualEncoder, dtype: str) -> tuple[EmbeddingStore, str | None]:
+    """The store at `out` for this model (created, or reopened to resume); another model's is replaced.
+
+    Returns the store and the replaced model's name (None when nothing was deleted).
+    """
+    out = Path(out)
+    if dtype not in DTYPES:  # before anything on disk is touched
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    fp = model_fingerprint(model)
+    info = {"name": model.name, "config": model.config.to_dict(), "engine": model.engine.name}
+    replaced = _replace_other_model(out, fp, model.embed_dim, dtype)
+    return EmbeddingStore.create(out, model=fp, dim=model.embed_dim, dtype=dtype, model_info=info), replaced
+
+
+def plan_embedding(catalog: Catalog, store: EmbeddingStore, *, texts: dict[str, str] | None = None,
+                   images: dict[str, Path] | None = None) -> list[EmbedTask]:
+    """The products whose content hash the store does not hold yet, in catalog order (what a resumed run redoes)."""
+    texts = texts or {}
+    images = images or {}
+    have = store.hashes()
+    todo: list[EmbedTask] = []
+    for p in catalog:
+        text = texts.get(p.id) or p.text()
+        img = Path(images.get(p.id) or catalog.image_path(p))
+        img_sha1 = file_sha1(img)
+        h = product_hash(p, text, img_sha1, store.model)
+        if have.get(p.id) != h:
+            todo.append(EmbedTask(p, text, img, h, img_sha1))
+    return todo
+
+
+def commit_embeddings(store: EmbeddingStore, catalog: Catalog, tasks: list[EmbedTask], image_vecs: np.ndarray,
+                      text_vecs: np.ndarray) -> None:
+    """Append one finished block as a store part (its commit point), with the meta search results show."""
+    store.append(
+        [t.product.id for t in tasks], [t.hash for t in tasks], {"image": image_vecs, "text": text_vecs},
+        [product_meta(t.product, catalog) | {"text": t.text, "image": str(t.image)} for t in tasks],
+    )
 
 
 class StoreConflictError(ValueError):

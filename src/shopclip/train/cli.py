@@ -153,6 +153,10 @@ def train_command(
     # runtime
     seed: Annotated[int | None, typer.Option(help=_h("Seed of data order, augmentations and init", _D.seed))] = None,
     device: Annotated[str | None, typer.Option(help=_h("auto, cpu or cuda", _D.device))] = None,
+    parallel: Annotated[str | None, typer.Option(help=_h("Several processes: ddp = every rank holds all trained "
+                                                         "weights; fsdp = sharded over ranks (FSDP2); auto = fsdp "
+                                                         "when the replicated weights+grads+AdamW state passes "
+                                                         "4 GiB", _D.parallel))] = None,
     num_workers: Annotated[int | None, typer.Option(help=_h("Threads decoding photos", _D.num_workers))] = None,
     feature_batch_size: Annotated[int | None, typer.Option(help=_h("Images per tower forward while caching features "
                                                                    "(small is faster on CPU)",
@@ -193,7 +197,7 @@ def train_command(
         warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,
         grad_cache_chunk=grad_cache_chunk, precision=precision, augment=augment, image_views=image_views,
         clean_view_p=clean_view_p, train_split=train_split, val_split=val_split, val_max=val_max,
-        val_every=val_every, seed=seed, device=device, num_workers=num_workers,
+        val_every=val_every, seed=seed, device=device, parallel=parallel, num_workers=num_workers,
         feature_batch_size=feature_batch_size, cache_dir=str(cache_dir) if cache_dir else None,
         checkpoint_every=checkpoint_every, log_every=log_every, progress=progress,
     )

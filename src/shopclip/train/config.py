@@ -19,7 +19,7 @@ BATCH_SAMPLERS = ("random", "leaf")
 I2I_POSITIVES = ("view", "leaf")
 # Fields that may differ between a checkpoint and the config that resumes it.
 RESUMABLE_CHANGES = frozenset({"resume", "progress", "log_every", "checkpoint_every", "num_workers", "out",
-                               "catalog", "cache_dir", "device", "val_every"})
+                               "catalog", "cache_dir", "device", "val_every", "parallel"})
 
 
 @dataclass
@@ -95,6 +95,7 @@ class TrainConfig:
     # --- runtime
     seed: int = 0
     device: str = "auto"
+    parallel: str = "auto"  # several processes: ddp (replicated) | fsdp (sharded) | auto = by size (train/parallel.py)
     num_workers: int = 2
     feature_batch_size: int = 16  # images per tower forward while caching (small batches are faster on CPU)
     cache_dir: str | None = None
@@ -124,6 +125,7 @@ class TrainConfig:
              "sim_dim needs i2i_weight > 0, 0 < sim_weight < 1, linear heads and sim_dim < embed_dim")
         need(self.leaf_chunk >= 1 and self.i2i_weight >= 0 and self.hard_beta >= 0 and self.i2i_temperature > 0,
              "leaf_chunk must be ≥ 1, i2i_weight and hard_beta ≥ 0, i2i_temperature > 0")
+        need(self.parallel in ("auto", "ddp", "fsdp"), f"parallel must be auto|ddp|fsdp, got {self.parallel!r}")
         need(self.epochs >= 1 and self.batch_size >= 2, "epochs must be ≥ 1 and batch_size ≥ 2")
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
         need(0.0 <= self.clean_view_p <= 1.0, "clean_view_p must be in [0, 1]")

@@ -50,6 +50,7 @@ from shopclip.models.features import (
     view_key,
 )
 from shopclip.train import distributed as D
+from shopclip.train import parallel as P
 from shopclip.train.config import TrainConfig
 from shopclip.train.data import (
     PairSet,
@@ -279,6 +280,13 @@ class Trainer:
         if cfg.loss == "siglip":
             self.extra_params["logit_bias"] = nn.Parameter(torch.tensor(cfg.siglip_bias, device=self.device))
         self._prepare_features()
+        self.parallel = P.choose_parallel(cfg.parallel, P.trainable_params(model), self.dist.world)
+        self._plain: nn.Module | None = None  # rank 0's unsharded copy, to export the trained model into
+        if self.parallel == "fsdp":
+            self._plain = copy.deepcopy(model).cpu() if self.dist.is_main else None
+            units = P.shard_trainable(model)
+            self._log(f"FSDP: {P.trainable_params(model):,} trainable parameters sharded over {self.dist.world} "
+                      f"ranks in {len(units)} units")
 
         self.world = self.dist.world
         self.spe = steps_per_epoch(cfg, len(self.train), self.world)
@@ -471,9 +479,11 @@ class Trainer:
         leaves = torch.from_numpy(self.train.leaves[idx]) if self.train.leaves is not None else None
         loss = contrastive_step(self.encode_image, self.encode_text, images, texts,
                                 self.make_loss(keys_tensor(self.train, idx), leaves), self.cfg.grad_cache_chunk)
-        D.average_gradients(self.trainable())
+        D.average_gradients(P.replicated(self.trainable()))  # FSDP has reduce-scattered (averaged) its own
         self.scaler.unscale_(self.optimizer)
-        if self.cfg.grad_clip > 0:
+        if self.cfg.grad_clip > 0 and self.parallel == "fsdp":
+            P.clip_grad_norm(self.trainable(), self.cfg.grad_clip)
+        elif self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -506,9 +516,11 @@ class Trainer:
         return img.float().cpu().numpy(), txt.float().cpu().numpy()
 
     def validate(self, epoch: int) -> dict[str, float]:
-        if self.val is None or not self.dist.is_main:
+        if self.val is None or not (self.dist.is_main or self.parallel == "fsdp"):
             return {}
-        img, txt = self.embed_val()
+        img, txt = self.embed_val()  # under FSDP a collective: every rank embeds, rank 0 reports
+        if not self.dist.is_main:
+            return {}
         rep = retrieval_report(img, txt)
         self._metric({"type": "val", "epoch": epoch, "step": self.step, "n": len(self.val), **rep})
         self._log(f"epoch {epoch}: val t2i R@1/5/10 {rep['t2i_r1']:.3f}/{rep['t2i_r5']:.3f}/{rep['t2i_r10']:.3f} "
@@ -522,19 +534,22 @@ class Trainer:
                 fp.write(json.dumps(row) + "\n")
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """Heads and trained weights as full CPU tensors (under FSDP a collective: call on every rank)."""
         names = {n for n, p in self.model.named_parameters() if p.requires_grad}
         state = self.model.state_dict()
         keep = set(self.model.heads_state()) | names
-        return {k: v.detach().cpu().clone() for k, v in state.items() if k in keep}
+        return {k: P.full(v).detach().cpu().clone() for k, v in state.items() if k in keep}
 
     def save_checkpoint(self) -> None:
         rngs = D.gather_objects(rng_state())
+        model_state = self._trainable_state()
+        optim_state = P.full_optimizer_state(self.optimizer) if self.parallel == "fsdp" else None
         if not self.dist.is_main:
             return
         state = {
-            "model": self._trainable_state(),
+            "model": model_state,
             "extra": {k: v.detach().cpu() for k, v in self.extra_params.items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim_state or self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rngs,
@@ -557,11 +572,11 @@ class Trainer:
         missing = set(state["model"]) - set(self.model.state_dict())
         if missing:
             raise ValueError(f"checkpoint holds weights the model lacks: {sorted(missing)[:5]}")
-        self.model.load_state_dict(state["model"], strict=False)
+        P.load_full_state(self.model, state["model"])  # re-shards under FSDP: any strategy resumes any other
         for k, v in state["extra"].items():
             with torch.no_grad():
                 self.extra_params[k].copy_(v)
-        self.optimizer.load_state_dict(state["optimizer"])
+        P.load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
@@ -672,9 +687,17 @@ class Trainer:
         D.barrier()
 
     # ------------------------------------------------------------------ the trained model
-    def export_model(self) -> nn.Module:
-        """A copy of the model with feature standardisation folded into the heads, ready for `save`."""
-        model = copy.deepcopy(self.model).cpu()
+    def export_model(self, full_state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A copy of the model with feature standardisation folded into the heads, ready for `save`.
+
+        Under FSDP pass `full_state` (the gathered `model.state_dict()`): it is loaded into
+        the unsharded copy kept at setup.
+        """
+        if self._plain is not None:
+            model = self._plain
+            model.load_state_dict(full_state or {}, strict=False)
+        else:
+            model = copy.deepcopy(self.model).cpu()
         for side, head in (("image", model.image_head), ("text", model.text_head)):
             if side in self.stats:
                 mean, std = (t.cpu() for t in self.stats[side])
@@ -686,12 +709,14 @@ class Trainer:
         cfg = self.cfg
         seconds = self.elapsed_before + time.time() - self.started
         model_dir = self.run_dir / "model"
+        gathered = P.full_state(self.model.state_dict()) if self.parallel == "fsdp" else None  # every rank
         if self.dist.is_main:
-            model = self.export_model()
+            model = self.export_model(gathered)
             summary = {
                 "run": str(self.run_dir.resolve()), "catalog": str(cfg.catalog or getattr(self.catalog, "source", "")),
                 "train_pairs": len(self.train), "val_pairs": len(self.val) if self.val is not None else 0,
                 "steps": self.step, "epochs": cfg.epochs, "seconds": round(seconds, 1), "world_size": self.world,
+                "parallel": self.parallel,
                 "lock": cfg.lock, "loss": cfg.loss, "fn_mode": cfg.fn_mode, "precision": self.precision,
                 "val": self.last_val, "config": cfg.to_dict(),
             }
