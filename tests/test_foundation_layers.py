@@ -22,8 +22,10 @@ LAYERS: dict[str, int] = {
     "enrich": 3,
     "train": 3,
     "eval": 3,
+    "heads": 3,
     "pipeline": 4,
     "search": 4,
+    "understand": 4,
     "serve": 5,
     "cli": 5,
 }

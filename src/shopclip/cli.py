@@ -343,12 +343,16 @@ def _register_capabilities() -> None:
     from shopclip.grounding.cli import ground_command
     from shopclip.serve.cli import serve_command
     from shopclip.train.cli import train_command
+    from shopclip.understand.cli import dedupe_command, heads_app, tag_command
 
     app.command("ground")(ground_command)
     app.command("enrich")(enrich_command)
     app.command("train")(train_command)
     app.command("eval")(eval_command)
     app.command("serve")(serve_command)
+    app.add_typer(heads_app, name="heads")
+    app.command("tag")(tag_command)
+    app.command("dedupe")(dedupe_command)
 
 
 _register_capabilities()

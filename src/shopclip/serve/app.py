@@ -324,6 +324,7 @@ def create_app(
     model: Any = None,
     state: ServeState | None = None,
     failpoint: Callable[[str], None] | None = None,
+    heads_dir: str | Path | None = None,
 ) -> FastAPI:
     """Build the app over a built work folder.
 
@@ -332,6 +333,7 @@ def create_app(
     `allow_url_fetch` lets /search/image fetch `url=`: only from `url_fetch_hosts` when
     given, else from any host at a public address (never loopback, private or link-local).
     `model` / `state` let tests share one loaded model; `failpoint` is for crash tests.
+    `heads_dir` (default WORKDIR/heads) holds the task heads behind POST /tag and /dedupe/check.
     """
     key = (api_key if api_key is not None else os.environ.get("SHOPCLIP_API_KEY")) or None  # "" = no key
     if protect_reads is None:
@@ -585,6 +587,14 @@ def create_app(
                            max_interests=body.max_interests, half_life_s=body.half_life_s)
         out["took_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return out
+
+    # ------------------------------------------------------------------ understanding (tag, dedupe check)
+
+    from shopclip.serve.understand import register_understanding
+
+    register_understanding(app, st, heads_dir=Path(heads_dir) if heads_dir else st.workdir.root / "heads",
+                           dependencies=read_deps, read_errors=read_errors, read_upload=read_upload,
+                           clean_text=lambda t: " ".join(visible(t).split()))
 
     # ------------------------------------------------------------------ writes
 

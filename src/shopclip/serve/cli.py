@@ -28,6 +28,8 @@ def serve_command(
     preload: Annotated[bool, typer.Option(help="Load the model before taking traffic")] = True,
     threads: Annotated[int | None, typer.Option(help="torch threads per query; 1 suits concurrent traffic, 0 = torch default")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    heads: Annotated[Path | None, typer.Option(help="Task heads for POST /tag and /dedupe/check (default: "
+                                               "WORKDIR/heads, from `shopclip heads train … --out WORKDIR/heads`)")] = None,
 ) -> None:
     """Serve search, similar items, recommendations and a web page for a work folder.
 
@@ -55,7 +57,8 @@ def serve_command(
     try:
         app = create_app(workdir, max_upload_bytes=int(max_upload_mb * 1024 * 1024), allow_url_fetch=allow_url_fetch,
                          url_fetch_hosts=tuple(url_fetch_host) if url_fetch_host else None,
-                         max_image_pixels=max_image_pixels, protect_reads=protect_reads, preload_model=preload)
+                         max_image_pixels=max_image_pixels, protect_reads=protect_reads, preload_model=preload,
+                         heads_dir=heads)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
