@@ -41,6 +41,21 @@ def test_help_has_an_example(cmd):
     assert res.exit_code == 0 and "Example" in res.output
 
 
+def test_heads_train_command_fits_and_reports(request, rows, tmp_path):
+    small = labelled_rows(read_sample_rows(), per_leaf=12)
+    cat = write_catalog(tmp_path / "cat", small)
+    cache = Path(request.config.cache.mkdir("shopclip-heads")) / "features"  # the fixture's tower cache
+    res = run("heads", "train", cat, "--out", tmp_path / "heads", "--min-attribute-products", "10",
+              "--relist-train", "24", "--cache", cache)
+    assert res.exit_code == 0, res.output
+    assert "leaf accuracy" in res.output and "heads saved to" in res.output
+    heads = TaskHeads.load(tmp_path / "heads")
+    assert heads.metrics["data"] == {"train": 64, "val": 16, "test": 16, "rejected_rows": 0, "catalog": str(cat)}
+    assert heads.config["C_chosen"] in (0.01, 0.1, 1.0) and heads.metrics["C_choice"]["val_leaf_accuracy"]
+    bad = run("heads", "train", tmp_path / "missing.jsonl", "--out", tmp_path / "h2")
+    assert bad.exit_code == 2 and "missing.jsonl" in bad.output
+
+
 def test_heads_folder_holds_vocabularies_calibration_and_metrics(serve_heads):
     assert {p.name for p in serve_heads.iterdir()} >= {HEADS_FILE, "weights.npz", "neighbours", "neighbours.jsonl"}
     doc = read_json(serve_heads / HEADS_FILE)

@@ -91,6 +91,8 @@ def tag_command(
     batch: Annotated[int, typer.Option(min=1, help="Products per commit (a killed run resumes from the last)")] = 256,
     restart: Annotated[bool, typer.Option(help="Start over instead of resuming an earlier run into OUT")] = False,
     check_images: Annotated[bool, typer.Option(help="Decode every photo while validating")] = True,
+    cache: Annotated[Path | None, typer.Option(help="Tower-feature cache (default: the shared one; WORKDIR/cache/features "
+                                                    "reuses what `shopclip build` computed)")] = None,
 ) -> None:
     """Predict each product's category path, missing attributes and labels, with confidences.
 
@@ -107,7 +109,7 @@ def tag_command(
     try:
         result = tag_catalog(catalog, heads, out, model=model, on_validated=_validated,
                              options=TagOptions(neighbours=neighbours, batch=batch, restart=restart,
-                                                check_images=check_images))
+                                                check_images=check_images, cache_dir=cache))
     except CatalogReadError as e:
         raise _fail(f"cannot read {catalog}: {e}") from None
     except (FileNotFoundError, HeadsMismatchError) as e:
@@ -127,6 +129,8 @@ def dedupe_command(
     threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Match probability (default: the "
                                                                            "matcher's, chosen on val)")] = None,
     check_images: Annotated[bool, typer.Option(help="Decode every photo while validating")] = True,
+    cache: Annotated[Path | None, typer.Option(help="Tower-feature cache (default: the shared one; WORKDIR/cache/features "
+                                                    "reuses what `shopclip build` computed)")] = None,
 ) -> None:
     """Group listings of the same product (photo + text similarity), and list borderline pairs to review.
 
@@ -142,7 +146,7 @@ def dedupe_command(
     try:
         result = dedupe_catalog(catalog, out, heads, model=model, on_validated=_validated,
                                 options=DedupeOptions(knn=knn, same_category=same_category, threshold=threshold,
-                                                      check_images=check_images))
+                                                      check_images=check_images, cache_dir=cache))
     except CatalogReadError as e:
         raise _fail(f"cannot read {catalog}: {e}") from None
     except (FileNotFoundError, HeadsMismatchError, ValueError) as e:

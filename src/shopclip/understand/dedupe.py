@@ -10,8 +10,9 @@
    matches). Pairs at or above the matcher's threshold (chosen on the validation split)
    are edges; connected components of the edges are the groups.
 4. The review file holds the borderline pairs (between the review threshold, where the
-   validation recall reaches 99 %, and the decision) and the identical-photo pairs whose
-   texts alone would not have matched (a re-used photo with another title).
+   validation recall reaches 99 %, and the decision) and the identical-photo pairs the
+   matcher alone would not have matched (a photo shared by several listings, so no pair
+   stands out, or a photo re-used with other text).
 """
 
 from __future__ import annotations
@@ -113,8 +114,9 @@ def find_duplicates(items: Listings, matcher: PairMatcher, options: DedupeOption
     borderline = np.flatnonzero((p >= review_thr) & ~match)
     reused = np.flatnonzero(same_photo & (plain < thr))
     review = [pair_record(k) | {"why_review": "borderline score"} for k in borderline]
-    review += [pair_record(k) | {"why_review": "same photo, but photo and text alone score "
-                                               f"{float(plain[k]):.3f} (< {thr:.3f}): a re-used photo?"}
+    review += [pair_record(k) | {"why_review": "same photo, but the matcher alone scores "
+                                               f"{float(plain[k]):.3f} (< {thr:.3f}): a photo shared by several "
+                                               "listings, or re-used with other text?"}
                for k in reused]
     review.sort(key=lambda r: -r["probability"])
     groups = connected_groups(len(items), pairs[match])
