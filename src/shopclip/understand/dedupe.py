@@ -26,14 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from shopclip.catalog import write_errors
-from shopclip.catalog.validation import ValidationReport, validate_catalog
+from shopclip.catalog.validation import ValidationReport
 from shopclip.core.io import atomic_write_jsonl
 from shopclip.heads.blocking import connected_groups, knn_pairs, same_hash_pairs, same_top_level
-from shopclip.heads.bundle import TaskHeads
 from shopclip.heads.features import ListingEncoder
 from shopclip.heads.matching import PairMatcher, pair_features
 from shopclip.understand.data import Listings, encode_or_report
+from shopclip.understand.job import start_job
 
 
 @dataclass
@@ -133,34 +132,20 @@ def dedupe_catalog(catalog_path: str | Path, out: str | Path, heads_dir: str | P
                    options: DedupeOptions | None = None, progress: bool = True,
                    on_validated: Callable[[ValidationReport], None] | None = None) -> DedupeResult:
     """Run the whole job and write ``out`` (one group per line) and its review file."""
-    from shopclip.models import load_model
-    from shopclip.models.features import model_fingerprint
-
     opt = options or DedupeOptions()
     t0 = time.perf_counter()
     out = Path(out)
-    report = validate_catalog(catalog_path, check_images=opt.check_images, progress=progress)
-    errors_path = None
-    if report.findings:
-        errors_path = Path(f"{out}.errors.jsonl")
-        write_errors(report.findings, errors_path)
-    if on_validated is not None:
-        on_validated(report)
-    catalog = report.to_catalog()
-    saved = TaskHeads.load(heads_dir)
-    m = load_model(model or saved.model.get("ref") or "default")
-    heads = TaskHeads.load(heads_dir, fingerprint=model_fingerprint(m))
-    if heads.matcher is None:
+    job = start_job(catalog_path, heads_dir, out, model=model, check_images=opt.check_images, progress=progress,
+                    on_validated=on_validated)
+    if job.heads.matcher is None:
         raise ValueError(f"the heads in {heads_dir} have no matcher (fitted without pairs); refit them")
     t = time.perf_counter()
-    encoder = ListingEncoder(m, cache_dir=opt.cache_dir, num_workers=opt.num_workers)
-    items, bad = encode_or_report(list(catalog), catalog, encoder, progress=progress)
-    if bad:  # photos that passed validation (unchecked) but could not be read
-        errors_path = Path(f"{out}.errors.jsonl")
-        write_errors(sorted([*report.findings, *bad], key=lambda e: e.line), errors_path)
+    encoder = ListingEncoder(job.model, cache_dir=opt.cache_dir, num_workers=opt.num_workers)
+    items, bad = encode_or_report(list(job.catalog), job.catalog, encoder, progress=progress)
+    job.report_late(bad, out)  # photos that passed validation (unchecked) but could not be read
     encode_s = time.perf_counter() - t
-    result = find_duplicates(items, heads.matcher, opt)
-    result.rejected_rows, result.errors_path = report.rejected_rows + len(bad), errors_path
+    result = find_duplicates(items, job.heads.matcher, opt)
+    result.rejected_rows, result.errors_path = job.report.rejected_rows + len(bad), job.errors_path
     result.timing = {"encode_s": encode_s, **result.timing}
     write_groups(result, out)
     result.timing["total_s"] = time.perf_counter() - t0

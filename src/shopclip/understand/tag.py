@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shopclip.catalog import Product, RowError, write_errors
-from shopclip.catalog.validation import ValidationReport, validate_catalog
+from shopclip.catalog import Product, RowError
+from shopclip.catalog.validation import ValidationReport
 from shopclip.core.hashing import file_sha1
-from shopclip.heads.bundle import HEADS_FILE, TaskHeads
+from shopclip.heads.bundle import HEADS_FILE
 from shopclip.heads.features import ListingEncoder
 from shopclip.understand.data import encode_or_report
+from shopclip.understand.job import start_job
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +87,11 @@ def tag_catalog(catalog_path: str | Path, heads_dir: str | Path, out: str | Path
                 options: TagOptions | None = None, progress: bool = True,
                 on_validated: Callable[[ValidationReport], None] | None = None) -> TagResult:
     """Tag every valid product of a catalog into ``out`` (JSONL); see the module docstring."""
-    from shopclip.models import load_model
-    from shopclip.models.features import model_fingerprint
-
     opt = options or TagOptions()
     out = Path(out)
-    report = validate_catalog(catalog_path, check_images=opt.check_images, progress=progress)
-    errors_path = None
-    if report.findings:
-        errors_path = Path(f"{out}.errors.jsonl")
-        write_errors(report.findings, errors_path)
-    if on_validated is not None:
-        on_validated(report)
-    catalog = report.to_catalog()
-    saved = TaskHeads.load(heads_dir)
-    m = load_model(model or saved.model.get("ref") or "default")
-    heads = TaskHeads.load(heads_dir, fingerprint=model_fingerprint(m))
+    job = start_job(catalog_path, heads_dir, out, model=model, check_images=opt.check_images, progress=progress,
+                    on_validated=on_validated)
+    catalog, heads, m = job.catalog, job.heads, job.model
     hid = heads_id(heads_dir)
     done = set() if opt.restart else _resume(out, hid, set(catalog.ids))
     if opt.restart or not done:
@@ -140,11 +130,9 @@ def tag_catalog(catalog_path: str | Path, heads_dir: str | Path, out: str | Path
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
-    if late_errors:  # photos that passed validation (unchecked) but could not be read
-        errors_path = Path(f"{out}.errors.jsonl")
-        write_errors(sorted([*report.findings, *late_errors], key=lambda e: e.line), errors_path)
+    job.report_late(late_errors, out)  # photos that passed validation (unchecked) but could not be read
     return TagResult(out, len(catalog) - len(late_errors), len(todo) - len(late_errors), len(done),
-                     report.rejected_rows + len(late_errors), errors_path, seconds, counts)
+                     job.report.rejected_rows + len(late_errors), job.errors_path, seconds, counts)
 
 
 def _resume(out: Path, hid: str, valid: set[str]) -> set[str]:
