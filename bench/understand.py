@@ -244,7 +244,7 @@ def dedupe_section(heads: Any, catalog: Any, args: argparse.Namespace, work: Pat
     m = heads.matcher
     out: dict[str, Any] = {"matcher": {"threshold_chosen_on_val": m.threshold, "review_threshold": m.review,
                                        "identical_photo_cosine": m.identical_photo, "features": list(m.features),
-                                       **{k: v for k, v in m.metrics.items() if k != "review_recall"}}}
+                                       **{k: v for k, v in m.metrics.items() if k != "review_precision"}}}
     everything = encode_products(list(catalog), catalog, enc)
     test_idx = [i for i, p in enumerate(catalog) if p.split == "test"]
     test = everything.take(test_idx)

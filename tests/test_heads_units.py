@@ -162,3 +162,56 @@ def test_blocking_pairs_and_groups_by_hand():
     pairs = np.array([[0, 1], [1, 2], [3, 4]])
     assert same_top_level(pairs, ["A > x", "B", "B > y", None, "C"]).tolist() == [[1, 2], [3, 4]]
     assert connected_groups(6, np.array([[0, 1], [1, 2], [4, 5]])) == [[0, 1, 2], [4, 5]]
+
+
+# ----------------------------------------------------------------------- matching
+
+
+def test_margins_by_hand():
+    from shopclip.heads.matching import MARGIN_CAP, margins
+
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [3, 4]])
+    z = np.array([5.0, 1.0, 2.0, -1.0])
+    ma, mb = margins(z, pairs)
+    # pair (0,1): node 0's other best is 1.0 (pair 0-2), node 1's other best is 2.0 (pair 1-2)
+    assert ma.tolist()[:3] == [4.0, -4.0, -3.0] and mb.tolist()[:3] == [3.0, -1.0, 1.0]
+    assert ma[3] == mb[3] == MARGIN_CAP  # an isolated pair: nobody else to beat
+
+
+def test_photo_check_tells_an_edited_copy_from_a_colour_variant_and_another_product():
+    pytest.importorskip("cv2")
+    from PIL import Image, ImageOps
+
+    from conftest import SAMPLE_DIR
+    from shopclip.heads.photomatch import compare, describe
+
+    photo = Image.open(SAMPLE_DIR / "images" / "myntra-10271.jpg").convert("RGB")  # red heels on white
+    w, h = photo.size
+    edited = ImageOps.expand(photo.crop((8, 10, w - 6, h - 12)), border=20, fill=(40, 160, 90))  # re-cropped, padded
+    r, g, b = photo.split()
+    recoloured = Image.merge("RGB", (b, r, g))  # the same shot, another colour
+    other = Image.open(SAMPLE_DIR / "images" / "myntra-10104.jpg").convert("RGB")
+    a = describe(photo)
+    same_inl, same_col, same_overlap = compare(a, describe(edited))
+    var_inl, var_col, _ = compare(a, describe(recoloured))
+    other_inl, other_col, _ = compare(a, describe(other))
+    assert same_inl >= 40 and same_col < 0.05 and same_overlap > 0.1
+    assert var_col > 3 * max(same_col, 0.01)  # the geometry may agree; the colour does not
+    assert other_inl < same_inl / 3
+
+
+def test_pair_matcher_round_trips_and_an_identical_photo_always_matches():
+    from shopclip.heads.matching import PairMatcher
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = (rng.random(n) < 0.2).astype(int)
+    x = np.stack([rng.normal(0.5 + 0.3 * y, 0.1), rng.normal(0.5 + 0.3 * y, 0.1)], 1).astype(np.float32)
+    pairs = np.stack([np.arange(n), np.arange(n) + n], 1)
+    m = PairMatcher.fit(x, pairs, y, x, pairs, y)
+    p = m.score_graph(x, pairs)
+    assert np.mean((p >= m.threshold) == (y > 0)) > 0.9 and m.review <= m.threshold
+    again = PairMatcher.from_saved(m.to_dict(), m.arrays("m"), "m")
+    np.testing.assert_allclose(again.score_graph(x, pairs), p)
+    q = m.score_query(np.array([[1.0, 0.0], [0.3, 0.3]], dtype=np.float32))
+    assert q[0] == 1.0  # identical photo: whatever the text says

@@ -404,7 +404,7 @@ def matching_scores(tune_s: dict[str, np.ndarray], tune_y: np.ndarray, eval_s: d
     ``probe`` (when both image and text cosines exist) is the dedupe job's
     :class:`~shopclip.heads.matching.PairMatcher`, fitted, calibrated and thresholded on the
     tune pairs: a pair score from the cosines (and, given ``*_photo`` — ``[inliers, colour
-    distance]`` per pair from :mod:`shopclip.heads.photomatch` — the keypoint check of the
+    distance, overlap]`` per pair from :mod:`shopclip.heads.photomatch` — the keypoint check of the
     two photos), then its margin over each listing's other candidates in ``*_pairs`` (the
     pairs as node ids; without them every pair stands alone). An identical photo (image
     cosine >= its ``identical_photo``) always matches.
@@ -421,7 +421,8 @@ def matching_scores(tune_s: dict[str, np.ndarray], tune_y: np.ndarray, eval_s: d
         def x(s: dict[str, np.ndarray], checks: np.ndarray | None) -> np.ndarray:
             cols = [s["image"], s["text"]]
             if photo and checks is not None:
-                cols += [np.log1p(checks[:, 0]), checks[:, 1]]
+                inl = np.log1p(checks[:, 0])
+                cols += [inl, checks[:, 1], checks[:, 2], inl * checks[:, 1]]
             return np.stack(cols, axis=1)
 
         def graph(pairs: np.ndarray | None, n: int) -> np.ndarray:
@@ -444,7 +445,7 @@ def node_pairs(pairs: np.ndarray, n_left: int | None) -> np.ndarray:
 
 
 def photo_checks(left_images: Sequence[Any], right_images: Sequence[Any], pairs: np.ndarray) -> np.ndarray | None:
-    """``[inliers, colour distance]`` of each pair's two photos, or None without OpenCV."""
+    """``[inliers, colour distance, overlap]`` of each pair's two photos, or None without OpenCV."""
     from shopclip.heads.photomatch import KeypointCache, available, compare_pairs
 
     if not available():

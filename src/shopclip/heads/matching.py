@@ -10,8 +10,7 @@ isotonic) and thresholded on validation pairs:
 2. **margin**: how much that score beats each listing's best *other* candidate. A
    re-listing is its original's best match by a clear margin, while two similar products
    in a crowded neighbourhood (ten navy t-shirts of one brand) score alike with their
-   neighbours. On the sample's synthetic re-listings this second stage lifted pairwise F1
-   from 0.89 to 0.96 (measured while designing it; ``bench/understand.py`` has the final numbers).
+   neighbours.
 
 Batch dedupe sees both listings' candidates and uses both margins
 (:meth:`PairMatcher.score_graph`); a new listing checked against the live index knows only
@@ -19,7 +18,16 @@ its own candidates, so :meth:`PairMatcher.score_query` uses a second-stage model
 the query side's margin alone. The decision threshold is the best-F1 point on validation
 pairs moved halfway to the next lower score (the matching task's rule,
 :func:`~shopclip.heads.thresholds.tune_threshold`); pairs between the ``review``
-threshold (validation recall ``review_recall``) and the decision are borderline.
+threshold (where validation precision is still ``review_precision``, 50 %: at least
+every other pair a reviewer opens is a duplicate) and the decision are borderline.
+
+The margin is only as telling as duplicates are rare where it was learnt: fitted on a set
+where half the products have a re-listing, "my best candidate by far" almost always meant
+"my duplicate", and on a catalog without duplicates every product's best neighbour got
+grouped with it (precision 0.01 on the test split's own products). So the fit and
+calibration pairs come from sets where about one product in five has a re-listing
+(``shopclip.understand.fit``), which costs some recall on re-listings and keeps false
+groups rare.
 
 Byte-identical photos embed identically, so a photo cosine of at least
 :data:`IDENTICAL_PHOTO` marks the same photo whatever the texts say: a re-used photo is a
@@ -37,10 +45,14 @@ import numpy as np
 from shopclip.heads.calibration import BinaryCalibrator
 from shopclip.heads.features import Views
 from shopclip.heads.probe import LinearProbe, fit_probe
-from shopclip.heads.thresholds import best_f1_threshold, threshold_at_recall, tune_threshold
+from shopclip.heads.thresholds import best_f1_threshold, threshold_at_precision, tune_threshold
 
 EMBEDDING_FEATURES = ("image", "text")
-PHOTO_FEATURES = ("inliers", "colour")
+# inliers_colour = log1p(inliers) x colour distance: a colour difference only says "another
+# product" when the geometry says "the same shot"; alone, logistic regression weighed the
+# colour too little (test-split false pairs 20 -> 12 and re-listing F1 0.926 -> 0.959 with it,
+# matcher fitted on val pairs while designing; bench/understand.py has the final numbers).
+PHOTO_FEATURES = ("inliers", "colour", "overlap", "inliers_colour")
 PAIR_FEATURES = EMBEDDING_FEATURES + PHOTO_FEATURES
 # Identical bytes give identical vectors: cosine 1 up to float16 storage (~1e-4).
 IDENTICAL_PHOTO = 0.995
@@ -58,22 +70,26 @@ def pair_features(left: Views, right: Views, pairs: np.ndarray, names: Sequence[
                   photo: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """(m, len(names)) features of index pairs ``(i in left, j in right)``.
 
-    View names are cosines; ``inliers`` (log1p of the count) and ``colour`` come from
-    ``photo(pairs)``, an (m, 2) ``[inliers, colour distance]`` array (see
-    :func:`shopclip.heads.photomatch.compare_pairs`).
+    View names are cosines; ``inliers`` (log1p of the count), ``colour``, ``overlap`` and
+    ``inliers_colour`` (their product) come from ``photo(pairs)``, an (m, 3) ``[inliers,
+    colour distance, overlap]`` array (see :func:`shopclip.heads.photomatch.compare_pairs`).
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     checks = None
     if any(n in PHOTO_FEATURES for n in names):
         if photo is None:
             raise ValueError(f"features {list(names)} need the photo check (OpenCV) and the photos")
-        checks = np.asarray(photo(pairs), dtype=np.float32).reshape(-1, 2)
+        checks = np.asarray(photo(pairs), dtype=np.float32).reshape(-1, 3)
     cols = []
     for n in names:
         if n == "inliers":
             cols.append(np.log1p(checks[:, 0]))  # type: ignore[index]
         elif n == "colour":
             cols.append(checks[:, 1])  # type: ignore[index]
+        elif n == "overlap":
+            cols.append(checks[:, 2])  # type: ignore[index]
+        elif n == "inliers_colour":
+            cols.append(np.log1p(checks[:, 0]) * checks[:, 1])  # type: ignore[index]
         else:
             cols.append(np.einsum("ij,ij->i", left[n][pairs[:, 0]], right[n][pairs[:, 1]]))
     return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(pairs), 0), np.float32)
@@ -113,14 +129,16 @@ class Decision:
 
     @classmethod
     def fit(cls, x_fit: np.ndarray, y_fit: np.ndarray, x_cal: np.ndarray, y_cal: np.ndarray,
-            review_recall: float) -> Decision:
+            review_precision: float) -> Decision:
+        """Platt calibration, not isotonic: a smooth map keeps the ranking, where isotonic's
+        plateaus put hundreds of pairs on one value right at the threshold."""
         probe = fit_probe(np.asarray(x_fit, dtype=np.float32), np.asarray(y_fit).astype(int), C=1.0)
         raw = _logit(probe, x_cal)
-        cal = BinaryCalibrator.fit(raw, y_cal)
+        cal = BinaryCalibrator.fit(raw, y_cal, min_isotonic=len(raw) + 1)
         p = cal(raw)
         thr = tune_threshold(y_cal, p)
-        return cls(probe, cal, float(thr), float(min(threshold_at_recall(y_cal, p, review_recall), thr)),
-                   {"calibration_best_f1": best_f1_threshold(y_cal, p)[1]})
+        review = min(threshold_at_precision(y_cal, p, review_precision), thr)
+        return cls(probe, cal, float(thr), float(review), {"calibration_best_f1": best_f1_threshold(y_cal, p)[1]})
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         return self.calibrator(_logit(self.probe, x))
@@ -149,7 +167,7 @@ class PairMatcher:
     @classmethod
     def fit(cls, x_fit: np.ndarray, pairs_fit: np.ndarray, y_fit: np.ndarray, x_cal: np.ndarray,
             pairs_cal: np.ndarray, y_cal: np.ndarray, *, features: Sequence[str] = EMBEDDING_FEATURES,
-            review_recall: float = 0.99) -> PairMatcher:
+            review_precision: float = 0.5) -> PairMatcher:
         """Stage 1 and both second stages from the ``fit`` pairs (the candidate pairs of a
         training set); calibration and thresholds from the ``cal`` pairs (validation). The same
         pairs may be passed twice when there are no others."""
@@ -158,14 +176,14 @@ class PairMatcher:
             raise ValueError("matching needs positive and negative pairs on both the fit and the calibration side")
         pair = fit_probe(np.asarray(x_fit, dtype=np.float32), y_fit, C=1.0)
         g_fit, g_cal = _graph_x(pair, x_fit, pairs_fit), _graph_x(pair, x_cal, pairs_cal)
-        graph = Decision.fit(g_fit, y_fit, g_cal, y_cal, review_recall)
+        graph = Decision.fit(g_fit, y_fit, g_cal, y_cal, review_precision)
         q_fit, qy_fit = _query_x(pair, x_fit, pairs_fit, y_fit)
         q_cal, qy_cal = _query_x(pair, x_cal, pairs_cal, y_cal)
-        query = Decision.fit(q_fit, qy_fit, q_cal, qy_cal, review_recall)
+        query = Decision.fit(q_fit, qy_fit, q_cal, qy_cal, review_precision)
         return cls(tuple(features), pair, graph, query, metrics={
             "n_fit_pairs": int(len(y_fit)), "n_fit_positive": int(y_fit.sum()),
             "n_calibration_pairs": int(len(y_cal)), "n_calibration_positive": int(y_cal.sum()),
-            "review_recall": review_recall,
+            "review_precision": review_precision,
             "pair_weights": dict(zip(features, (pair.coef_[:, 1] - pair.coef_[:, 0]).tolist(), strict=True))})
 
     # ------------------------------------------------------------------ scoring

@@ -10,8 +10,12 @@ found the classical way instead:
 2. ratio-tested matches, then RANSAC for one similarity transform (shift, scale,
    rotation): the *inliers* are matches that agree on one geometry, which survive crops,
    padding, background changes and JPEG artefacts, and stay few between different photos;
-3. the colour at each inlier in both photos (a small patch mean): the same pose in another
-   colour (a colour variant shot on the same template) matches geometrically but not in colour.
+3. the colour of the product: the second photo is warped onto the first with that
+   transform and the two are compared where both show something (not near-white background)
+   at 64 px: the same pose in another colour (a colour variant shot on the same template)
+   matches geometrically but not in colour. (Comparing the colour *at the keypoints* was
+   tried first: keypoints sit on edges, where a swapped background changes the colour,
+   so a re-listing looked more different than a colour variant.)
 
 OpenCV comes with the ``understand`` extra (``pip install shopclip[understand]``); without
 it the matcher falls back to embedding similarities only.
@@ -31,9 +35,11 @@ import numpy as np
 N_FEATURES = 500
 RATIO = 0.8  # Lowe's ratio test
 RANSAC_PX = 5.0  # photos are ~256 px on the long side
-PATCH = 2  # colour patch: (2 * PATCH + 1)^2 pixels around a keypoint
-NO_COLOUR = 1.0  # the colour distance reported when too few inliers exist to compare colours
-MIN_INLIERS_FOR_COLOUR = 4
+THUMB = 64  # long side of the thumbnail the colours are compared on
+WHITE = 225  # a pixel whose every channel is above this is background
+NO_COLOUR = 1.0  # the colour distance reported when there is nothing to compare
+MIN_INLIERS = 4
+MIN_PIXELS = 20
 
 
 def available() -> bool:
@@ -46,12 +52,13 @@ def available() -> bool:
 
 @dataclass
 class Keypoints:
-    """ORB keypoints of one photo: positions (n, 2), binary descriptors (n, 32) and the mean
-    RGB colour of a small patch around each (n, 3), for the colour check."""
+    """ORB keypoints of one photo: positions (n, 2) and binary descriptors (n, 32), with a
+    small RGB thumbnail (uint8, long side :data:`THUMB`) and its scale, for the colour check."""
 
     xy: np.ndarray
     descriptors: np.ndarray | None
-    colours: np.ndarray
+    thumb: np.ndarray
+    scale: float
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -63,47 +70,56 @@ def describe(image: Any, n_features: int = N_FEATURES) -> Keypoints:
 
     from shopclip.core.images import open_image
 
-    rgb = np.asarray(open_image(image).convert("RGB"))
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    img = open_image(image).convert("RGB")
+    grey = cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2GRAY)
     kp, desc = cv2.ORB_create(nfeatures=n_features).detectAndCompute(grey, None)
     xy = np.float32([k.pt for k in kp]).reshape(-1, 2)
-    return Keypoints(xy, desc, _colours(rgb, xy))
+    w, h = img.size
+    scale = THUMB / max(w, h)
+    thumb = np.asarray(img.resize((max(1, round(w * scale)), max(1, round(h * scale)))), dtype=np.uint8)
+    return Keypoints(xy, desc, thumb, scale)
 
 
-def _colours(rgb: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    out = np.empty((len(xy), 3), dtype=np.float32)
-    for i, (x, y) in enumerate(np.rint(xy).astype(int)):
-        x0, x1 = max(0, x - PATCH), min(w, x + PATCH + 1)
-        y0, y1 = max(0, y - PATCH), min(h, y + PATCH + 1)
-        out[i] = rgb[y0:y1, x0:x1].reshape(-1, 3).mean(axis=0)
-    return out
-
-
-def compare(a: Keypoints, b: Keypoints) -> tuple[int, float]:
-    """``(inliers, colour distance)``: matches consistent with one similarity transform, and the
-    median RGB distance (0-1) between the two photos at those inliers (:data:`NO_COLOUR` when
-    fewer than four inliers leave nothing to compare)."""
+def compare(a: Keypoints, b: Keypoints) -> tuple[int, float, float]:
+    """``(inliers, colour distance, overlap)``: matches consistent with one similarity
+    transform; the median RGB distance (0-1) between the two photos' foregrounds once ``b``
+    is warped onto ``a`` (:data:`NO_COLOUR` when there is nothing to compare); and the share
+    of ``a``'s thumbnail where both photos show foreground."""
     import cv2
 
     if a.descriptors is None or b.descriptors is None or len(a) < 2 or len(b) < 2:
-        return 0, NO_COLOUR
+        return 0, NO_COLOUR, 0.0
     matches = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
     good = [m[0] for m in matches if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
-    if len(good) < MIN_INLIERS_FOR_COLOUR:
-        return 0, NO_COLOUR
-    ia = np.asarray([g.queryIdx for g in good])
-    ib = np.asarray([g.trainIdx for g in good])
-    src, dst = a.xy[ia], b.xy[ib]
-    _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX)
-    if mask is None:
-        return 0, NO_COLOUR
-    keep = mask.reshape(-1).astype(bool)
-    n = int(keep.sum())
-    if n < MIN_INLIERS_FOR_COLOUR:
-        return n, NO_COLOUR
-    diff = a.colours[ia[keep]] - b.colours[ib[keep]]
-    return n, float(np.median(np.linalg.norm(diff, axis=1)) / (255.0 * np.sqrt(3.0)))
+    if len(good) < MIN_INLIERS:
+        return 0, NO_COLOUR, 0.0
+    src = a.xy[[g.queryIdx for g in good]]
+    dst = b.xy[[g.trainIdx for g in good]]
+    M, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX)
+    n = int(mask.sum()) if mask is not None else 0
+    if M is None or n < MIN_INLIERS:
+        return n, NO_COLOUR, 0.0
+    colour, overlap = _foreground_distance(a, b, M)
+    return n, colour, overlap
+
+
+def _foreground_distance(a: Keypoints, b: Keypoints, M: np.ndarray) -> tuple[float, float]:
+    """Warp ``b``'s thumbnail onto ``a``'s with the full-size transform ``M`` (a → b) and compare
+    the pixels that are foreground in both."""
+    import cv2
+
+    mt = M.astype(np.float64).copy()
+    mt[:, :2] *= b.scale / a.scale
+    mt[:, 2] *= b.scale
+    h, w = a.thumb.shape[:2]
+    warped = cv2.warpAffine(b.thumb.astype(np.float32), mt, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=(-1.0, -1.0, -1.0))
+    ta = a.thumb.astype(np.float32)
+    fg = (warped[..., 0] >= 0) & (ta.min(axis=2) < WHITE) & (warped.min(axis=2) < WHITE)
+    if int(fg.sum()) < MIN_PIXELS:
+        return NO_COLOUR, float(fg.mean())
+    d = np.linalg.norm(ta[fg] - warped[fg], axis=1) / (255.0 * np.sqrt(3.0))
+    return float(np.median(d)), float(fg.mean())
 
 
 class KeypointCache:
@@ -130,16 +146,16 @@ class KeypointCache:
 
 
 def compare_pairs(keypoints: Callable[[int], Keypoints], pairs: np.ndarray, *, workers: int = 2) -> np.ndarray:
-    """(m, 2) ``[inliers, colour distance]`` per index pair; ``keypoints(i)`` gives item i's
+    """(m, 3) ``[inliers, colour distance, overlap]`` per index pair; ``keypoints(i)`` gives item i's
     keypoints. OpenCV releases the GIL, so ``workers`` threads use that many cores."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if not len(pairs):
-        return np.zeros((0, 2), dtype=np.float32)
+        return np.zeros((0, 3), dtype=np.float32)
     import cv2
 
     cv2.setNumThreads(1)  # parallel over pairs instead
 
-    def one(p: Sequence[int]) -> tuple[int, float]:
+    def one(p: Sequence[int]) -> tuple[int, float, float]:
         return compare(keypoints(int(p[0])), keypoints(int(p[1])))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -252,7 +252,9 @@ def register_understanding(app: FastAPI, st: Any, *, heads_dir: Path, dependenci
             if any(f in PHOTO_FEATURES for f in heads.matcher.features):
                 mine = describe(img)
                 checks = np.asarray([compare(mine, source.keypoints.get(str(m.get("image", "")))) for m in metas])
-                feats.update(inliers=np.log1p(checks[:, 0]), colour=checks[:, 1])
+                inliers = np.log1p(checks[:, 0])
+                feats.update(inliers=inliers, colour=checks[:, 1], overlap=checks[:, 2],
+                             inliers_colour=inliers * checks[:, 1])
             x = np.stack([feats[f] for f in heads.matcher.features], axis=1)
             p = heads.matcher.score_query(x)
             same_photo = heads.matcher.identical(x)

@@ -102,6 +102,8 @@ def find_duplicates(items: Listings, matcher: PairMatcher, options: DedupeOption
         a, b = (int(v) for v in pairs[k])
         rec: dict[str, Any] = {"a": items.ids[a], "b": items.ids[b], "probability": round(float(p[k]), 4)}
         for n, i in fi.items():
+            if n == "inliers_colour":
+                continue  # derived from the two below
             value = float(np.expm1(x[k, i])) if n == "inliers" else float(x[k, i])
             rec[f"{n}_similarity" if n in ("image", "text") else f"photo_{n}"] = round(value, 4)
         rec["reason"] = "identical photo" if same_photo[k] else "similar photo and text"

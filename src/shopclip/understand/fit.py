@@ -45,10 +45,12 @@ class HeadsConfig:
     target_accuracy: float = 0.9  # abstain thresholds: the answered part is right this often on val
     precision_target: float = 0.9  # binary decisions: precision on val
     zero_shot_label: str = "adult"  # the prompt-based fallback when no product carries this label
-    relist_train: int = 1500  # synthetic re-listings of train products (matcher positives)
-    relist_val: int = 400
+    # Synthetic re-listings (matcher positives) of about one product in five: how rare duplicates
+    # are where the matcher learns decides how much "best candidate by far" counts (see heads.matching).
+    relist_train: int = 1500
+    relist_val: int = 160
     knn: int = 10  # candidate pairs: each listing's nearest neighbours (dedupe's blocking)
-    review_recall: float = 0.99
+    review_precision: float = 0.5  # review file: pairs down to where val precision is still this
     neighbours: bool = True
     view: str = "fused"
     seed: int = 0
@@ -56,7 +58,7 @@ class HeadsConfig:
     def __post_init__(self) -> None:
         if self.C is not None and self.C <= 0:
             raise ValueError(f"C must be positive, got {self.C}")
-        for name in ("target_accuracy", "precision_target", "min_share", "review_recall"):
+        for name in ("target_accuracy", "precision_target", "min_share", "review_precision"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
 
@@ -126,7 +128,7 @@ def train_heads(catalog_path: str | Path, out: str | Path, *, model: str = "defa
     fit_x, fit_p, fit_y = pairs["train"]
     cal_x, cal_p, cal_y = pairs.get("val", pairs["train"])
     heads.matcher = PairMatcher.fit(fit_x, fit_p, fit_y, cal_x, cal_p, cal_y, features=features,
-                                    review_recall=cfg.review_recall)
+                                    review_precision=cfg.review_precision)
     if "val" not in pairs:
         heads.matcher.metrics["calibration"] = "on the train pairs: the catalog has no `val` split"
     timing["matcher_s"] = time.perf_counter() - t
