@@ -103,3 +103,13 @@ def postgres():
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def serve_heads(request, sample_catalog) -> Path:
+    """Task heads of the default model fitted on 192 labelled sample products (8 leaves), shared by the
+    serve and understanding-job tests (cached across runs by rows, model and config)."""
+    from shopclip.understand.testing import cached_heads, labelled_rows
+
+    return cached_heads(Path(request.config.cache.mkdir("shopclip-heads")), labelled_rows(read_sample_rows()),
+                        write_catalog)

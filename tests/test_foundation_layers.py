@@ -23,8 +23,10 @@ LAYERS: dict[str, int] = {
     "train": 3,
     "eval": 3,
     "query": 3,
+    "heads": 3,
     "pipeline": 4,
     "search": 4,
+    "understand": 4,
     "serve": 5,
     "cli": 5,
 }

@@ -1,4 +1,5 @@
-"""The web page in headless Chromium: search, images load, open a product, similar items.
+"""The web page in headless Chromium: search, images load, open a product, similar items,
+and the "check a new listing" panel (POST /tag and /dedupe/check).
 
 Driven only by the keyboard where a shopper would use it (Tab and arrow keys for the
 Text/Image switch, Enter to search, Enter and Space on cards), at a laptop and a phone
@@ -50,9 +51,10 @@ def tab_to(page, selector: str, limit: int = 15) -> None:
 
 
 @pytest.fixture(scope="module")
-def site(serve_workdir, tmp_path_factory):
+def site(serve_workdir, serve_heads, tmp_path_factory):
     work = tmp_path_factory.mktemp("browser") / "work"
     shutil.copytree(serve_workdir, work)
+    shutil.copytree(serve_heads, work / "heads")
     with running(create_app(work, model=shared_model(), preload_model=True)) as url:
         yield url, work
 
@@ -144,4 +146,43 @@ def test_image_upload_search_and_phone_layout(site, browser):
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     columns = page.evaluate("getComputedStyle(document.querySelector('#results')).gridTemplateColumns.split(' ').length")
     assert columns == 2
+    page.close()
+
+
+def test_check_a_new_listing_panel(site, browser):
+    """Keyboard to the panel, give a photo and a title, read the predictions and the duplicate it already is."""
+    url, work = site
+    row = next(r for r in sorted(read_jsonl(work / "catalog.valid.jsonl"), key=lambda r: r["id"])
+               if r["category"][:2] == ["Footwear", "Shoes"])
+    photo = Path(read_json(work / "shopclip.json")["catalog_root"]) / row["image"]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url)
+    page.wait_for_selector("#category option[value='Footwear']", state="attached")
+    tab_to(page, "#check-link", limit=20)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#check-view:not([hidden])")
+    assert page.is_hidden("#results-view") and page.is_hidden("#check-results")
+    page.focus("#check-form button[type=submit]")
+    page.keyboard.press("Enter")  # nothing chosen yet: says what is missing, sends nothing
+    page.wait_for_function("document.querySelector('#status').textContent.includes('photo')")
+    tab_to(page, "#check-image")
+    page.set_input_files("#check-image", str(photo))  # the OS file dialog is outside the page
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "check-title"
+    page.keyboard.type(row["title"] + " - new stock")
+    tab_to(page, "#check-form button[type=submit]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#check-results:not([hidden])")
+    assert page.inner_text("#check-category").startswith("Footwear")
+    assert page.locator("#check-attributes tbody tr").count() >= 1
+    assert "adult" in page.inner_text("#check-labels")
+    page.wait_for_function(IMAGES_LOADED, arg="#check-duplicates .card img")
+    first = page.locator("#check-duplicates .card").first
+    assert first.get_attribute("data-id") == row["id"]  # the same photo is already listed
+    assert "duplicate" in first.inner_text()
+    assert page.locator("#check-neighbours li").count() == 3
+    assert not errors, errors
     page.close()

@@ -23,9 +23,10 @@ from shopclip.serve.testing import running, shared_model  # noqa: E402
 KEY = "fuzz-key"
 
 
-def test_schemathesis_finds_no_server_errors(serve_workdir, tmp_path):
+def test_schemathesis_finds_no_server_errors(serve_workdir, serve_heads, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(serve_workdir, work)  # the fuzzer holds the key: it may write, on a copy
+    shutil.copytree(serve_heads, work / "heads")  # so POST /tag and /dedupe/check answer, not 503
     app = create_app(work, api_key=KEY, model=shared_model(), preload_model=True, max_upload_bytes=1024 * 1024)
     cli = Path(sys.executable).with_name("schemathesis")
     # One worker: on CPython 3.11, ast.parse from two threads (hypothesis describing
@@ -41,4 +42,4 @@ def test_schemathesis_finds_no_server_errors(serve_workdir, tmp_path):
     out = proc.stdout + proc.stderr
     assert "Server error" not in out and "ST101" not in out, out[-4000:]  # ST101: a 5xx response
     assert proc.returncode == 0, out[-4000:]
-    assert "Tested: 12" in out, out[-2000:]  # 11 routes; /metrics has GET and HEAD
+    assert "Tested: 14" in out, out[-2000:]  # 13 routes; /metrics has GET and HEAD

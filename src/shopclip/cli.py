@@ -456,6 +456,7 @@ def _register_capabilities() -> None:
     from shopclip.serve.cli import serve_command
     from shopclip.train.cli import train_command
     from shopclip.train.multilingual import train_multilingual_command
+    from shopclip.understand.cli import dedupe_command, heads_app, tag_command
 
     app.command("ground")(ground_command)
     app.command("enrich")(enrich_command)
@@ -463,6 +464,9 @@ def _register_capabilities() -> None:
     app.command("train-multilingual")(train_multilingual_command)
     app.command("eval")(eval_command)
     app.command("serve")(serve_command)
+    app.add_typer(heads_app, name="heads")
+    app.command("tag")(tag_command)
+    app.command("dedupe")(dedupe_command)
 
 
 _register_capabilities()

@@ -24,6 +24,7 @@ from typing import Any
 
 from shopclip.catalog import Catalog, Product, group_key
 from shopclip.eval.synthetic import Relisting
+from shopclip.heads.binary import parse_binary
 
 SEP = " > "
 TEXT_FIELDS = ("title", "description", "category", "attributes")
@@ -141,26 +142,6 @@ class ProductSet:
             labels=[self.labels[i] for i in idx],
             titles=[self.titles[i] for i in idx],
         )
-
-
-_TRUE = {"1", "true", "yes", "y", "t", "adult", "nsfw", "positive"}
-_FALSE = {"0", "false", "no", "n", "f", "safe", "sfw", "negative"}
-
-
-def parse_binary(value: Any) -> int | None:
-    """1 / 0 for the usual spellings of a binary label, None when unlabelled or unreadable."""
-    if value is None or isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int | float):
-        return 1 if value > 0 else 0
-    s = str(value).strip().lower()
-    if s in _TRUE:
-        return 1
-    if s in _FALSE:
-        return 0
-    return None
 
 
 def binary_labels(ps: ProductSet, label: str) -> list[int | None]:

@@ -172,6 +172,12 @@ def _top_zero_shot(views: T.Views, leaf_classes: Sequence[str], leaf_emb: np.nda
     return {v: T.hierarchical_scores(leaf[v], parent_of, len(top_classes), top[v]) for v in leaf if v in top}
 
 
+HIERARCHICAL_DOC = (
+    "shopclip.heads.CategoryHead (what `shopclip heads train` fits): one probe over category paths (paths with "
+    "fewer than min_count train products folded into their parent), calibrated on the tune set and decoded "
+    "top-down, so the top level is the decoded path's first level; `probe` is scored on eval rows whose path is "
+    "one of its classes, `hierarchical` holds its strict leaf accuracy over all rows, ECE and coverage")
+
 # ------------------------------------------------------------------------ evaluation
 
 
@@ -255,6 +261,9 @@ def evaluate_embedder(emb: Embedder, sets: EvalSets, cfg: EvalConfig, *,
     tasks: dict[str, Any] = {"category": {}, "probe_regularisation": probe_c}
     leaf_classes: list[str] = []
     leaf_emb = None
+    hier = T.category_task(V["train"], [y or None for y in sets.train.paths], V["eval"], [y or None for y in ev.paths],
+                           V["tune"], [y or None for y in sets.tune.paths], min_count=cfg.min_class_count, C=C,
+                           confusion_view=main_view)
     for level, get in (("leaf", lambda ps: ps.paths), ("top", lambda ps: ps.tops)):
         tr_y = [y or None for y in get(sets.train)]
         ev_y = [y or None for y in get(ev)]
@@ -269,8 +278,10 @@ def evaluate_embedder(emb: Embedder, sets: EvalSets, cfg: EvalConfig, *,
                 zero_shot = _top_zero_shot(V["eval"], leaf_classes, leaf_emb, classes, cls_emb, emb.cross_modal)
         tasks["category"][level] = T.classification_task(
             V["train"], tr_y, V["eval"], ev_y, class_emb=cls_emb, classes=classes, cross_modal=emb.cross_modal,
-            min_count=cfg.min_class_count, C=C, confusion_view=main_view,
-            confusion_top=None if level == "top" else 15, zero_shot=zero_shot)
+            min_count=cfg.min_class_count, zero_shot=zero_shot, probe=False)
+        if "status" not in tasks["category"][level]:  # the hierarchical head's scores (shopclip.heads)
+            tasks["category"][level].update(hier[level])
+            tasks["category"][level]["probe_method"] = HIERARCHICAL_DOC
         if zero_shot is not None and "zero_shot" in tasks["category"][level]:
             tasks["category"][level]["zero_shot_method"] = TOP_ZERO_SHOT_DOC
     timings["category_s"] = time.perf_counter() - t1
@@ -287,9 +298,10 @@ def evaluate_embedder(emb: Embedder, sets: EvalSets, cfg: EvalConfig, *,
         tr_y = [a.get(name) if a.get(name) in allowed else None for a in sets.train.attributes]
         ev_y = [a.get(name) if a.get(name) in allowed else None for a in ev.attributes]
         val_emb = prompt_embeddings(emb, T.attribute_prompts(name, values)) if emb.has_text else None
+        tu_y = [a.get(name) if a.get(name) in allowed else None for a in sets.tune.attributes]
         attrs[name] = T.classification_task(
             V["train"], tr_y, V["eval"], ev_y, class_emb=val_emb, classes=values, cross_modal=emb.cross_modal,
-            min_count=cfg.min_class_count, C=C)
+            min_count=cfg.min_class_count, C=C, tune_x=V["tune"], tune_y=tu_y)
     tasks["attributes"] = {"attributes": attrs, "summary": _attribute_summary(attrs),
                            "selection": {"min_values_per_class": cfg.min_class_count,
                                          "min_labelled_products": cfg.min_attribute_products,
@@ -344,11 +356,14 @@ def _matching(V: dict[str, T.Views], sets: EvalSets, cfg: EvalConfig) -> dict[st
     syn_pairs_t, syn_y_t = T.relisting_pairs(sets.tune, sets.syn_tune_src, hard_negatives=hn, seed=seed)
     syn_pairs_e, syn_y_e = T.relisting_pairs(sets.eval, sets.syn_eval_src, hard_negatives=hn, seed=seed)
     syn_tune_s = T.pair_cosines(V["tune"], V["syn_tune"], syn_pairs_t)
+    syn_photo_t = T.photo_checks(sets.tune.images, sets.syn_tune.images, syn_pairs_t)
     if len(syn_y_e) and syn_y_e.sum():
         out["synthetic"] = {
             "label": "SYNTHETIC re-listings (see data.synthetic in this report)",
             **T.matching_scores(syn_tune_s, syn_y_t, T.pair_cosines(V["eval"], V["syn_eval"], syn_pairs_e),
-                                syn_y_e)}
+                                syn_y_e, tune_pairs=T.node_pairs(syn_pairs_t, len(sets.tune)),
+                                eval_pairs=T.node_pairs(syn_pairs_e, len(sets.eval)), tune_photo=syn_photo_t,
+                                eval_photo=T.photo_checks(sets.eval.images, sets.syn_eval.images, syn_pairs_e))}
     else:
         out["synthetic"] = _na("no synthetic re-listings were made (synthetic_max = 0?)")
     real_e, real_y_e = T.group_pairs(sets.eval, hard_negatives=hn, seed=seed)
@@ -357,11 +372,15 @@ def _matching(V: dict[str, T.Views], sets: EvalSets, cfg: EvalConfig) -> dict[st
         out["real"] = _na("no group of re-listed products in the eval split")
         return out
     eval_s = T.pair_cosines(V["eval"], V["eval"], real_e)
+    eval_photo = T.photo_checks(sets.eval.images, sets.eval.images, real_e)
     if int(real_y_t.sum()) >= 2:
-        res = T.matching_scores(T.pair_cosines(V["tune"], V["tune"], real_t), real_y_t, eval_s, real_y_e)
+        res = T.matching_scores(T.pair_cosines(V["tune"], V["tune"], real_t), real_y_t, eval_s, real_y_e,
+                                tune_pairs=real_t, eval_pairs=real_e, eval_photo=eval_photo,
+                                tune_photo=T.photo_checks(sets.tune.images, sets.tune.images, real_t))
         src = f"real groups in the tune set ({int(real_y_t.sum())} positive pairs)"
     else:
-        res = T.matching_scores(syn_tune_s, syn_y_t, eval_s, real_y_e)
+        res = T.matching_scores(syn_tune_s, syn_y_t, eval_s, real_y_e, tune_pairs=T.node_pairs(syn_pairs_t, len(sets.tune)),
+                                eval_pairs=real_e, tune_photo=syn_photo_t, eval_photo=eval_photo)
         src = (f"synthetic tune pairs (the tune set has {int(real_y_t.sum())} real positive pairs, fewer than 2)")
     n_eval, n_tune = int(real_y_e.sum()), int(real_y_t.sum())
     out["real"] = {"label": "REAL groups of re-listed products (catalog `group`)", "threshold_from": src,

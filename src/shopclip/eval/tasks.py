@@ -15,7 +15,11 @@ Two variants where they make sense:
 * **probe** — a logistic regression on standardised frozen embeddings, fitted on the
   ``train`` product set and scored on the ``eval`` set (a fixed, group-aware split), with
   ``C`` chosen per view on the tune set (:func:`choose_probe_C`), or fixed by the caller.
-  See :class:`LinearProbe`.
+  The probes are the task heads of :mod:`shopclip.heads` (a calibrated
+  :class:`~shopclip.heads.classifier.ClassHead`, the hierarchical
+  :class:`~shopclip.heads.category.CategoryHead`, :class:`~shopclip.heads.binary.BinaryHead`,
+  :class:`~shopclip.heads.matching.PairMatcher`), fitted by the same code that
+  ``shopclip heads train`` runs, so this report and the tagging jobs cannot disagree.
 """
 
 from __future__ import annotations
@@ -29,25 +33,14 @@ import numpy as np
 
 from shopclip.eval import metrics as M
 from shopclip.eval.data import ProductSet
-
-Views = dict[str, np.ndarray]
-VIEWS = ("image", "text", "fused")
-
-
-def fuse(image: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """Concatenated unit vectors / sqrt(2): unit length, cosine = mean of the two cosines."""
-    return np.concatenate([image, text], axis=1) / np.sqrt(2.0)
-
-
-def make_views(image: np.ndarray | None, text: np.ndarray | None) -> Views:
-    out: Views = {}
-    if image is not None:
-        out["image"] = image
-    if text is not None:
-        out["text"] = text
-    if image is not None and text is not None:
-        out["fused"] = fuse(image, text)
-    return out
+from shopclip.heads.attributes import select_attributes
+from shopclip.heads.binary import ADULT_PROMPTS, DEFAULT_PRECISION, BinaryHead
+from shopclip.heads.category import CategoryHead, as_path
+from shopclip.heads.classifier import ClassHead
+from shopclip.heads.features import VIEWS, Views, fuse, make_views
+from shopclip.heads.matching import PHOTO_FEATURES, PairMatcher
+from shopclip.heads.probe import LinearProbe, fit_probe
+from shopclip.heads.thresholds import tune_threshold
 
 
 def zero_shot_scores(views: Views, class_emb: np.ndarray, cross_modal: bool) -> dict[str, np.ndarray]:
@@ -92,81 +85,6 @@ def hierarchical_scores(child_scores: np.ndarray, parent_of: Sequence[int], n_pa
 # --------------------------------------------------------------------------- probes
 
 
-class LinearProbe:
-    """Standardised features + multinomial logistic regression, fitted full-batch with L-BFGS.
-
-    The objective is scikit-learn's (``C * sum_i w_i CE_i + ||W||^2 / 2``, bias not
-    penalised) divided by ``C * n``; written in float32 torch because an eval fits dozens
-    of probes on up to 1280-d features and scikit-learn's float64 solver was ~2x slower
-    per iteration here. ``class_weight="balanced"`` weighs rows by ``n / (k * count)``.
-    """
-
-    def __init__(self, C: float = 1.0, *, max_iter: int = 100, class_weight: str | None = None) -> None:
-        self.C = C
-        self.max_iter = max_iter
-        self.class_weight = class_weight
-
-    def fit(self, x: np.ndarray, y: Sequence[Any]) -> LinearProbe:
-        import torch
-
-        self.classes_, yi = np.unique(np.asarray(y), return_inverse=True)
-        x = np.asarray(x, dtype=np.float32)
-        self.mean_ = x.mean(axis=0)
-        self.scale_ = x.std(axis=0)
-        self.scale_[self.scale_ < 1e-8] = 1.0
-        X = torch.from_numpy((x - self.mean_) / self.scale_)
-        target = torch.from_numpy(yi.reshape(-1).astype(np.int64))
-        n, d = X.shape
-        k = len(self.classes_)
-        if self.class_weight == "balanced":
-            counts = np.bincount(yi.reshape(-1), minlength=k).astype(np.float32)
-            w = torch.from_numpy(n / (k * counts))[target]
-        else:
-            w = torch.ones(n)
-        W = torch.zeros(d, k, requires_grad=True)
-        b = torch.zeros(k, requires_grad=True)
-        lam = 1.0 / (self.C * n)
-        opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=self.max_iter, history_size=10,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            ce = torch.nn.functional.cross_entropy(X @ W + b, target, reduction="none")
-            loss = (w * ce).sum() / n + 0.5 * lam * (W * W).sum()
-            loss.backward()
-            return loss
-
-        if k > 1:
-            # Small matmuls: one thread is as fast, and immune to the OpenMP oversubscription
-            # that made 2-thread fits 50x slower on a busy machine.
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                opt.step(closure)
-            finally:
-                torch.set_num_threads(threads)
-        self.coef_, self.intercept_ = W.detach().numpy(), b.detach().numpy()
-        return self
-
-    def decision_function(self, x: np.ndarray) -> np.ndarray:
-        z = (np.asarray(x, dtype=np.float32) - self.mean_) / self.scale_
-        return z @ self.coef_ + self.intercept_
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        z = self.decision_function(x)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(x), axis=1)]
-
-
-def fit_probe(x: np.ndarray, y: Sequence[Any], *, C: float = 1.0, class_weight: str | None = None,
-              max_iter: int = 100) -> LinearProbe:
-    """A fitted :class:`LinearProbe`."""
-    return LinearProbe(C, max_iter=max_iter, class_weight=class_weight).fit(x, y)
-
-
 def _c(C: float | dict[str, float], view: str) -> float:
     return C.get(view, 1.0) if isinstance(C, dict) else C
 
@@ -209,6 +127,9 @@ def classification_task(
     confusion_view: str | None = None,
     confusion_top: int | None = None,
     zero_shot: dict[str, np.ndarray] | None = None,
+    tune_x: Views | None = None,
+    tune_y: Sequence[str | None] | None = None,
+    probe: bool = True,
 ) -> dict[str, Any]:
     """Single-label classification, probe and zero-shot, per view.
 
@@ -219,6 +140,10 @@ def classification_task(
     ``(len(eval_y), len(classes))`` array (e.g. :func:`hierarchical_scores`).
     ``confusion_view`` adds the probe's confusion matrix for that view (the
     ``confusion_top`` most frequent eval classes, the rest pooled as "(other)").
+    The probe is a :class:`~shopclip.heads.classifier.ClassHead`; with ``tune_x`` /
+    ``tune_y`` it is calibrated there (temperature, abstain threshold) and each view also
+    reports its ECE and its coverage and accuracy at the abstain threshold.
+    ``probe=False`` leaves the probe out (the caller scores it another way).
     """
     counts = Counter(y for y in train_y if y)
     kept = sorted(c for c, n in counts.items() if n >= min_count)
@@ -242,14 +167,22 @@ def classification_task(
         return out
     majority = Counter(y_tr.tolist()).most_common(1)[0][0]
     out["chance"] = {"majority": float(np.mean(y_ev == majority)), "uniform": 1.0 / len(kept)}
-    probe: dict[str, Any] = {}
-    for view in (v for v in VIEWS if v in train_x and v in eval_x):
-        clf = fit_probe(train_x[view][tr], y_tr.astype(str), C=_c(C, view))
-        pred = clf.predict(eval_x[view][ev]).astype(object)
-        probe[view] = _class_scores(y_ev, pred)
-        if view == confusion_view:
-            out["confusion"] = _confusion(y_ev, pred, confusion_top)
-    out["probe"] = probe
+    if probe:
+        out["probe"] = {}
+        for view in (v for v in VIEWS if v in train_x and v in eval_x):
+            head = ClassHead.fit(train_x[view][tr], y_tr.astype(str).tolist(),
+                                 tune_x[view] if tune_x is not None and view in tune_x else None,
+                                 list(tune_y) if tune_y is not None else None, C=_c(C, view), classes=kept)
+            if head is None:
+                continue
+            pred = np.asarray(head.predict(eval_x[view][ev])[0], dtype=object)
+            out["probe"][view] = _class_scores(y_ev, pred)
+            if tune_x is not None:
+                sc = head.score(eval_x[view][ev], y_ev.tolist())
+                out["probe"][view].update({k: sc[k] for k in ("ece", "threshold", "coverage",
+                                                             "accuracy_at_threshold")})
+            if view == confusion_view:
+                out["confusion"] = _confusion(y_ev, pred, confusion_top)
     if (class_emb is not None or zero_shot is not None) and classes is not None:
         idx = np.asarray([list(classes).index(c) for c in kept], dtype=np.int64)
         if zero_shot is not None:
@@ -258,6 +191,43 @@ def classification_task(
             zs = zero_shot_scores({v: x[ev] for v, x in eval_x.items()}, class_emb[idx], cross_modal)
         kept_arr = np.asarray(kept, dtype=object)
         out["zero_shot"] = {v: _class_scores(y_ev, kept_arr[np.argmax(s, axis=1)]) for v, s in zs.items()}
+    return out
+
+
+def category_task(train_x: Views, train_paths: Sequence[str | None], eval_x: Views, eval_paths: Sequence[str | None],
+                  tune_x: Views | None = None, tune_paths: Sequence[str | None] | None = None, *,
+                  min_count: int = 5, C: float | dict[str, float] = 1.0,
+                  confusion_view: str | None = None) -> dict[str, Any]:
+    """The hierarchical category probe, per view: ``{"leaf": {...}, "top": {...}}``.
+
+    One :class:`~shopclip.heads.category.CategoryHead` per view (the one ``shopclip heads
+    train`` fits): a probe over category paths, rare paths folded into their parents,
+    decoded top-down, so the top level is the decoded path's first level rather than a
+    second probe. ``probe`` holds accuracy and F1 per view on the eval rows whose path maps
+    to one of its classes (the rows a flat probe would be scored on); ``hierarchical``
+    holds the head's own scores (strict leaf accuracy, ECE, coverage at its thresholds).
+    """
+    out: dict[str, Any] = {"leaf": {"probe": {}, "hierarchical": {}}, "top": {"probe": {}, "hierarchical": {}}}
+    for view in (v for v in VIEWS if v in train_x and v in eval_x):
+        head = CategoryHead.fit(train_x[view], list(train_paths), tune_x.get(view) if tune_x else None,
+                                list(tune_paths) if tune_paths is not None else None, C=_c(C, view),
+                                min_count=min_count)
+        if head is None:
+            continue
+        rows = [i for i, p in enumerate(eval_paths) if p and head.tree.map_path(as_path(p)) == as_path(p)]
+        pred = head.predict(eval_x[view][rows])
+        leaf_true = np.asarray([eval_paths[i] for i in rows], dtype=object)
+        leaf_pred = np.asarray([" > ".join(p.path) for p in pred], dtype=object)
+        top_true = np.asarray([p.split(" > ", 1)[0] for p in leaf_true], dtype=object)
+        top_pred = np.asarray([p.path[0] if p.path else "" for p in pred], dtype=object)
+        out["leaf"]["probe"][view] = _class_scores(leaf_true, leaf_pred)
+        out["top"]["probe"][view] = _class_scores(top_true, top_pred)
+        sc = head.score(eval_x[view], list(eval_paths))
+        out["leaf"]["hierarchical"][view] = {k: v for k, v in sc.items() if k != "levels"}
+        out["top"]["hierarchical"][view] = {"accuracy": sc["top_accuracy"], "ece": sc["ece_top"]}
+        if view == confusion_view:
+            out["leaf"]["confusion"] = _confusion(leaf_true, leaf_pred, 15)
+            out["top"]["confusion"] = _confusion(top_true, top_pred, None)
     return out
 
 
@@ -277,44 +247,10 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, top: int | None) -> dict[
 
 def attribute_selection(ps: ProductSet, *, min_count: int = 5, min_products: int = 100,
                         max_attributes: int | None = None) -> tuple[dict[str, list[str]], dict[str, Any]]:
-    """Which attributes get a classifier, and why each other one does not.
-
-    Kept: >= 2 values with ``min_count`` examples each and ``min_products`` labelled
-    products among those values, most labelled first (at most ``max_attributes``; None:
-    all of them). Returns ``(targets, skipped)``: ``targets`` maps name -> kept values;
-    ``skipped`` maps each attribute with at least ``min_count`` labelled products to its
-    reason (most labelled first), and counts the rarer ones (a long tail of one-off spec fields) under
-    ``"(rarer attributes)"``.
-    """
-    per: dict[str, Counter[str]] = {}
-    for attrs in ps.attributes:
-        for name, value in attrs.items():
-            v = str(value).strip()
-            if v:
-                per.setdefault(name, Counter())[v] += 1
-    chosen, reasons, rare = [], [], 0
-    for name, counter in per.items():
-        values = sorted(v for v, n in counter.items() if n >= min_count)
-        labelled, total = sum(counter[v] for v in values), sum(counter.values())
-        if len(values) >= 2 and labelled >= min_products:
-            chosen.append((labelled, name, values))
-        elif total < min_count:
-            rare += 1
-        elif len(values) < 2:
-            reasons.append((total, name, f"{len(values)} value(s) with >= {min_count} products ({total} labelled in all)"))
-        else:
-            reasons.append((total, name, f"{labelled} labelled products among its {len(values)} usable values "
-                                         f"< {min_products}"))
-    chosen.sort(key=lambda t: (-t[0], t[1]))
-    if max_attributes is not None:
-        reasons += [(labelled, name, f"over max_attributes={max_attributes} ({labelled} labelled products)")
-                    for labelled, name, _values in chosen[max_attributes:]]
-        chosen = chosen[:max_attributes]
-    # Most labelled first: the near misses a reader wants to see lead the list.
-    skipped: dict[str, Any] = {name: why for _, name, why in sorted(reasons, key=lambda t: (-t[0], t[1]))}
-    if rare:
-        skipped["(rarer attributes)"] = f"{rare} attributes with fewer than {min_count} labelled products each"
-    return {name: values for _, name, values in chosen}, skipped
+    """Which attributes get a classifier, and why each other one does not: the task heads'
+    rule (:func:`shopclip.heads.attributes.select_attributes`) on the set's attributes."""
+    return select_attributes(ps.attributes, min_count=min_count, min_products=min_products,
+                             max_attributes=max_attributes)
 
 
 def attribute_targets(ps: ProductSet, *, min_count: int = 5, min_products: int = 100,
@@ -460,26 +396,18 @@ def binary_scores(y: np.ndarray, s: np.ndarray, threshold: float | None, *, n_bo
     return out
 
 
-def tune_threshold(y: np.ndarray, s: np.ndarray) -> float:
-    """Best-F1 threshold on tune pairs, moved halfway down to the next lower score.
-
-    The best-F1 threshold is the lowest positive score that keeps F1 maximal; with a
-    handful of positives that sits right on a tune score, and an eval positive a hair
-    below it is lost. The midpoint to the next lower score keeps the tune decisions and
-    leaves a margin on both sides.
-    """
-    thr = M.best_f1_threshold(y, s)[0]
-    below = s[s < thr]
-    return float((thr + below.max()) / 2.0) if np.isfinite(thr) and below.size else thr
-
-
 def matching_scores(tune_s: dict[str, np.ndarray], tune_y: np.ndarray, eval_s: dict[str, np.ndarray],
-                    eval_y: np.ndarray) -> dict[str, Any]:
+                    eval_y: np.ndarray, *, tune_pairs: np.ndarray | None = None, eval_pairs: np.ndarray | None = None,
+                    tune_photo: np.ndarray | None = None, eval_photo: np.ndarray | None = None) -> dict[str, Any]:
     """Per view: threshold = best F1 on the tune pairs, then metrics on the eval pairs.
 
-    ``probe`` (when both image and text cosines exist) is a logistic regression on the
-    two cosines, fitted on the tune pairs — the learned way to weigh the photo against
-    the title; its threshold is chosen on the same tune pairs.
+    ``probe`` (when both image and text cosines exist) is the dedupe job's
+    :class:`~shopclip.heads.matching.PairMatcher`, fitted, calibrated and thresholded on the
+    tune pairs: a pair score from the cosines (and, given ``*_photo`` — ``[inliers, colour
+    distance, overlap]`` per pair from :mod:`shopclip.heads.photomatch` — the keypoint check of the
+    two photos), then its margin over each listing's other candidates in ``*_pairs`` (the
+    pairs as node ids; without them every pair stands alone). An identical photo (image
+    cosine >= its ``identical_photo``) always matches.
     """
     out: dict[str, Any] = {}
     tune_ok = len(tune_y) and 0 < int(tune_y.sum()) < len(tune_y)
@@ -487,13 +415,46 @@ def matching_scores(tune_s: dict[str, np.ndarray], tune_y: np.ndarray, eval_s: d
         thr = tune_threshold(tune_y, tune_s[v]) if tune_ok else None
         out[v] = binary_scores(eval_y, s, thr)
     if tune_ok and "image" in eval_s and "text" in eval_s:
-        xt = np.stack([tune_s["image"], tune_s["text"]], axis=1)
-        xe = np.stack([eval_s["image"], eval_s["text"]], axis=1)
-        clf = fit_probe(xt, tune_y)
-        pt, pe = clf.predict_proba(xt)[:, 1], clf.predict_proba(xe)[:, 1]
-        out["probe"] = binary_scores(eval_y, pe, tune_threshold(tune_y, pt))
-        out["probe"]["features"] = "image and text cosines"
+        photo = tune_photo is not None and eval_photo is not None
+        names = ("image", "text", *(PHOTO_FEATURES if photo else ()))
+
+        def x(s: dict[str, np.ndarray], checks: np.ndarray | None) -> np.ndarray:
+            cols = [s["image"], s["text"]]
+            if photo and checks is not None:
+                inl = np.log1p(checks[:, 0])
+                cols += [inl, checks[:, 1], checks[:, 2], inl * checks[:, 1]]
+            return np.stack(cols, axis=1)
+
+        def graph(pairs: np.ndarray | None, n: int) -> np.ndarray:
+            return np.arange(2 * n).reshape(n, 2) if pairs is None else np.asarray(pairs)
+
+        xt, gt = x(tune_s, tune_photo), graph(tune_pairs, len(tune_y))
+        matcher = PairMatcher.fit(xt, gt, tune_y, xt, gt, tune_y, features=names)
+        out["probe"] = binary_scores(eval_y, matcher.score_graph(x(eval_s, eval_photo), graph(eval_pairs, len(eval_y))),
+                                     matcher.threshold)
+        out["probe"]["features"] = (", ".join(names) + " -> margin over each listing's other candidates "
+                                    "(the dedupe job's matcher)")
     return out
+
+
+def node_pairs(pairs: np.ndarray, n_left: int | None) -> np.ndarray:
+    """Pairs ``(i in left, j in right)`` as node ids of one candidate graph: right ids are
+    shifted by ``n_left`` (None: both sides are the same set)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return pairs if n_left is None else np.stack([pairs[:, 0], pairs[:, 1] + n_left], axis=1)
+
+
+def photo_checks(left_images: Sequence[Any], right_images: Sequence[Any], pairs: np.ndarray) -> np.ndarray | None:
+    """``[inliers, colour distance, overlap]`` of each pair's two photos, or None without OpenCV."""
+    from shopclip.heads.photomatch import KeypointCache, available, compare_pairs
+
+    if not available():
+        return None
+    cache = KeypointCache(lambda key: key, size=4 * len(pairs) + 16)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    n = len(left_images)
+    images = [str(p) for p in left_images] + [str(p) for p in right_images]
+    return compare_pairs(lambda i: cache.get(images[i]), node_pairs(pairs, n))
 
 
 # ------------------------------------------------------------------------ clustering
@@ -571,20 +532,18 @@ def _clustering(views: Views, ps: ProductSet, kmeans: Any, agglomerative: Any, s
 # ---------------------------------------------------------------------------- binary
 
 
-ADULT_PROMPTS = (
-    ("an adult product", "a sexually explicit adult product", "erotic adult toys and lingerie"),
-    ("a product", "an everyday product for the whole family", "a safe product for all ages"),
-)
-
-
 def binary_task(train_x: Views, train_y: Sequence[int | None], eval_x: Views, eval_y: Sequence[int | None],
                 tune_x: Views, tune_y: Sequence[int | None], *, prompt_emb: tuple[np.ndarray, np.ndarray] | None = None,
-                cross_modal: bool = False, C: float | dict[str, float] = 1.0) -> dict[str, Any]:
+                cross_modal: bool = False, C: float | dict[str, float] = 1.0,
+                precision_target: float = DEFAULT_PRECISION) -> dict[str, Any]:
     """Binary recognition (e.g. adult products): probe and zero-shot per view.
 
-    Unlabelled rows are ignored. The probe uses balanced class weights (positives are
-    rare); thresholds come from the tune set (best F1) when it holds both classes. The
-    zero-shot score is cos(x, positive prompts) - cos(x, negative prompts).
+    Unlabelled rows are ignored. The probe is the tag job's
+    :class:`~shopclip.heads.binary.BinaryHead` (balanced class weights, since positives are
+    rare; probability calibrated on the tune set; its decision threshold is the lowest
+    with tune precision >= ``precision_target``), scored at that threshold. The zero-shot
+    score is cos(x, positive prompts) - cos(x, negative prompts), thresholded at the tune
+    set's best F1 when it holds both classes.
     """
 
     def labelled(y: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -602,10 +561,13 @@ def binary_task(train_x: Views, train_y: Sequence[int | None], eval_x: Views, ev
     if len(tr) and ytr.min() != ytr.max():
         probe = {}
         for v in (v for v in VIEWS if v in train_x):
-            clf = fit_probe(train_x[v][tr], ytr, C=_c(C, v), class_weight="balanced")
-            s = clf.predict_proba(eval_x[v][ev])[:, 1]
-            thr = tune_threshold(ytu, clf.predict_proba(tune_x[v][tu])[:, 1]) if tune_ok else 0.5
-            probe[v] = binary_scores(yev, s, thr)
+            head = BinaryHead.fit("label", train_x[v][tr], ytr.tolist(), tune_x[v][tu] if len(tu) else None,
+                                  ytu.tolist(), C=_c(C, v), precision_target=precision_target)
+            if head is None:
+                continue
+            probe[v] = binary_scores(yev, head.proba(eval_x[v][ev]), head.threshold)
+            probe[v]["calibration"] = head.calibrator.method if tune_ok else "none (tune split lacks a class)"
+            probe[v]["precision_target"] = precision_target
         out["probe"] = probe
     else:
         out["probe"] = {"status": "skipped", "reason": "the train subset does not hold both classes"}
@@ -628,5 +590,5 @@ def _prompt_margin(views: Views, idx: np.ndarray, pos: np.ndarray, neg: np.ndarr
 
 
 __all__ = ["ADULT_PROMPTS", "VIEWS", "attribute_prompts", "attribute_selection", "attribute_targets", "binary_scores", "binary_task",
-           "choose_probe_C", "classification_task", "clustering_task", "fit_probe", "LinearProbe", "fuse", "group_pairs", "make_views",
+           "category_task", "choose_probe_C", "classification_task", "clustering_task", "fit_probe", "LinearProbe", "fuse", "group_pairs", "make_views",
            "matching_scores", "pair_cosines", "relisting_pairs", "tune_threshold", "zero_shot_scores"]

@@ -369,6 +369,7 @@ def create_app(
     uri: str | None = None,
     snapshot_every: int = 1000,
     snapshot_seconds: float = 60.0,
+    heads_dir: str | Path | None = None,
 ) -> FastAPI:
     """Build the app over a built work folder.
 
@@ -381,6 +382,7 @@ def create_app(
     `store`/`uri` open the vector store elsewhere than the work folder recorded;
     in-process indexes are snapshotted every `snapshot_every` writes or `snapshot_seconds`
     after the first unsaved one, and at shutdown.
+    `heads_dir` (default WORKDIR/heads) holds the task heads behind POST /tag and /dedupe/check.
     """
     key = (api_key if api_key is not None else os.environ.get("SHOPCLIP_API_KEY")) or None  # "" = no key
     if protect_reads is None:
@@ -659,6 +661,14 @@ def create_app(
                            max_interests=body.max_interests, half_life_s=body.half_life_s)
         out["took_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return out
+
+    # ------------------------------------------------------------------ understanding (tag, dedupe check)
+
+    from shopclip.serve.understand import register_understanding
+
+    register_understanding(app, st, heads_dir=Path(heads_dir) if heads_dir else st.workdir.root / "heads",
+                           dependencies=read_deps, read_errors=read_errors, read_upload=read_upload,
+                           clean_text=lambda t: " ".join(visible(t).split()))
 
     # ------------------------------------------------------------------ writes
 

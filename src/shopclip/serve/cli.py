@@ -38,6 +38,8 @@ def serve_command(
     snapshot_seconds: Annotated[float, typer.Option(min=1, help="...or this long after the first unsaved write")] = 60.0,
     engine: Annotated[str | None, typer.Option(help="Inference engine: torch, onnx or onnx-int8 (default: the one "
                                                "the work folder was embedded with)")] = None,
+    heads: Annotated[Path | None, typer.Option(help="Task heads for POST /tag and /dedupe/check (default: "
+                                               "WORKDIR/heads, from `shopclip heads train … --out WORKDIR/heads`)")] = None,
 ) -> None:
     """Serve search, similar items, recommendations and a web page for a work folder.
 
@@ -83,7 +85,7 @@ def serve_command(
                          url_fetch_hosts=tuple(url_fetch_host) if url_fetch_host else None,
                          max_image_pixels=max_image_pixels, protect_reads=protect_reads, preload_model=preload,
                          store=store, uri=uri, snapshot_every=snapshot_every, snapshot_seconds=snapshot_seconds,
-                         batch_queries=batch_queries)
+                         batch_queries=batch_queries, heads_dir=heads)
     except (FileNotFoundError, StoreUnavailableError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -89,6 +89,7 @@ async function renderRecommendations(section, token) {
 function showView(name) {
   $("#results-view").hidden = name !== "results";
   $("#product-view").hidden = name !== "product";
+  $("#check-view").hidden = name !== "check";
 }
 
 function category() { return $("#category").value; }
@@ -246,6 +247,118 @@ async function renderProduct(id) {
   await renderRecommendations($("#product-recs"), token);
 }
 
+// ------------------------------------------------------------------ check a new listing
+
+function pct(x) { return `${Math.round(x * 100)}%`; }
+
+function renderCategory(c) {
+  const p = $("#check-category");
+  p.replaceChildren();
+  if (!c) { p.textContent = "No category head."; return; }
+  c.levels.forEach((level, i) => {
+    if (i) p.append(" \u203a ");
+    const sure = c.decided !== null && i < c.decided.split(" > ").length;
+    p.append(el("span", { class: sure ? "level" : "level muted" }, `${level} (${pct(c.confidence[i])})`));
+  });
+  if (c.unsure) p.append(el("span", { class: "badge warn" }, "unsure"));
+}
+
+function renderAttributes(attrs) {
+  const body = $("#check-attributes tbody");
+  body.replaceChildren();
+  for (const [name, a] of Object.entries(attrs)) {
+    const tr = el("tr");
+    tr.append(el("th", { scope: "row" }, name.replaceAll("_", " ")), el("td", {}, a.predicted),
+              el("td", {}, pct(a.confidence)), el("td", {}, a.status));
+    body.append(tr);
+  }
+  if (!body.children.length) {
+    const tr = el("tr");
+    tr.append(el("td", { colspan: "4" }, "No attribute head applies to this category."));
+    body.append(tr);
+  }
+}
+
+function renderLabels(labels) {
+  const list = $("#check-labels");
+  list.replaceChildren();
+  for (const [name, l] of Object.entries(labels)) {
+    const li = el("li", { "data-label": name });
+    if (l.calibrated) {
+      li.append(`${name}: probability ${pct(l.probability)} \u2014 ${l.decision ? "flagged" : "not flagged"} ` +
+                `(at ${pct(l.precision_target)} precision)`);
+      if (l.decision) li.append(el("span", { class: "badge dup" }, "flagged"));
+    } else {
+      li.append(`${name}: zero-shot score ${l.score.toFixed(3)}`, el("span", { class: "badge warn" }, "uncalibrated"));
+      li.append(el("div", { class: "muted" }, l.note || ""));
+    }
+    list.append(li);
+  }
+}
+
+function renderDuplicates(out) {
+  const list = $("#check-duplicates");
+  fill(list, out.duplicates.map((d) => ({ ...d, score: d.probability })));
+  for (const [i, d] of out.duplicates.entries()) {
+    const badge = el("span", { class: d.decision === "duplicate" ? "badge dup" : "badge warn", title: d.reason },
+                     `${d.decision}: ${d.reason}`);
+    list.children[i].querySelector(".card-body").prepend(badge);
+  }
+  $("#check-duplicates-status").textContent = out.duplicates.length
+    ? `${out.duplicates.length} likely duplicate(s) among ${out.candidates} compared (probability \u2265 ${out.review_threshold}).`
+    : `No likely duplicate among the ${out.candidates} closest products.`;
+}
+
+function renderNeighbours(near) {
+  const list = $("#check-neighbours");
+  list.replaceChildren(...near.map((n) => {
+    // Labelled training products: they need not be in the served catalog, so no link.
+    return el("li", { "data-id": n.id }, `${n.title || n.id} \u2014 ${n.category || ""} (${n.score.toFixed(3)})`);
+  }));
+}
+
+async function runCheck() {
+  const file = $("#check-image").files[0];
+  const title = $("#check-title").value.trim();
+  if (!file) { setStatus("Choose the listing's photo first.", true); $("#check-image").focus(); return; }
+  if (!title) { setStatus("Type the listing's title.", true); $("#check-title").focus(); return; }
+  const description = $("#check-description").value.trim();
+  const form = () => {
+    const f = new FormData();
+    f.append("image", file);
+    f.append("title", title);
+    if (description) f.append("description", description);
+    return f;
+  };
+  state.render += 1;
+  const token = state.render;
+  setStatus("Checking the listing\u2026");
+  try {
+    const [tag, dup] = await Promise.all([
+      api("/tag", { method: "POST", body: form() }),
+      api("/dedupe/check?k=10", { method: "POST", body: form() }),
+    ]);
+    if (token !== state.render) return;
+    renderCategory(tag.category);
+    renderAttributes(tag.attributes);
+    renderLabels(tag.labels);
+    renderDuplicates(dup);
+    renderNeighbours(tag.neighbours);
+    $("#check-results").hidden = false;
+    setStatus(`Checked in ${Math.round(Math.max(tag.took_ms, dup.took_ms))} ms.`);
+    $("#check-category-heading").focus({ preventScroll: false });
+  } catch (e) {
+    $("#check-results").hidden = true;
+    setStatus(e.message, true);
+  }
+}
+
+function renderCheck() {
+  showView("check");
+  document.title = "Check a new listing \u2014 shopclip";
+  setStatus("");
+}
+
 async function route() {
   state.render += 1; // every navigation invalidates answers still in flight for the previous one
   const hash = location.hash || "#/";
@@ -253,6 +366,7 @@ async function route() {
   if (hash.startsWith("#/product/")) return renderProduct(decodeURIComponent(hash.slice("#/product/".length)));
   document.title = "shopclip — product search";
   state.listHash = hash; // where "Back to results" returns, however many products were opened since
+  if (hash === "#/check") return renderCheck();
   if (hash.startsWith("#/search")) {
     await renderTextSearch(new URLSearchParams(hash.split("?")[1] || ""));
   } else if (hash === "#/image") {
@@ -300,6 +414,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#category").addEventListener("change", () => {
     if ($("#mode-text").checked && $("#q").value.trim()) $("#search-form").requestSubmit();
+  });
+  $("#check-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runCheck();
   });
   $("#back").addEventListener("click", () => {
     location.hash = state.listHash;
