@@ -10,12 +10,15 @@ in the first place. For each product a :class:`Constraint` lists what the answer
   gender word, "Puma" in "Puma Men White Casual Shoes"), and only when the listing has no such key;
 * ``description`` — a sequence of 5-24 units, each a word of the listing the model was shown (title,
   category, attribute names and values, details; as written, lower-cased or capitalised, a possessive
-  also without its "'s") or one of :data:`CONNECTORS`, seven joining words that state nothing
-  ("a", "an", "the", "and", "for", "in", "of"), separated by spaces, commas or full stops. Two kinds of
-  listing words come only as phrases, because SmolLM2 recombined them into false statements: a number
-  only with a neighbour it has in the listing ("size 10", "20 cm"; a lone model id "3" and a count "1"
-  became "3 in 1"), and a brand of several words only whole ("United Colors of Benetton"; it wrote
-  "United of Benetton").
+  also without its "'s") or one of :data:`CONNECTORS` ("a", "an", "the", "and"), separated by spaces,
+  commas or full stops. Three kinds of words come only in phrases, because SmolLM2 recombined them into
+  false statements: a number only with a neighbour it has in the listing ("size 10", "20 cm"; a lone model
+  id "3" and a count "1" became "3 in 1"); a brand of several words only whole ("United Colors of
+  Benetton"; it wrote "United of Benetton"); and the words that bind one thing to another
+  (:data:`BINDING`: "for", "in", "of", "with", "by" …) only as the listing uses them ("pack of 3",
+  "with lid") or as "for" + who or what the listing says the product is for ("for women", "for casual")
+  and "in" + one of its colour or material words ("in black"): it wrote "shoes … with a redtape" for a
+  Redtape shoe and "t-shirt for chhota Bheem" for a cartoon print.
 
 :meth:`Constraint.schema` writes this as a JSON schema (``enum`` values and a ``pattern`` over the
 vocabulary): llama.cpp compiles it to a grammar (``LlamaGrammar.from_json_schema``; llama-cpp-python's
@@ -34,14 +37,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shopclip.enrich.checks import COLOURS, GENDER_AGE, PATTERNS, Issue, canon_tokens
+from shopclip.enrich.checks import COLOURS, GENDER_AGE, MATERIALS, PATTERNS, Issue, canon_tokens
 from shopclip.enrich.normalize import NormalizedProduct
 
-#: Joining words a description may use besides the listing's own. None states a fact about the product:
-#: no maker ("by"), material ("made of"), origin ("from"), part or feature ("with", "has", "featuring":
-#: SmolLM2 wrote "shoes … with a redtape" for a Redtape shoe), and no sentence builders ("is", "it")
-#: that let a listing word be asserted of another. The listing's own joining words stay usable.
-CONNECTORS = ("a", "an", "the", "and", "for", "in", "of")
+#: Joining words a description may use freely besides the listing's own: they bind nothing to anything.
+CONNECTORS = ("a", "an", "the", "and")
+#: Words that bind a listing word to the product ("for men", "in black", "pack of 3", "with a lid"): never free,
+#: even where the listing has them, only in the phrases :meth:`Constraint.build` allows. SmolLM2, free to use
+#: them, wrote "shoes … with a redtape" for a Redtape shoe and "t-shirt for chhota Bheem" for a Chhota Bheem
+#: print; sentence builders ("is", "has", "featuring") are left out for the same reason.
+BINDING = ("for", "in", "of", "with", "by", "from", "at", "on", "to", "made", "is", "has")
+#: Who a product is for and what it is for: attribute keys whose values may follow "for".
+_FOR_KEYS = ("gender", "ideal_for", "usage", "occasion", "suitable_for")
 
 #: A word: letters and digits, joined inside by - ' . & / ("T-shirt", "men's", "13.97", "white/black").
 _WORD_RE = re.compile(r"[A-Za-z0-9]+(?:[-'.&/][A-Za-z0-9]+)*")
@@ -156,12 +163,27 @@ class Constraint:
         units: set[str] = {v for c in CONNECTORS for v in _variants(c)}  # "A" opens a sentence
         for brand in brands:
             units |= _phrase_variants(" ".join(words(brand)))
+        bound: set[str] = set()  # "for X", "in X" allowed by what X is
         for text in shown:
             for brand in sorted(brands, key=len, reverse=True):
                 text = re.sub(rf"(?<![\w]){re.escape(brand)}(?![\w])", " , ", text)
             ws = words(text)
-            units |= {v for w in ws if not _is_number(w) for v in _variants(w)}
+            units |= {v for w in ws if not _is_number(w) and w.lower() not in BINDING for v in _variants(w)}
             units |= {v for ph in _number_units(ws) for v in _phrase_variants(ph)}
+            # the listing's own binding phrases, as written ("pack of 3", "for party", "with lid", "2 in 1")
+            units |= {v for i, w in enumerate(ws[:-1]) if w.lower() in BINDING
+                      for v in _phrase_variants(f"{w} {ws[i + 1]}")}
+            for w in ws:
+                toks = canon_tokens(w)
+                if toks and all(t in GENDER_AGE for t in toks):
+                    bound.add(f"for {w}")
+                if toks and all(t in COLOURS or t in MATERIALS for t in toks):
+                    bound.add(f"in {w}")
+        for k, v in listing_attributes:
+            if k in _FOR_KEYS:
+                bound |= {f"for {w}" for w in words(v) if not _is_number(w) and w.lower() not in BINDING}
+        units |= {v for ph in bound for v in _phrase_variants(ph) | {ph.split(" ", 1)[0] + " " + x
+                                                                    for x in _variants(ph.split(" ", 1)[1])}}
         # the leaf, not the upper levels: SmolLM2 picked "Footwear" for sports shoes when it could
         types = [norm.category[-1]] if norm.category else []
         types += [v for k, v in listing_attributes if k in ("type", "product_type", "article_type")]
@@ -227,8 +249,9 @@ class Constraint:
         desc = output.get("description")
         if isinstance(desc, str):
             for w in self.outside(desc)[:8]:
-                issues.append(Issue("outside_vocabulary", "description", w,
-                                    f"'{w}' is not a word of the listing; use only the listing's words"))
+                why = (f"'{w}' is not a word of the listing; use only the listing's words" if w.lower() not in BINDING
+                       else f"'{w}' may only join what the listing joins ('for' + who it is for, 'in' + its colour)")
+                issues.append(Issue("outside_vocabulary", "description", w, why))
         attrs = output.get("attributes")
         if isinstance(attrs, dict):
             for k, v in attrs.items():
