@@ -689,17 +689,20 @@ def train_order(cat) -> list:
 
 
 def cmd_train_texts(args) -> None:
-    """LLM-enrich the first --limit train products (shard --shard of --shards), resumable via SQLite.
+    """LLM-enrich the first --limit products of --split (train: sha1(TRAIN_SALT + id) order; test: the quality
+    sample's order, so its first 200 are the quality sample), shard --shard of --shards, resumable via SQLite.
 
     Two shards with one llama.cpp thread each use both cores without their threads waiting on
-    each other (see train_on_text). Rows are appended to OUT/texts_SHARD.jsonl; rerunning with a
-    larger --limit keeps every earlier product in the same shard and its answer in the cache.
+    each other (see train_on_text). Rows (with the backend, model and prompt that made them) are appended
+    to OUT/texts_SHARD.jsonl; rerunning with a larger --limit keeps every earlier product in the same
+    shard and its answer in the cache, so a long run can be done in pieces.
     """
     from shopclip.catalog import Catalog
     from shopclip.enrich.cache import EnrichCache
 
     cat = Catalog.load(CATALOG)
-    mine = train_order(cat)[: args.limit][args.shard :: args.shards]
+    ordered = test_products()[2] if getattr(args, "split", "train") == "test" else train_order(cat)
+    mine = ordered[: args.limit][args.shard :: args.shards]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     enr = make_enricher(cache=EnrichCache(out_dir / f"llm_{args.shard}.sqlite"), max_rounds=args.max_rounds,
@@ -708,7 +711,7 @@ def cmd_train_texts(args) -> None:
     with open(out_dir / f"texts_{args.shard}.jsonl", "a", encoding="utf-8") as fp:
         for s in range(0, len(mine), 8):
             for r in enr.enrich_many(mine[s : s + 8]):
-                fp.write(json.dumps(r.to_row()) + "\n")
+                fp.write(json.dumps({**r.to_row(), **enr.provenance()}) + "\n")
             fp.flush()
             print(f"{min(s + 8, len(mine))}/{len(mine)} {time.perf_counter() - t0:.0f}s", flush=True)
     enr.backend.close()
@@ -973,7 +976,8 @@ def cmd_quick(args) -> None:
                                            blind_limit=1), t / "quality.json")
             run("handcheck", cmd_handcheck, NS(force=True, outputs=CACHE_DIR / "quality_outputs_quick.jsonl",
                                                out=t / "handcheck.jsonl"))
-            run("train-texts", cmd_train_texts, NS(limit=1, shard=0, shards=1, max_rounds=1, out=str(t / "tt")))
+            run("train-texts", cmd_train_texts, NS(split="train", limit=1, shard=0, shards=1, max_rounds=1,
+                                                   out=str(t / "tt")))
             run("blind-draw", cmd_blind_draw, NS(limit=1, threads=1, max_rounds=1, out_dir=t / "blind"))
         else:
             parts["skipped"] = ("quality, handcheck, train-texts, blind-draw: the local LLM is not installed "
@@ -1024,7 +1028,9 @@ def main() -> None:
                    "train text and re-score every arm with that model (~2 min with warm feature caches)")
     a.add_argument("--train-llm-texts", type=Path, nargs="+", default=None, help="also train the default config "
                    "on these LLM-enriched train texts (JSONL from `train-texts`; rules text for the rest)")
-    t = sub.add_parser("train-texts", help="LLM-enrich the first N train products (for --train-llm-texts)")
+    t = sub.add_parser("train-texts", help="LLM-enrich the first N products of a split (train: for "
+                       "--train-llm-texts; test: for --texts-from)")
+    t.add_argument("--split", choices=("train", "test"), default="train")
     t.add_argument("--limit", type=int, default=1600)
     t.add_argument("--shard", type=int, default=0)
     t.add_argument("--shards", type=int, default=1)
