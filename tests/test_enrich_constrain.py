@@ -137,6 +137,18 @@ def test_v3_examples_obey_their_own_constraint():
         assert accepts(c, ex["answer"]["description"])
 
 
+def test_the_constrained_schema_has_a_strict_form_for_openai():
+    """OpenAI strict structured outputs: every attribute required and nullable, a null allowed by each enum."""
+    from shopclip.enrich.backends import strict_schema_problems, to_strict_schema
+
+    schema = constraint_of(BENETTON).schema()
+    strict = to_strict_schema(schema)
+    assert strict is not None and strict_schema_problems(strict) == []
+    color = strict["properties"]["attributes"]["properties"]["color"]
+    assert color["enum"] == ["Beige", None] and color["type"] == ["string", "null"]
+    assert strict["properties"]["description"]["pattern"] == schema["properties"]["description"]["pattern"]
+
+
 def test_tidy_removes_repeats_only():
     assert tidy("KOHL bag, 2 in 1, 2 in 1, 2 in 1. KOHL bag, 2 in 1.") == "KOHL bag, 2 in 1."
     assert tidy("A grey kurta. a Grey kurta.") == "A grey kurta."
