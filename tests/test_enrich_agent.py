@@ -28,7 +28,7 @@ KURTA = {"id": "k1", "title": "W Women Solid Grey Kurtas", "category": ["Apparel
          "attributes": {"color": "Grey", "usage": "Ethnic", "gender": "Women"}}
 # GOOD keeps to the listing's words and values (the default, constrained schema); BAD does not
 GOOD = {"product_type": "Kurtas", "attributes": {"brand": "W", "color": "Grey", "gender": "Women"},
-        "description": "A solid grey kurta for women, for ethnic usage."}
+        "description": "A solid grey kurta for women, ethnic usage."}
 BAD = {"product_type": "Kurta", "attributes": {"color": "Grey", "material": "Cotton"},
        "description": "A solid grey kurta for women. It is a 2019 British design in cotton."}
 
@@ -56,7 +56,7 @@ class Scripted:
         pass
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
 def test_prompts_are_versioned_files(version):
     from shopclip.enrich.checks import check_output
 
@@ -70,7 +70,7 @@ def test_prompts_are_versioned_files(version):
                "attributes": dict(a.split(": ", 1) if ": " in a else (a, "Yes")
                                   for a in listing["attributes"].split("; ") if a != "none")}
         assert check_output(ex["answer"], src).passed, (ex, check_output(ex["answer"], src).issues)
-    assert load_prompts().version == "v3"
+    assert load_prompts().version == "v4"
     with pytest.raises(FileNotFoundError):
         load_prompts("v999")
 

@@ -51,10 +51,10 @@ from shopclip.enrich.checks import (
     example_tokens,
     repair,
 )
-from shopclip.enrich.constrain import Constraint, tidy
+from shopclip.enrich.constrain import Constraint, close_truncated, tidy
 from shopclip.enrich.normalize import BOOKKEEPING_KEYS, EMPTY_VALUES, NormalizedProduct, normalize_product
 
-DEFAULT_PROMPT_VERSION = "v3"
+DEFAULT_PROMPT_VERSION = "v4"
 
 #: The answer's shape; keys in the order the model writes them (type, then attributes, then prose).
 ANSWER_SCHEMA: dict[str, Any] = {
@@ -399,7 +399,11 @@ class Enricher:
             if self.config.keep_answers:
                 entry["answer"] = res.text[:2000]
             try:
-                out = parse_output(res.text)
+                text = res.text
+                if state.constraint is not None and res.finish_reason == "length":
+                    text = close_truncated(text)  # a looping answer cut by max_tokens: keep what is whole
+                    entry["truncated"] = True
+                out = parse_output(text)
                 if state.constraint is not None and isinstance(out.get("description"), str):
                     out["description"] = tidy(out["description"])  # a looping answer's repeats out
             except ParseError as e:

@@ -8,17 +8,20 @@ in the first place. For each product a :class:`Constraint` lists what the answer
   the model may add (brand, color, gender, pattern) only with values read off the title by rule
   (a run of colour words, a gender word, a pattern word, and for a brand the words before the title's
   gender word, "Puma" in "Puma Men White Casual Shoes"), and only when the listing has no such key;
-* ``description`` — a sequence of 5-24 units, each a word of the listing the model was shown (title,
+* ``description`` — a sequence of 5-16 units, each a word of the listing the model was shown (title,
   category, attribute names and values, details; as written, lower-cased or capitalised, a possessive
   also without its "'s") or one of :data:`CONNECTORS` ("a", "an", "the", "and"), separated by spaces,
-  commas or full stops. Three kinds of words come only in phrases, because SmolLM2 recombined them into
-  false statements: a number only with a neighbour it has in the listing ("size 10", "20 cm"; a lone model
-  id "3" and a count "1" became "3 in 1"); a brand of several words only whole ("United Colors of
-  Benetton"; it wrote "United of Benetton"); and the words that bind one thing to another
-  (:data:`BINDING`: "for", "in", "of", "with", "by" …) only as the listing uses them ("pack of 3",
-  "with lid") or as "for" + who or what the listing says the product is for ("for women", "for casual")
-  and "in" + one of its colour or material words ("in black"): it wrote "shoes … with a redtape" for a
-  Redtape shoe and "t-shirt for chhota Bheem" for a cartoon print.
+  commas or full stops. Four kinds of words come only in phrases, because SmolLM2 recombined them into
+  false statements: an attribute's name and (unless the attribute is the whole product's,
+  :data:`PRODUCT_KEYS`) its value only together ("height 36.83 cm", "pink strap color"; it wrote
+  "height 29.21 cm" for the width and "black lid" for a steel lid); a number only with a neighbour it has
+  in the listing ("size 10", "20 cm"; a lone model id "3" and a count "1" became "3 in 1"); a brand of
+  several words only whole ("United Colors of Benetton"; it wrote "United of Benetton"); and the words
+  that bind or deny (:data:`BINDING`: "for", "in", "of", "with", "without", "no" …) only as the listing
+  uses them, between the same two words ("Set of 3", "Cream With Vitamin-E"), or as "for" + who or what
+  the listing says the product is for ("for women", "for casual") and "in" + one of the whole product's
+  colour or material words ("in black"): it wrote "shoes … with a redtape" for a Redtape shoe, "t-shirt
+  for chhota Bheem" for a cartoon print and "router without wireless" for a wireless router.
 
 :meth:`Constraint.schema` writes this as a JSON schema (``enum`` values and a ``pattern`` over the
 vocabulary): llama.cpp compiles it to a grammar (``LlamaGrammar.from_json_schema``; llama-cpp-python's
@@ -42,17 +45,26 @@ from shopclip.enrich.normalize import NormalizedProduct
 
 #: Joining words a description may use freely besides the listing's own: they bind nothing to anything.
 CONNECTORS = ("a", "an", "the", "and")
-#: Words that bind a listing word to the product ("for men", "in black", "pack of 3", "with a lid"): never free,
-#: even where the listing has them, only in the phrases :meth:`Constraint.build` allows. SmolLM2, free to use
-#: them, wrote "shoes … with a redtape" for a Redtape shoe and "t-shirt for chhota Bheem" for a Chhota Bheem
-#: print; sentence builders ("is", "has", "featuring") are left out for the same reason.
-BINDING = ("for", "in", "of", "with", "by", "from", "at", "on", "to", "made", "is", "has")
+#: Words that bind a listing word to the product ("for men", "in black", "pack of 3", "with a lid") or deny
+#: it ("without", "no"): never free, even where the listing has them, only in the phrases
+#: :meth:`Constraint.build` allows. SmolLM2, free to use them, wrote "shoes … with a redtape" for a Redtape
+#: shoe, "t-shirt for chhota Bheem" for a cartoon print and "router without wireless" for a wireless router;
+#: sentence builders ("is", "has", "featuring") are left out for the same reason.
+BINDING = ("for", "in", "of", "with", "by", "from", "at", "on", "to", "made", "is", "has", "without", "not", "no",
+           "non", "except")
 #: Who a product is for and what it is for: attribute keys whose values may follow "for".
 _FOR_KEYS = ("gender", "ideal_for", "usage", "occasion", "suitable_for")
+#: Attributes of the whole product: their values are free words of the description. Every other attribute
+#: (a part's colour or material, a size, a count, a measure, a model code …) is said only with its own name,
+#: "height 36.83 cm" or "36.83 cm height": the blind hand check of the first constrained agent found SmolLM2
+#: pairing names and values wrongly ("height 29.21 cm" for the width, "black lid" for a steel lid, "size of
+#: 1" for a pack of 1, "black metal dial" for a black metal strap) in 12 of 30 Flipkart rows.
+PRODUCT_KEYS = frozenset({"color", "colour", "gender", "ideal_for", "usage", "occasion", "type", "material",
+                          "pattern", "brand", "fabric", "design", "shade"})
 
 #: A word: letters and digits, joined inside by - ' . & / ("T-shirt", "men's", "13.97", "white/black").
 _WORD_RE = re.compile(r"[A-Za-z0-9]+(?:[-'.&/][A-Za-z0-9]+)*")
-MIN_WORDS, MAX_WORDS = 5, 24  # units; the checker's minimum is 5 words; a loop ends within max_tokens
+MIN_WORDS, MAX_WORDS = 5, 16  # units (phrases count once); the checker's minimum is 5 words
 #: Between words: a space, a comma or a full stop (then a space); the description ends with a full stop.
 _SEPARATOR = "( |, |[.] )"  # plain groups: llama.cpp's pattern converter has no "(?:"
 
@@ -149,11 +161,15 @@ class Constraint:
     def build(cls, norm: NormalizedProduct, listing_attributes: Sequence[tuple[str, str]], details: str
               ) -> Constraint:
         """From the product as the model is shown it: clean title, category, listed attributes, details."""
-        shown: list[str] = [norm.title, *norm.category, "" if details == "none" else details]
+        # free text: the title, the category, the details and the whole product's attribute values
+        free: list[str] = [norm.title, *norm.category, "" if details == "none" else details]
         attrs: dict[str, tuple[str, ...]] = {}
+        named: list[tuple[str, str]] = []  # (name, value) said only together
         for k, v in listing_attributes:
-            shown += [k.replace("_", " "), v]
             attrs[k] = (v,)
+            if k in PRODUCT_KEYS:
+                free.append(v)
+            named.append((k, v))
         from_title = title_values(norm.title)
         for k, vals in from_title.items():
             if k not in attrs:
@@ -164,21 +180,31 @@ class Constraint:
         for brand in brands:
             units |= _phrase_variants(" ".join(words(brand)))
         bound: set[str] = set()  # "for X", "in X" allowed by what X is
-        for text in shown:
+        for text in free:
             for brand in sorted(brands, key=len, reverse=True):
                 text = re.sub(rf"(?<![\w]){re.escape(brand)}(?![\w])", " , ", text)
-            ws = words(text)
-            units |= {v for w in ws if not _is_number(w) and w.lower() not in BINDING for v in _variants(w)}
-            units |= {v for ph in _number_units(ws) for v in _phrase_variants(ph)}
-            # the listing's own binding phrases, as written ("pack of 3", "for party", "with lid", "2 in 1")
-            units |= {v for i, w in enumerate(ws[:-1]) if w.lower() in BINDING
-                      for v in _phrase_variants(f"{w} {ws[i + 1]}")}
-            for w in ws:
-                toks = canon_tokens(w)
-                if toks and all(t in GENDER_AGE for t in toks):
-                    bound.add(f"for {w}")
-                if toks and all(t in COLOURS or t in MATERIALS for t in toks):
-                    bound.add(f"in {w}")
+            for part in re.split(r"[,;:()]", text):  # a phrase never spans a comma (the check splits there)
+                ws = words(part)
+                units |= {v for w in ws if not _is_number(w) and w.lower() not in BINDING for v in _variants(w)}
+                units |= {v for ph in _number_units(ws) for v in _phrase_variants(ph)}
+                # the listing's own binding phrases, with both neighbours ("Set of 3", "Cream With Vitamin-E")
+                units |= {v for i in range(1, len(ws) - 1) if ws[i].lower() in BINDING
+                          for v in _phrase_variants(f"{ws[i - 1]} {ws[i]} {ws[i + 1]}")}
+                for w in ws:
+                    toks = canon_tokens(w)
+                    if toks and all(t in GENDER_AGE for t in toks):
+                        bound.add(f"for {w}")
+                    if toks and all(t in COLOURS or t in MATERIALS for t in toks):
+                        bound.add(f"in {w}")
+        for k, v in named:
+            name = " ".join(words(k.replace("_", " ")))
+            if v.lower() == "yes":  # "water resistant" says it all
+                units |= _phrase_variants(name)
+                continue
+            for part in re.split(r"[,;:()]", v):
+                val = " ".join(words(part))
+                if val:
+                    units |= _phrase_variants(f"{name} {val}") | _phrase_variants(f"{val} {name}")
         for k, v in listing_attributes:
             if k in _FOR_KEYS:
                 bound |= {f"for {w}" for w in words(v) if not _is_number(w) and w.lower() not in BINDING}
@@ -277,6 +303,24 @@ class Constraint:
         return {"description": " ".join(kept),
                 "attributes": {k: v for k, v in attrs.items() if str(v) in self.attribute_values.get(str(k), ())},
                 "product_type": pt if pt in self.product_types else self.product_types[0]}
+
+
+def close_truncated(answer: str) -> str:
+    """A grammar-constrained answer cut off inside its description (max_tokens), closed after its last whole
+    clause: ``…"description": "A, B, C, D`` → ``…"description": "A, B, C."}``. Only removes text; an answer
+    cut anywhere else is returned as it is (and fails to parse)."""
+    key = '"description"'
+    at = answer.rfind(key)
+    if at < 0 or answer.rstrip().endswith("}"):
+        return answer
+    start = answer.find('"', at + len(key) + 1)
+    if start < 0:
+        return answer
+    body = answer[start + 1:]
+    cut = max(body.rfind(", "), body.rfind(". "))
+    if cut <= 0:
+        return answer
+    return answer[: start + 1] + body[:cut].rstrip(" ,.") + '."}'
 
 
 def tidy(text: str) -> str:
