@@ -596,7 +596,8 @@ def blind_handcheck(rnd: int = BLIND_ROUND, *, regenerate: bool = True, threads:
     ids = info["ids"][:limit] if limit else info["ids"]
     assert set(ids) <= set(labels), f"unlabelled rows: {sorted(set(ids) - set(labels))[:5]}"
     rel = str(paths["labels"].relative_to(ROOT))
-    labels_commit = _git("log", "-1", "--format=%H %cI", "--", rel)
+    # the last commit that changed the labels themselves (a later move of the file does not count)
+    labels_commit = _git("log", "--follow", "--diff-filter=AM", "-1", "--format=%H %cI", "--", rel)
     labels_clean = not _git("status", "--porcelain", "--", rel)
     cat = Catalog.load(CATALOG)
     products = [cat[i] for i in ids]
