@@ -161,8 +161,20 @@ def throughput(loc, images: list, prompts: list[str], threads: int) -> float:
     return round(len(images) / (time.perf_counter() - t0), 2)
 
 
-CAM_GRID = (0.3, 0.4, 0.5, 0.6)
-OBJECT_PROB_GRID = (0.1, 0.2, 0.3, 0.45)
+CAM_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+OBJECT_PROB_GRID = (0.1, 0.2, 0.3, 0.45, 0.6)
+
+
+def _pick(values, hit: dict, tiebreak: dict, current: float, n: int):
+    """The grid value with the best hit rate; values within one standard error of it (binomial, n scenes)
+    count as tied, and among tied values the current default stays (no change on noise), else the best
+    `tiebreak` (higher is better), else the smaller value."""
+    best = max(hit[v] for v in values)
+    se = (best * (1 - best) / max(1, n)) ** 0.5
+    tied = [v for v in values if hit[v] >= best - se]
+    if current in tied:
+        return current, se
+    return max(tied, key=lambda v: (tiebreak[v], hit[v], -v)), se
 
 
 @dataclass
@@ -203,26 +215,29 @@ def scene_set(catalog, name: str, splits: tuple[str, ...], seed: int, n: int, pe
 def tune(tset: SceneSet, names: list[str], log) -> dict:
     """Every threshold chosen on the tuning scenes only.
 
-    CAM threshold: the value in CAM_GRID with the best hit rate of the cam localiser (ties: mean IoU).
+    CAM threshold: the value in CAM_GRID with the best hit rate of the cam localiser (see _pick for ties).
     OBJECT_PROB: with that CAM threshold, the value in OBJECT_PROB_GRID whose combined localiser has the
-    best hit rate at its own rule-chosen min_score (ties: the higher junk fallback rate).
+    best hit rate at its own rule-chosen min_score (see _pick; tie-break: the higher junk fallback rate).
     min_score: per localiser, the largest value in SWEEP costing at most MAX_HIT_LOSS of the hit rate."""
     from shopclip.grounding import create_localiser
     from shopclip.grounding.cam import CAM_THRESHOLD
     from shopclip.grounding.combined import OBJECT_PROB
 
     out: dict = {"chosen_on": tset.describe(), "rule": {
-        "cam_threshold": f"best hit rate of the cam localiser over {list(CAM_GRID)} (ties: mean IoU)",
+        "cam_threshold": f"best hit rate of the cam localiser over {list(CAM_GRID)}; values within one standard "
+                         "error of the best are tied: the current default stays if tied, else the best mean IoU",
         "object_prob": f"best hit rate of the combined localiser at its own chosen min_score over "
-                       f"{list(OBJECT_PROB_GRID)} (ties: higher junk fallback rate)",
+                       f"{list(OBJECT_PROB_GRID)}; values within one standard error of the best are tied: the "
+                       "current default stays if tied, else the higher junk fallback rate",
         "min_score": f"largest threshold in {list(SWEEP)} costing at most {MAX_HIT_LOSS} of the hit rate"}}
     cams = {}
     for t in CAM_GRID:
         r = evaluate(create_localiser("cam", cached=False, threshold=t), tset.scenes, tset.known, tset.junk)
         cams[t] = (r["hit_rate_iou50"], r["mean_iou"])
         log(f"tune cam threshold {t}: hit {r['hit_rate_iou50']:.3f} mIoU {r['mean_iou']:.3f}")
-    cam_t = max(CAM_GRID, key=lambda t: (cams[t], -abs(t - CAM_THRESHOLD)))
-    out["cam_threshold"] = {"chosen": cam_t, "code_default": CAM_THRESHOLD,
+    cam_t, se = _pick(CAM_GRID, {t: v[0] for t, v in cams.items()}, {t: v[1] for t, v in cams.items()},
+                      CAM_THRESHOLD, len(tset.scenes))
+    out["cam_threshold"] = {"chosen": cam_t, "code_default": CAM_THRESHOLD, "tie_within": round(se, 4),
                             "hit_rate_iou50": {str(t): v[0] for t, v in cams.items()},
                             "mean_iou": {str(t): v[1] for t, v in cams.items()}}
     combos = {}
@@ -236,9 +251,9 @@ def tune(tset: SceneSet, names: list[str], log) -> dict:
         log(f"tune combined object_prob {op}: min_score {row['min_score']} hit {row['hit_rate_iou50']:.3f} "
             f"junk fallback {row['junk_fallback_rate']:.2f}")
     if combos:
-        op = max(combos, key=lambda o: (combos[o]["hit_rate_iou50"], combos[o]["junk_fallback_rate"],
-                                        -abs(o - OBJECT_PROB)))
-        out["object_prob"] = {"chosen": op, "code_default": OBJECT_PROB,
+        op, se = _pick(list(combos), {o: c["hit_rate_iou50"] for o, c in combos.items()},
+                       {o: c["junk_fallback_rate"] for o, c in combos.items()}, OBJECT_PROB, len(tset.scenes))
+        out["object_prob"] = {"chosen": op, "code_default": OBJECT_PROB, "tie_within": round(se, 4),
                               **{str(o): {k: v for k, v in c.items() if k != "sweep"} for o, c in combos.items()}}
     else:
         op = OBJECT_PROB

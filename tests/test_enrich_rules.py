@@ -55,6 +55,11 @@ def test_brands_model_codes_and_identifiers_keep_their_source_spelling():
     assert normalize_product({"id": "s", "title": "SML Men Blue Jeans", "attributes": {"brand": "SML"}}
                              ).title == "SML Men Blue Jeans"
     assert normalize_title("iPhone 7 back cover") == "iPhone 7 back cover"
+    # standards and units keep their spelling in attribute values too (found by the blind hand check)
+    router = normalize_product({"id": "r", "title": "t", "attributes": {
+        "standard_ieee": "IEEE 802.11ac", "weight": "200 g", "mug_capacity": "5.5 l", "lan_wan": "10/100 BaseT"}})
+    assert router.attributes == {"standard_ieee": "IEEE 802.11ac", "weight": "200 g", "mug_capacity": "5.5 L",
+                                 "lan_wan": "10/100 BaseT"}
 
 
 def test_units_and_codes_inside_words_untouched():

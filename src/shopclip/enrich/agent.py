@@ -516,4 +516,4 @@ def _product_id(product: Any) -> str:
 
 
 #: Bump when normalize/checks change behaviour, so cached results are recomputed.
-_RULES_VERSION = "rules-6"
+_RULES_VERSION = "rules-7"

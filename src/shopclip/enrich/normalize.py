@@ -80,6 +80,7 @@ ACRONYMS = _words("""
 USB LED LCD HD HDMI PU TV UV SPF PC RAM SSD HDD UK US USA EU AC DC GB TB MB OTG RGB TPU EVA PVC ABS SLR DSLR
 XS XL XXL XXXL XXS NYC GPS MP3 MP4 CD DVD ID OK NFC VGA DVI LAN WIFI AAA AA BPA EDT EDP PH SMS CPU GPU IPS
 LLC II III IV UCB WWE DC NBA NFL FIFA BMW AND OTC PTFE SS MS UPVC CFL AHA BHA CCTV ATM MRP IR
+IEEE NAT WAN VPN PPTP SIM DIY
 """)
 
 #: Title words dropped as marketing noise.
@@ -396,6 +397,8 @@ def case_value(value: str) -> str:
         if w in ACRONYMS or (w.isupper() and _keeps_spelling(w, frozenset())):
             return w
         low = w.lower()
+        if low in _UNIT_CANON and re.search(r"\d\s*$", value[: m.start()]):
+            return w  # a unit after its number ("200 g", "5.5 l"): spelled by normalize_units, never re-cased
         if m.start() != first and low in _LOWER_IN_VALUES:
             return low
         return low[:1].upper() + low[1:]
