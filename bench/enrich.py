@@ -732,6 +732,7 @@ def cmd_train_texts(args) -> None:
     from shopclip.catalog import Catalog
     from shopclip.enrich.cache import EnrichCache
 
+    prov = Provenance.start()
     cat = Catalog.load(CATALOG)
     ordered = test_products()[2] if getattr(args, "split", "train") == "test" else train_order(cat)
     mine = ordered[: args.limit][args.shard :: args.shards]
@@ -747,6 +748,10 @@ def cmd_train_texts(args) -> None:
             fp.flush()
             print(f"{min(s + 8, len(mine))}/{len(mine)} {time.perf_counter() - t0:.0f}s", flush=True)
     enr.backend.close()
+    # which run made the rows (appended runs of a resumed job each leave their record)
+    write_result(out_dir / f"run_{args.shard}_{time.strftime('%Y%m%dT%H%M%S')}.json",
+                 {"products": len(mine), "split": getattr(args, "split", "train"), "limit": args.limit,
+                  "shard": args.shard, "shards": args.shards, **enr.provenance()}, prov)
 
 
 def read_text_rows(paths) -> dict[str, dict]:
