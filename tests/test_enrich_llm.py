@@ -82,7 +82,31 @@ def test_agent_with_the_local_model_ships_only_checked_text(local_backend):
     assert 1 <= r.rounds <= 2 and r.method in {"llm", "llm+repair", "fallback"}
     assert r.checks["passed"], r.checks  # whatever the model said, what ships passes the checks
     assert "Rs" not in r.text and "299" not in r.text
-    assert r.text.startswith("Oxford Tawa 15 cm diameter")
+    assert r.text.startswith("oxford Tawa 15 cm diameter")  # the brand keeps its listing's spelling
+
+
+def test_constrained_schemas_compile_and_the_model_cannot_leave_the_listing(local_backend, sample_catalog):
+    """The per-product schema compiles to a llama.cpp grammar for real Myntra and Flipkart listings, and under
+    it the real model's every answer (each round, before any repair) uses only the listing's words."""
+    from llama_cpp import LlamaGrammar
+
+    from conftest import pick_rows
+    from shopclip.enrich.agent import parse_output
+
+    enr = Enricher(local_backend, EnrichConfig(max_rounds=2, keep_answers=True))
+    rows = pick_rows(40)
+    for row in rows:  # a grammar llama.cpp cannot parse crashes the process: every one must compile
+        assert LlamaGrammar.from_json_schema(json.dumps(enr.prepare(row).constraint.schema()), verbose=False)
+    for row in (rows[0], next(r for r in rows if r["id"].startswith("flipkart"))):
+        r = enr.enrich(row)
+        constraint = enr.prepare(row).constraint
+        for h in r.checks["rounds"]:
+            if h.get("parsed"):
+                answer = parse_output(h["answer"])
+                assert not constraint.outside(answer["description"]), (row["id"], answer)
+                assert answer["product_type"] in constraint.product_types
+                assert all(v in constraint.attribute_values[k] for k, v in answer["attributes"].items())
+        assert r.checks["passed"] and not constraint.outside(r.description)
 
 
 def _free_port() -> int:

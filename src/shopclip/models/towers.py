@@ -182,7 +182,8 @@ class EfficientNetLiteTower(ImageTower):
         """Channels-last weights and input, CPU inference in chunks (on by default).
 
         Depthwise convolutions run ~1.5x faster channels-last on CPU, and a few images at a
-        time keep the activations in cache; outputs agree with the plain path to 1e-5.
+        time keep the activations in cache; every output element agrees with the plain path to within
+        1e-5 absolute (measured: at most 1.4e-6 on 32 catalog photos, outputs up to 4 in size).
         ``bench/embed.py`` turns it off for its eager reference loop.
         """
         self.fast_path = on
