@@ -282,6 +282,9 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", type=int, default=None, help="catalog sizes for `writes`")
     ap.add_argument("--compact-n", type=int, default=None, help="catalog size for `compact_index`")
     ap.add_argument("--stores", nargs="+", default=["faiss", "pgvector"], help="stores for `writes`")
+    ap.add_argument("--pg-sizes", nargs="+", type=int, default=None,
+                    help="catalog sizes for pgvector's `writes` (default 10k and 100k: building three 1M-row "
+                         "HNSW tables in the embedded PostgreSQL takes hours on 2 cores)")
     args = ap.parse_args()
     out = args.out or (RESULTS / "scale.json" if not args.quick else Path("/tmp/scale-quick.json"))
     prov = Provenance.start()
@@ -295,7 +298,7 @@ def main() -> None:
             if store == "pgvector" and not _have_pgvector():
                 rows.append({"store": "pgvector", "error": "shopclip.index.stores.pgvector not available"})
                 continue
-            for n in sizes:
+            for n in (args.pg_sizes or (sizes if args.quick else [10_000, 100_000])) if store == "pgvector" else sizes:
                 row = measure_writes(real, n, quick=args.quick, store=store,
                                      uri="embedded" if store == "pgvector" else None)
                 print(json.dumps(row), flush=True)

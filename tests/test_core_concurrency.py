@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from shopclip.core.concurrency import RWLock, can_fork, fork_job, wait_job
@@ -94,3 +96,32 @@ def test_fork_job_reports_success_and_failure_and_sees_a_copy(tmp_path):
 
     assert not wait_job(fork_job(fail))
     assert os.getpid() == os.getpid()  # still the parent: the child never unwound into here
+
+
+@pytest.mark.skipif(not can_fork(), reason="needs fork")
+def test_fork_job_child_runs_openmp_work_after_the_parent_used_threads():
+    """GNU OpenMP is not fork-safe: a child's parallel region waits forever for the parent's pool
+    threads, which it does not have (a snapshot child compacting a large faiss index hung so)."""
+    faiss = pytest.importorskip("faiss")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)  # a team of two in the parent, even on a one-core runner
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((30_000, 64)).astype(np.float32)
+        index = faiss.IndexFlatIP(64)
+        index.add(x)
+        index.search(x[:2_000], 5)  # the parent's OpenMP team now exists
+        pid = fork_job(lambda: index.reconstruct_batch(np.arange(20_000)) is not None and index.search(x[:500], 5))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in OpenMP")
+    finally:
+        faiss.omp_set_num_threads(before)

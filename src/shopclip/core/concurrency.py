@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -82,6 +83,21 @@ def _die_with_parent(parent: int) -> None:
         os._exit(3)
 
 
+def _single_threaded_openmp() -> None:
+    """In a forked child, run the already-loaded OpenMP libraries on one thread.
+
+    GNU OpenMP is not fork-safe: the parent's worker threads do not exist in the child, and
+    the child's first parallel region waits for them forever (a 1M-row faiss compaction in a
+    snapshot child hung this way). One thread needs no team. Only modules the parent had
+    loaded are touched: nothing is imported here.
+    """
+    for name, call in (("faiss", "omp_set_num_threads"), ("torch", "set_num_threads")):
+        mod = sys.modules.get(name)
+        fn = getattr(mod, call, None) if mod is not None else None
+        if fn is not None:
+            fn(1)
+
+
 def fork_job(work: Callable[[], None]) -> int:
     """Run `work()` in a forked child and return its pid; the child exits 0 on success, 1 on error.
 
@@ -96,6 +112,7 @@ def fork_job(work: Callable[[], None]) -> int:
         code = 1
         try:
             _die_with_parent(parent)
+            _single_threaded_openmp()
             work()
             code = 0
         except BaseException:  # noqa: BLE001 - report through the exit status, never unwind into the parent's code
