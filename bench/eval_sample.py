@@ -31,9 +31,10 @@ from _common import Provenance, write_result  # noqa: E402 (bench/ is the script
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "products" / "catalog.jsonl"
 #: The quick run: a group-aware sample of 40 test products, small probe/tune/synthetic sets, no baselines,
-#: no plots. It exercises the whole report; its numbers are not the sample's.
+#: no plots, and no whole-catalog block (it embeds all 8,225 products: ~4 min on 2 cores; its own tests are
+#: tests/test_eval_whole_catalog.py). It exercises the rest of the report; its numbers are not the sample's.
 QUICK = dict(eval_max=40, probe_train_max=120, tune_max=40, synthetic_max=12, synthetic_tune_max=8,
-             min_attribute_products=20, clustering=("kmeans",), plots=False, num_workers=0)
+             min_attribute_products=20, clustering=("kmeans",), plots=False, num_workers=0, whole_catalog=False)
 
 
 def main() -> None:

@@ -99,7 +99,8 @@ def quick_real(model: str, n: int = 300) -> Any:
     meta = store.meta()
     return RealEmbeddings(model=store.model, ids=store.ids, categories=[m.get("category") or "" for m in meta],
                           splits=[m.get("split") or "" for m in meta],
-                          views={v: np.array(store.vectors(v)) for v in ("image", "text")} | {"fused": fused_vectors(store)})
+                          views={v: np.array(store.vectors(v)) for v in ("image", "text")} | {"fused": fused_vectors(store)},
+                          meta=meta, workdir=work)
 
 
 def build(index: Any, ids: list[str], vectors: np.ndarray, cats: list[str]) -> float:

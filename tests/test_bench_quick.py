@@ -21,6 +21,8 @@ RESULTS = BENCH / "results"
 
 # Scripts whose quick mode cannot run in the suite, with the reason (none today).
 OWNED_ELSEWHERE: dict[str, str] = {}
+# Scripts that write the query sets other benchmarks read (JSON lines), checked for their rows instead.
+QUERY_FILES = {"search_queries.py"}
 
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"))
 
@@ -45,6 +47,12 @@ def test_bench_script_runs_quick(script, tmp_path, sample_catalog):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"bench/{script} --quick failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert out.exists(), f"bench/{script} --quick wrote nothing to --out"
+    assert _results_snapshot() == before, f"bench/{script} --quick wrote into bench/results/"
+    if script in QUERY_FILES:  # a query set (JSON lines) for another benchmark, not a results file
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert rows and all({"set", "query", "relevant"} <= set(r) for r in rows)
+        assert any(r["relevant"] for r in rows)
+        return
     body = json.loads(out.read_text())
     run = body["run"]
     assert run["command"].endswith(f"bench/{script} --quick --out {out}") and len(run["git_commit"]) == 40

@@ -177,7 +177,7 @@ def _direct(tiny_model: Path, catalog_path: Path):
 
     cat = Catalog.load(catalog_path)
     ps = ProductSet.from_products("eval", cat, cat.split("test").products, ("title", "description"))
-    model = load_model(str(tiny_model))
+    model = load_model(str(tiny_model), engine="torch")  # the evaluation runs the torch towers
     img = model.encode_image([str(x) for x in ps.images], batch_size=8)
     txt = model.encode_text(ps.texts, batch_size=8)
     return ps, img, txt, np.concatenate([img, txt], axis=1) / np.sqrt(2.0)
