@@ -99,7 +99,8 @@ class Provenance:
         exe = Path(sys.executable)
         exe_text = str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else str(exe)
         cmd = " ".join(shlex.quote(a) for a in [exe_text, *sys.argv])
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        # results written by an earlier benchmark of the same run do not make the code dirty
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
         return cls(command=cmd, commit=_git("rev-parse", "HEAD"), dirty=bool(status), started=time.time(),
                    load_start=os.getloadavg(), cpu_start=_cpu_times(), self_cpu_start=_self_cpu())
 
