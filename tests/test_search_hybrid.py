@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import read_sample_rows
-from shopclip.catalog.facets import Filters, product_facets
+from shopclip.catalog.facets import FacetPostings, Filters, product_facets
 from shopclip.catalog.prices import PriceError, parse_price
 from shopclip.query.fusion import minmax, rrf, weighted
 from shopclip.query.language import detect_language
@@ -125,6 +125,26 @@ def test_vocabulary_is_only_the_catalogs_and_updates_per_product(rows):
     assert understand("zorblax gizmos", v).filters.facets == {"brand": ("zorblax",), "type": ("gizmos",)}
     v.remove(new)
     assert understand("zorblax gizmos", v).filters.facets == {}
+
+
+def test_facet_postings_keep_what_filters_match_and_follow_writes(rows):
+    some = rows[:400]
+    postings = FacetPostings(some)
+    f0 = product_facets(some[0])
+    picks = [Filters({name: values}) for name, values in f0.items()]
+    picks.append(Filters(dict(f0)))  # every facet of one product at once: at least that product
+    picks.append(Filters({"color": ("red", "blue")}))
+    for f in picks:
+        want = {r["id"] for r in some if f.matches(product_facets(r), None)}
+        assert postings.ids(f) == want, f
+    assert some[0]["id"] in postings.ids(Filters(dict(f0)))
+    assert postings.ids(Filters({"color": ("no-such-colour",)})) == set()
+    assert postings.ids(None) is None and postings.ids(Filters({}, price_max=10.0)) is None
+    new = {"id": "x1", "title": "Zorblax Men Teal Gizmos", "category": "Gadgets > Gizmos", "attributes": {"color": "Teal"}}
+    postings.add(new)
+    assert postings.ids(Filters({"brand": ("zorblax",), "color": ("teal",)})) == {"x1"}
+    postings.remove(new)
+    assert postings.ids(Filters({"brand": ("zorblax",)})) == set()
 
 
 # ---------------------------------------------------------------------- the lexical view
@@ -250,6 +270,28 @@ def test_server_modes_understood_filters_and_bad_input(server):
         for q in ["the of and", "shoes under 1,2,3", "लाल Nike जूते", "a" * 500, "puma " * 100, "over -5 bags"]:
             r = c.get("/search", params={"q": q[:512], "k": 3})
             assert r.status_code == 200 and len(r.json()["results"]) == 3, (q[:40], r.text[:200])
+
+
+def test_filtered_vector_side_is_the_exact_ranking_among_the_products_the_filter_keeps(engine):
+    """With facet postings the index searches only the allowed products: the top k are exactly the best
+    k among them (no widening that could stop short or walk the catalog)."""
+    from collections import Counter
+
+    searcher = engine.searcher()
+    index = searcher.vector
+    metas = engine.store.meta()
+    counts = Counter((name, v) for m in metas for name, vs in product_facets(m).items() if name != "type" for v in vs)
+    (a, va), (b, vb) = [key for key, _ in counts.most_common(2)]
+    for facets in ({a: (va,)}, {a: (va,), b: (vb,)} if a != b else {a: (va, vb)}):
+        f = Filters(facets)
+        keep = [m["id"] for m in metas if f.matches(product_facets(m), None)]
+        k = min(8, len(keep) - 1)
+        assert 3 <= k < len(keep) < len(metas), (facets, len(keep))
+        out = searcher.search("cotton shirt", k, mode="vector", understand_query=False, filters=f)
+        q = searcher.encoders["en"]("cotton shirt")
+        scores = np.asarray([float(index.get_vector(i) @ q) for i in keep])
+        best = [keep[j] for j in np.argsort(-scores, kind="stable")[:k]]
+        assert [i for i, _ in out.hits] == best, facets
 
 
 def test_server_writes_keep_the_lexical_view_in_step(server):

@@ -96,6 +96,27 @@ def test_search_filters_and_exclusions_match_the_exact_reference(backend, make, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_allow_restricts_the_search_to_those_ids_with_every_other_filter(backend, make, data):
+    """`allow=` (what a facet filter keeps): only those ids come back, the exact top-k among them."""
+    ids, x, cats, queries = data
+    index = make(backend, 32)
+    index.add(ids, x, cats)
+    rng = np.random.default_rng(3)
+    allow = set(rng.choice(ids, size=60, replace=False).tolist()) | {"not-in-the-index"}
+    cat_of = dict(zip(ids, cats, strict=True))
+    for kwargs in ({}, {"category": "Footwear"}, {"exclude": sorted(allow)[:20]}):
+        got = index.search(queries[:5], 10, allow=allow, **kwargs)
+        keep = [i for i in ids if i in allow and i not in set(kwargs.get("exclude", ()))
+                and ("category" not in kwargs or category_matches(cat_of[i], kwargs["category"]))]
+        rows = np.asarray([ids.index(i) for i in keep])
+        for q, r in zip(queries[:5], got, strict=True):
+            order = np.argsort(-(x[rows] @ q), kind="stable")[:10]
+            assert [h.id for h in r] == [keep[j] for j in order], kwargs
+    assert index.search(queries[:2], 10, allow=set()) == [[], []]
+    assert index.search(queries[:1], 10, allow=None)[0] == index.search(queries[:1], 10)[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_upserts_removes_hashes_and_order_behave_like_the_reference(backend, make):
     x, cats, _, _ = clustered(60, dim=16, seed=4)
     ids = [f"p{i}" for i in range(60)]

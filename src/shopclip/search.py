@@ -87,6 +87,7 @@ class SearchEngine:
         self.hybrid_config = HybridConfig()
         self._searchers: dict[str, HybridSearcher] = {}
         self._vocabulary = None
+        self._postings = None
         self._multi: Any = None
         self._multi_problem: str | None = None
 
@@ -160,11 +161,13 @@ class SearchEngine:
         """The hybrid searcher over one vector view (default: fused once aligned, else text)."""
         view = view or ("fused" if self.aligned else "text")
         if view not in self._searchers:
+            from shopclip.catalog.facets import FacetPostings
             from shopclip.query.hybrid import ValueVectors
             from shopclip.query.understand import Vocabulary
 
             if self._vocabulary is None:
                 self._vocabulary = Vocabulary(self._meta.values())
+                self._postings = FacetPostings(self._meta.values())
                 self._value_vectors = ValueVectors(self._vocabulary, lambda xs: self.model.encode_text(xs))
             encoders: dict[str, Any] = {"en": lambda q: self.model.encode_text([q])[0]}
             multi = self.multilingual()
@@ -173,7 +176,7 @@ class SearchEngine:
             unavailable = {"multi": self._multi_problem} if self._multi_problem else {}
             self._searchers[view] = HybridSearcher(self.indexes[view], self.lexical, self._meta, encoders,
                                                    self._vocabulary, self.hybrid_config, unavailable=unavailable,
-                                                   value_vectors=self._value_vectors)
+                                                   value_vectors=self._value_vectors, postings=self._postings)
         return self._searchers[view]
 
     def multilingual(self) -> Any:

@@ -18,11 +18,11 @@ price range, with one `matches` used by every side of a hybrid search.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FACETS", "GENDER_WORDS", "Filters", "facet_key", "product_facets"]
+__all__ = ["FACETS", "GENDER_WORDS", "FacetPostings", "Filters", "facet_key", "product_facets"]
 
 FACETS = ("brand", "color", "gender", "type")
 GENDER_WORDS = ("men", "women", "boys", "girls", "unisex", "kids")
@@ -126,3 +126,51 @@ def _price(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+class FacetPostings:
+    """facet value → the ids of the products that have it, kept in step with the catalog's writes.
+
+    A filter's facet part becomes set intersections (`ids`), so the vector side of a filtered
+    search asks the index for exactly the products that pass (`VectorIndex.search(allow=)`)
+    instead of widening an unfiltered search until enough do: that widening walked the whole
+    catalog for a narrow filter (a title query understood as brand + colour + gender + type).
+    Prices are not posted; a price bound is still checked on the hits.
+    """
+
+    def __init__(self, products: Iterable[Mapping[str, Any]] = ()) -> None:
+        self._ids: dict[tuple[str, str], set[str]] = {}
+        for meta in products:
+            self.add(meta)
+
+    def _keys(self, meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+        return [(name, v) for name, values in product_facets(meta).items() for v in values]
+
+    def add(self, meta: Mapping[str, Any]) -> None:
+        pid = str(meta["id"])
+        for key in self._keys(meta):
+            self._ids.setdefault(key, set()).add(pid)
+
+    def remove(self, meta: Mapping[str, Any]) -> None:
+        pid = str(meta["id"])
+        for key in self._keys(meta):
+            ids = self._ids.get(key)
+            if ids is not None:
+                ids.discard(pid)
+                if not ids:
+                    del self._ids[key]
+
+    def ids(self, filters: Filters | None) -> set[str] | None:
+        """Ids passing the filters' facets (any value of each facet, every facet); None: no facet to apply."""
+        if not filters or not filters.facets:
+            return None
+        out: set[str] | None = None
+        for name, wanted in sorted(filters.facets.items(), key=lambda kv: sum(len(self._ids.get((kv[0], v), ()))
+                                                                          for v in kv[1])):
+            have: set[str] = set()
+            for v in wanted:
+                have |= self._ids.get((name, v), set())
+            out = have if out is None else out & have
+            if not out:
+                return set()
+        return out if out is not None else set()

@@ -230,8 +230,13 @@ class VectorIndex(ABC):
         *,
         category: CategoryLike = None,
         exclude: Collection[str] = (),
+        allow: Collection[str] | None = None,
     ) -> list[list[Hit]]:
-        """Top-k per query row, best first; always one list per row, even for a (dim,) query."""
+        """Top-k per query row, best first; always one list per row, even for a (dim,) query.
+
+        `allow` (when not None) is the only ids that may be returned, e.g. the products a
+        facet filter keeps: the index restricts its own search to them instead of the caller
+        widening an unfiltered search until enough pass."""
 
     @abstractmethod
     def get_vector(self, id: str) -> np.ndarray: ...

@@ -247,9 +247,10 @@ class FaissIndex(VectorIndex):
         *,
         category: CategoryLike = None,
         exclude: Collection[str] = (),
+        allow: Collection[str] | None = None,
     ) -> list[list[Hit]]:
         q = as_matrix(queries, self.dim, "queries")
-        allowed = self._allowed(category, exclude)
+        allowed = self._allowed(category, exclude, allow)
         n_allowed = len(self._label) if allowed is None else int(allowed.sum())
         k = min(int(k), n_allowed)
         if k <= 0 or len(q) == 0:
@@ -304,14 +305,19 @@ class FaissIndex(VectorIndex):
         params = faiss.SearchParameters(sel=sel) if sel is not None else None
         return storage.search(q, k, params=params)
 
-    def _allowed(self, category: CategoryLike, exclude: Collection[str]) -> np.ndarray | None:
+    def _allowed(self, category: CategoryLike, exclude: Collection[str],
+                 allow: Collection[str] | None = None) -> np.ndarray | None:
         """Bool mask over labels, or None when every indexed row may be returned."""
         skip = [self._label[i] for i in id_list(exclude) if i in self._label]
-        if not category and not skip and self.tombstones == 0:
+        if not category and not skip and self.tombstones == 0 and allow is None:
             return None
         mask = self._live.array.copy()
         if category:
             mask &= self._cats.mask(category)
+        if allow is not None:
+            only = np.zeros(len(mask), dtype=bool)
+            only[[r for r in (self._label.get(i) for i in id_list(allow)) if r is not None]] = True
+            mask &= only
         mask[skip] = False
         return mask
 

@@ -82,11 +82,16 @@ class NumpyIndex(VectorIndex):
         *,
         category: CategoryLike = None,
         exclude: Collection[str] = (),
+        allow: Collection[str] | None = None,
     ) -> list[list[Hit]]:
         q = as_matrix(queries, self.dim, "queries")
         allowed = np.ones(len(self._ids), dtype=bool)
         if category:
             allowed &= self._cats.mask(category)
+        if allow is not None:
+            only = np.zeros(len(self._ids), dtype=bool)
+            only[[r for r in (self._row.get(i) for i in id_list(allow)) if r is not None]] = True
+            allowed &= only
         for i in id_list(exclude):
             r = self._row.get(i)
             if r is not None:

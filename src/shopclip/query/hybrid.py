@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from shopclip.catalog.facets import Filters, product_facets
+from shopclip.catalog.facets import FacetPostings, Filters, product_facets
 from shopclip.index.base import VectorIndex
 from shopclip.index.lexical import LexicalIndex
 from shopclip.query.fusion import RRF_K, rrf, weighted
@@ -120,6 +120,7 @@ class HybridSearcher:
         unavailable: Mapping[str, str] | None = None,
         facet_cache: dict[str, tuple[int, dict[str, tuple[str, ...]]]] | None = None,
         value_vectors: ValueVectors | None = None,
+        postings: FacetPostings | None = None,
     ) -> None:
         """`encoders`: "en" (required) and optionally "multi"; `unavailable` says why one is missing."""
         self.vector = vector
@@ -132,6 +133,7 @@ class HybridSearcher:
         # id → (id(meta), facets): a replaced product (new meta dict) is recomputed; shareable across calls
         self._facets = facet_cache if facet_cache is not None else {}
         self.value_vectors = value_vectors
+        self.postings = postings  # facet value → ids: the vector side searches only the ids a filter keeps
 
     @property
     def default_mode(self) -> str:
@@ -256,14 +258,22 @@ class HybridSearcher:
 
     def _vector(self, vec: np.ndarray, n: int, category: Any, filters: Filters | None,
                 exclude: set[str]) -> list[tuple[str, float]]:
-        """Top-n allowed products, asking the index for 4x more each round until n pass the filters."""
+        """Top-n allowed products. With facet postings the index searches only the products the
+        facets keep (`allow=`); otherwise, and for a price bound, it is asked for 4x more each
+        round until n pass the filters."""
         total = len(self.vector)
         want = n + len(exclude)
-        ask = want if not filters else max(want * 4, 200)
+        allow = self.postings.ids(filters) if self.postings is not None else None
+        if allow is not None:
+            if not allow:
+                return []
+            total = min(total, len(allow))
+        priced = bool(filters) and (filters.price_min is not None or filters.price_max is not None)
+        ask = max(want * 4, 200) if (priced or (filters and allow is None)) else want
         for _ in range(self.config.max_widen + 1):
             ask = min(ask, total)
             hits = self.vector.search(np.asarray(vec, dtype=np.float32), ask, category=category,
-                                      exclude=list(exclude))[0]
+                                      exclude=list(exclude), allow=allow)[0]
             keep = [(h.id, h.score) for h in hits if h.id not in exclude and self.allowed(h.id, filters)]
             if len(keep) >= n or ask >= total or len(hits) < ask:
                 return keep[:n]

@@ -384,7 +384,8 @@ class ServeState:
         with self._rw.read():  # the vector view, the lexical view and the products of one instant
             searcher = HybridSearcher(self._indexes[view], self.lexical, self._products, encoders,
                                       self.vocabulary, self.hybrid_config, unavailable=self._multi_problem,
-                                      facet_cache=self._facet_cache, value_vectors=self._value_vectors)
+                                      facet_cache=self._facet_cache, value_vectors=self._value_vectors,
+                                      postings=self._postings)
             try:
                 out = searcher.search(query, k, category=category, **options)
             except SearchInputError as e:
@@ -427,6 +428,9 @@ class ServeState:
         from shopclip.query.hybrid import ValueVectors
 
         self.vocabulary = Vocabulary(products.values())
+        from shopclip.catalog.facets import FacetPostings
+
+        self._postings = FacetPostings(products.values())
         self._value_vectors = ValueVectors(self.vocabulary, lambda xs: self.model.encode_text(xs))
         self._facet_cache: dict[str, Any] = {}
         self._multi: Any = None
@@ -460,8 +464,10 @@ class ServeState:
         """
         for meta in replaced:
             self.vocabulary.remove(meta)
+            self._postings.remove(meta)
         for meta in upserted:
             self.vocabulary.add(meta)
+            self._postings.add(meta)
         if self.lexical is None:
             return
         if deleted:

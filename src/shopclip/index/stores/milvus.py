@@ -324,6 +324,7 @@ class MilvusIndex(VectorIndex):
         *,
         category: CategoryLike = None,
         exclude: Collection[str] = (),
+        allow: Collection[str] | None = None,
     ) -> list[list[Hit]]:
         q = as_matrix(queries, self.dim, "queries")
         k = min(int(k), _MAX_K)
@@ -336,6 +337,10 @@ class MilvusIndex(VectorIndex):
         skip = id_list(exclude)
         if skip:
             expr.append(f"id not in [{', '.join(_lit(i) for i in skip)}]")
+        if allow is not None:
+            if not allow:
+                return [[] for _ in range(len(q))]
+            expr.append(f"id in [{', '.join(_lit(i) for i in id_list(allow))}]")
         params = {"metric_type": "IP", "params": {"ef": max(self.ef_search, k)} if self.index_type == "HNSW" else {}}
         with self._errors():
             res = self._c.search(self._current, data=[v.tolist() for v in q], limit=k, filter=" and ".join(expr),

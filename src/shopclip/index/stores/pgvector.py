@@ -489,6 +489,7 @@ class PgVectorIndex(VectorIndex):
         *,
         category: CategoryLike = None,
         exclude: Collection[str] = (),
+        allow: Collection[str] | None = None,
     ) -> list[list[Hit]]:
         q = as_matrix(queries, self.dim, "queries")
         k = int(k)
@@ -505,6 +506,9 @@ class PgVectorIndex(VectorIndex):
         if skip:
             where.append(sql.SQL("id <> ALL(%s)"))
             params.append(skip)
+        if allow is not None:
+            where.append(sql.SQL("id = ANY(%s)"))
+            params.append(id_list(allow))
         cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
         approx = sql.SQL("SELECT id, embedding <#> %s AS d FROM {}{} ORDER BY embedding <#> %s LIMIT %s").format(
             self._ident(), cond)
