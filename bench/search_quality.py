@@ -173,7 +173,7 @@ def multilingual(runner: Runner, weight: float) -> dict[str, Any]:
     from shopclip.query.language import detect_language
 
     searcher = runner.searcher(weight)
-    qs = [q for q in runner.queries if q["set"] == "e"]
+    qs = [q for q in runner.queries if q["set"] == "e" and q["split"] == "test"]
     out: dict[str, Any] = {"routing_accuracy": {}, "by_language": {}}
     for lang in ("en", "hi", "es", "fr", "de"):
         lq = [q for q in qs if q["lang"] == lang]
