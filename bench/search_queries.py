@@ -14,7 +14,14 @@ Sets (one JSON object per query: set, query, relevant ids, split, and how it was
 (d) exact titles; relevant = the products with that exact title (re-listings share one);
     200 test-split and 200 train/val products.
 (e) hand-written: bench/queries/multilingual.jsonl, 54 type/colour/gender queries, each in
-    English, Hindi, Spanish, French and German, with the attribute filter that defines relevance.
+    English, Hindi, Spanish, French and German, with the attribute filter that defines relevance
+    (split "test": reported, never used to choose anything). Its dev half,
+    bench/queries/multilingual_dev.jsonl (split "dev"), 45 more such queries written by hand
+    later, the same way, for choosing the multilingual path's encoder, head and fusion: each
+    (type, colour[, gender]) filter was picked among combinations that at least 11 TRAIN/VAL
+    products hold and whose (type, colour) pair no test query of (e) uses; phrased as shoppers
+    type (telegraphic "black socks men", "for ladies", "for college", local words: "playera",
+    "blouson", "Geldbeutel", "बनियान"), no query string shared with the test half.
 
 Catalog fields read here, by this script's own rules: brand = the `brand` attribute, else the
 title's words before its first gender word ("Puma Men ..."); gender = the `gender`
@@ -43,6 +50,7 @@ from _common import SAMPLE  # noqa: E402
 
 OUT = HERE / "queries" / "search_queries.jsonl"
 MULTILINGUAL = HERE / "queries" / "multilingual.jsonl"
+MULTILINGUAL_DEV = HERE / "queries" / "multilingual_dev.jsonl"
 GENDERS = {"men", "women", "boys", "girls", "unisex", "kids"}
 UNITS = re.compile(r"^\d+(?:\.\d+)?(?:cm|mm|m|ml|l|g|kg|gb|tb|mb|w|v|mah|inch|in|x|pcs|pc|s|yrs?|months?|cm2)?$", re.I)
 WORD = re.compile(r"[\w\-./]+")
@@ -141,11 +149,12 @@ def build(rows: list[dict], *, per_set: int = 200) -> list[dict]:
         out.append({"set": "d", "query": r["title"], "relevant": sorted(titles[key]), "split": split,
                     "fields": {"title": r["title"]}})
     # (e) hand-written, every language; relevance from the filter
-    for m in load_multilingual():
-        rel = sorted(r["id"] for r in rows if matches(info[r["id"]], m["filter"]))
-        for lang in ("en", "hi", "es", "fr", "de"):
-            out.append({"set": "e", "query": m[lang], "lang": lang, "source": m["id"], "english": m["en"],
-                        "relevant": rel, "split": "test", "fields": m["filter"]})
+    for split, path in (("test", MULTILINGUAL), ("dev", MULTILINGUAL_DEV)):
+        for m in load_multilingual(path):
+            rel = sorted(r["id"] for r in rows if matches(info[r["id"]], m["filter"]))
+            for lang in ("en", "hi", "es", "fr", "de"):
+                out.append({"set": "e", "query": m[lang], "lang": lang, "source": m["id"], "english": m["en"],
+                            "relevant": rel, "split": split, "fields": m["filter"]})
     return out
 
 
@@ -157,8 +166,8 @@ def matches(f: dict, want: dict) -> bool:
     return not (want.get("gender") and low(want["gender"]) not in f["gender"])
 
 
-def load_multilingual() -> list[dict]:
-    with open(MULTILINGUAL, encoding="utf-8") as fp:
+def load_multilingual(path: Path = MULTILINGUAL) -> list[dict]:
+    with open(path, encoding="utf-8") as fp:
         return [json.loads(line) for line in fp if line.strip()]
 
 

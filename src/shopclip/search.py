@@ -172,7 +172,7 @@ class SearchEngine:
             encoders: dict[str, Any] = {"en": lambda q: self.model.encode_text([q])[0]}
             multi = self.multilingual()
             if multi is not None:
-                encoders["multi"] = lambda q: multi.encode([q])[0]
+                encoders["multi"] = lambda q, lang=None: multi.encode([q], lang=lang)[0]
             unavailable = {"multi": self._multi_problem} if self._multi_problem else {}
             self._searchers[view] = HybridSearcher(self.indexes[view], self.lexical, self._meta, encoders,
                                                    self._vocabulary, self.hybrid_config, unavailable=unavailable,

@@ -11,8 +11,8 @@ inside tantivy's query, the vector side by widening its candidate list until eno
 allowed products are found (any `VectorIndex` backend, no contract change).
 
 Language: English queries take the shopclip text tower (`encoders["en"]`); others (by
-`detect_language` or `lang=`) the multilingual encoder (`encoders["multi"]`), when one
-is loaded. Used by `SearchEngine` (search.py) and the server alike.
+`detect_language` or `lang=`) the multilingual encoder (`encoders["multi"]`, called with the
+text and its language, which picks the head), when one is loaded. Used by `SearchEngine` (search.py) and the server alike.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ __all__ = ["FUSIONS", "MODES", "HybridConfig", "HybridResult", "HybridSearcher",
 
 MODES = ("vector", "lexical", "hybrid")
 FUSIONS = ("rrf", "weighted")
-Encoder = Callable[[str], np.ndarray]
+Encoder = Callable[..., np.ndarray]  # "en": text → vector; "multi": (text, lang) → vector
 
 
 class ValueVectors:
@@ -122,7 +122,7 @@ class HybridSearcher:
         value_vectors: ValueVectors | None = None,
         postings: FacetPostings | None = None,
     ) -> None:
-        """`encoders`: "en" (required) and optionally "multi"; `unavailable` says why one is missing."""
+        """`encoders`: "en" (required) and optionally "multi" (text, lang); `unavailable` says why one is missing."""
         self.vector = vector
         self.lexical = lexical
         self.products = products
@@ -234,7 +234,7 @@ class HybridSearcher:
     def _encode(self, text: str, lang: str) -> tuple[np.ndarray, str, str | None]:
         if lang != "en":
             if "multi" in self.encoders:
-                return self.encoders["multi"](text), "multilingual", None
+                return self.encoders["multi"](text, lang), "multilingual", None
             why = self.unavailable.get("multi", "no multilingual head is installed")
             return self.encoders["en"](text), "shopclip", f"query read as English: {why}"
         return self.encoders["en"](text), "shopclip", None

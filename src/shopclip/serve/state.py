@@ -396,7 +396,7 @@ class ServeState:
         encoders: dict[str, Callable[[str], np.ndarray]] = {"en": self.encode_text}
         multi = self.multilingual
         if multi is not None:
-            encoders["multi"] = lambda q: multi.encode([q])[0]
+            encoders["multi"] = lambda q, lang=None: multi.encode([q], lang=lang)[0]
         return encoders
 
     @property
