@@ -76,11 +76,13 @@ def engine_numerics(engine: Any) -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
-def model_fingerprint(model: Any) -> str:
+def model_fingerprint(model: Any, *, numerics: bool = True) -> str:
     """Changes whenever the dual encoder's outputs can change (config, any trained weight, an int8 engine).
 
     Config entries still at their default are left out, so a release that adds a config field
     (with a default that keeps today's behaviour) does not orphan every stored embedding.
+    `numerics=False` leaves the engine out: the fingerprint of the embedding *space* (the same
+    weights under torch, onnx or onnx-int8), which is what a head mapping into it depends on.
     """
     cfg = model.config.to_dict()
     defaults = type(model.config)().to_dict()
@@ -88,9 +90,9 @@ def model_fingerprint(model: Any) -> str:
     state = model.heads_state() if model.config.tower_weights == "pretrained" else model.state_dict()
     for k in sorted(state):
         h.append(k + sha1_bytes(state[k].detach().cpu().float().numpy().tobytes()))
-    numerics = engine_numerics(getattr(model, "engine", None))
-    if numerics:  # fp32 engines keep the torch fingerprint: their vectors are interchangeable
-        h.append(json_sha1({"engine_numerics": numerics}))
+    tags = engine_numerics(getattr(model, "engine", None)) if numerics else {}
+    if tags:  # fp32 engines keep the torch fingerprint: their vectors are interchangeable
+        h.append(json_sha1({"engine_numerics": tags}))
     return sha1_bytes("|".join(h).encode())
 
 

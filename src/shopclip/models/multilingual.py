@@ -76,6 +76,9 @@ class EncoderConfig:
     target_model: str = ""  # shopclip model fingerprint the heads map into
     target_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    # the same embedding space under other engines (e.g. the torch fingerprint of an int8-embedded
+    # model's weights): their vectors differ by rounding only, so the heads serve them too
+    also_targets: list[str] = field(default_factory=list)
 
     @property
     def out_dim(self) -> int:
@@ -107,7 +110,8 @@ class EncoderConfig:
         routes = dict(d["routes"])
         if DEFAULT not in routes or any(v not in heads for v in routes.values()):
             raise ValueError(f"routes {routes} must name a default ('*') and only heads in {sorted(heads)}")
-        return cls(heads, routes, d.get("target_model", ""), d.get("target_name", ""), d.get("info", {}))
+        return cls(heads, routes, d.get("target_model", ""), d.get("target_name", ""), d.get("info", {}),
+                   list(d.get("also_targets", [])))
 
 
 def shipped_head_dir() -> Path | None:
@@ -280,7 +284,8 @@ class MultilingualQueryEncoder:
         return folder
 
     def check_target(self, model_fingerprint: str) -> None:
-        if self.config.target_model and self.config.target_model != model_fingerprint:
+        accepted = {self.config.target_model, *self.config.also_targets}
+        if self.config.target_model and model_fingerprint not in accepted:
             raise MultilingualMismatchError(
                 f"the multilingual head was distilled for shopclip model {self.config.target_name or '?'} "
                 f"({self.config.target_model[:12]}), not for the one that embedded this catalog "

@@ -279,8 +279,10 @@ def distill(cfg: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
                                  k=cfg.k, temperature=cfg.temperature)
         metrics[base] = _val_metrics(heads[base], w, x_val, y_val)
     metrics.update(train_texts=len(texts) + len(phrases), phrases=len(phrases), val_titles=len(val_titles), seconds=round(time.perf_counter() - t0, 1))
+    space = model_fingerprint(model, numerics=False)  # the same weights under any engine
     config = EncoderConfig(heads, parse_routes(cfg.routes, bases), target_model=fp, target_name=str(cfg.model),
-                           info={"distill": asdict(cfg), "metrics": metrics})
+                           info={"distill": asdict(cfg), "metrics": metrics},
+                           also_targets=[space] if space != fp else [])
     MultilingualQueryEncoder(config, weights).save(out)
     return metrics
 
