@@ -156,6 +156,28 @@ def test_code_tokens_join_separated_codes():
     assert code_tokens("Puma Men Red Casual Shoes") == []  # no digit, no code
 
 
+def test_deferred_lexical_writes_are_read_by_the_next_search_and_committed_once(tmp_path, rows):
+    """`commit=False` (the server's writes): the writer's own reads see every write at once, another
+    reader of the folder only after `flush` (one commit for all), and `close` commits what is pending."""
+    ix = LexicalIndex.build(tmp_path / "lex", rows[:40])
+    new = [{"id": f"zq-{i}", "title": f"Zorblax Quantum Kettle QK-90{i}", "category": "Kitchen > Kettles"} for i in range(3)]
+    ix.upsert(new, commit=False)
+    ix.remove([rows[0]["id"]], commit=False)
+    other = LexicalIndex.open(tmp_path / "lex")
+    assert not other.search("zorblax kettle", 5)  # nothing committed yet
+    assert {h.id for h in ix.search("zorblax kettle", 5)} == {"zq-0", "zq-1", "zq-2"}  # read your writes
+    assert ix.flush() is False  # that search committed them
+    other._index.reload()
+    assert {h.id for h in other.search("zorblax kettle", 5)} == {"zq-0", "zq-1", "zq-2"}
+    assert rows[0]["id"] not in other.hashes()
+    ix.upsert([{"id": "zq-9", "title": "Zorblax Kettle Lid", "category": "Kitchen > Kettles"}], commit=False)
+    assert ix.flush() is True and ix.flush() is False
+    ix.remove(["zq-9"], commit=False)
+    ix.close()  # commits the pending delete
+    again = LexicalIndex.open(tmp_path / "lex")
+    assert "zq-9" not in again.hashes() and len(again) == 40 - 1 + 3
+
+
 def test_lexical_index_search_filters_and_writes(tmp_path, rows):
     items = metas(rows)
     ix = LexicalIndex.build(tmp_path / "lexical", items)

@@ -471,9 +471,9 @@ class ServeState:
         if self.lexical is None:
             return
         if deleted:
-            self.lexical.remove(list(deleted))
+            self.lexical.remove(list(deleted), commit=False)  # committed by the next lexical read or `maintain`
         if upserted:
-            self.lexical.upsert(list(upserted))
+            self.lexical.upsert(list(upserted), commit=False)
 
     def search_image(self, image: Image.Image, k: int, category: str | None = None,
                      view: str | None = None) -> list[dict]:
@@ -762,6 +762,8 @@ class ServeState:
         """Snapshot the in-process indexes when due (or `force`), compact the store's parts when
         there are many, replay the log into a server store that was down. Returns what it did."""
         did: dict[str, Any] = {}
+        if self.lexical is not None and self.lexical.flush():  # writes since the last lexical read
+            did["lexical_flushed"] = True
         with self._maint_lock:
             if self._degraded:
                 did["replayed"] = self._replay()
@@ -861,6 +863,8 @@ class ServeState:
         with self._maint_lock:
             if self._unsaved and self.in_process:
                 self._snapshot()
+        if self.lexical is not None:
+            self.lexical.flush()
         for index in self._indexes.values():
             index.close()
 
