@@ -71,8 +71,11 @@ class ListingEncoder:
         self.model.eval()
         root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
         m = self.model
-        self._image_cache = FeatureCache(root, "image", image_fingerprint(m), m.image_tower.output_dim)
-        self._text_cache = FeatureCache(root, "text", text_fingerprint(m), m.text_tower.output_dim)
+        # the towers run on the model's inference engine (int8 by default), as `embed` and the server do;
+        # an engine that changes the numbers has its own cache keys
+        self._engine = getattr(m, "engine", None)
+        self._image_cache = FeatureCache(root, "image", image_fingerprint(m, self._engine), m.image_tower.output_dim)
+        self._text_cache = FeatureCache(root, "text", text_fingerprint(m, self._engine), m.text_tower.output_dim)
 
     def images(self, paths: Sequence[str | Path], sha1s: Sequence[str] | None = None,
                progress: bool = False) -> np.ndarray:
@@ -88,7 +91,8 @@ class ListingEncoder:
         hashes = list(sha1s) if sha1s is not None else [file_sha1(p) for p in paths]
         items = [ImageItem(str(p), h) for p, h in zip(paths, hashes, strict=True)]
         compute_image_features(self.model, items, [CLEAN_VIEW], self._image_cache, aug=AugmentConfig(), seed=0,
-                               batch_size=self.image_batch_size, num_workers=self.num_workers, progress=progress)
+                               batch_size=self.image_batch_size, num_workers=self.num_workers, progress=progress,
+                               engine=self._engine)
         feats = self._image_cache.get([view_key(h, CLEAN_VIEW) for h in hashes])
         with torch.inference_mode():
             return self.model.project_image(torch.from_numpy(feats)).float().numpy()
@@ -102,7 +106,7 @@ class ListingEncoder:
         if not len(texts):
             return np.zeros((0, self.model.embed_dim), np.float32)
         compute_text_features(self.model, list(texts), self._text_cache, batch_size=self.text_batch_size,
-                              progress=progress)
+                              progress=progress, engine=self._engine)
         feats = self._text_cache.get([text_key(t) for t in texts])
         with torch.inference_mode():
             return self.model.project_text(torch.from_numpy(feats)).float().numpy()
