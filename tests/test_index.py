@@ -410,6 +410,24 @@ def test_rows_keep_their_hashes_through_upserts_tombstones_and_saves(tmp_path):
         create_index("faiss", dim=DIM).add(ids[:2], x[:2], hashes=["only-one"])
 
 
+def test_compaction_is_due_only_past_the_tombstone_fraction_or_a_kind_change():
+    """Snapshots compact only when due: a handful of tombstones in a large index never cost a rebuild."""
+    x, cats, _, _ = clustered(400, dim=DIM)
+    ids = [f"p{i}" for i in range(len(x))]
+    index = create_index("faiss", dim=DIM, exact_threshold=1000, auto_compact=False, max_tombstone_fraction=0.2)
+    index.add(ids, x, cats)
+    assert not index.compact_due()
+    index.remove(ids[:40])  # 10 % tombstones
+    assert index.tombstones == 40 and not index.compact_due()
+    index.remove(ids[40:100])  # 25 %
+    assert index.compact_due()
+    index.compact()
+    assert index.tombstones == 0 and not index.compact_due() and len(index) == 300
+    small = create_index("faiss", dim=DIM, exact_threshold=100, auto_compact=False)
+    small.add(ids[:150], x[:150], cats[:150])  # past the exact threshold: wants HNSW
+    assert small.kind == "flat" and small.compact_due()
+
+
 def test_writes_do_not_rebuild_when_auto_compact_is_off_and_save_keeps_tombstones(tmp_path):
     x, cats, centres, rng = clustered(1000, seed=9)
     ids = [f"p{i}" for i in range(1000)]

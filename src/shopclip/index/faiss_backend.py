@@ -166,6 +166,13 @@ class FaissIndex(VectorIndex):
         self._maybe_rebuild()
         return n
 
+    def compact_due(self) -> bool:
+        """Whether `compact` is worth its O(catalog) rebuild: tombstones past `max_tombstone_fraction`,
+        or a live size that wants another kind. A few tombstones cost a search nothing worth a rebuild
+        (at 1M rows an HNSW rebuild is minutes), and `save` keeps them."""
+        return (self.tombstones > self.max_tombstone_fraction * max(len(self._ids), 1)
+                or self._wanted_kind(len(self._label)) != self.kind)
+
     def compact(self) -> None:
         """Drop tombstones and pick the kind for the live size: O(catalog), never on a request."""
         if self.tombstones or self._wanted_kind(len(self._label)) != self.kind:

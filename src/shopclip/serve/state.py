@@ -788,7 +788,7 @@ class ServeState:
         def save_all() -> None:
             self._failpoint("snapshot:child")
             for view, index in self._indexes.items():
-                if hasattr(index, "compact"):
+                if getattr(index, "compact_due", lambda: False)():
                     index.compact()  # the child's private copy: drop tombstones, pick the kind for the size
                 index.save(folders[view])
                 self._failpoint(f"snapshot:saved:{view}")
