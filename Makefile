@@ -72,7 +72,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/train.py
-	$(BIN)/python bench/train_quality.py
+	$(BIN)/python bench/train_quality.py --set core
+	$(BIN)/python bench/train_quality.py --set towers
 
 clean:
 	rm -rf $(VENV) demo-work .pytest_cache

@@ -91,8 +91,19 @@ def test_sample_splits_follow_readme_rule(sample_report):
     assert all(assign_split(group_key(p)) == p.split for p in catalog)
     assert split_leaks(catalog) == {}
     cleared = Catalog([Product(**{**p.__dict__, "split": None}) for p in catalog], root=catalog.root)
+    assert [p.split for p in ensure_splits(cleared, photos=False)] == [p.split for p in catalog]
+    # with the photo rule, byte-identical listings land in one split: only those products move
+    from shopclip.catalog.photos import photo_groups
+
+    groups = photo_groups(catalog)
+    twins = {i for comp in groups.merged for i in comp}
     refilled = ensure_splits(cleared)
-    assert [p.split for p in refilled] == [p.split for p in catalog]
+    moved = {p.id for p, q in zip(refilled, catalog, strict=True) if p.split != q.split}
+    assert moved and moved <= twins
+    by_key: dict[str, set[str]] = {}
+    for p in refilled:
+        by_key.setdefault(groups.key[p.id], set()).add(p.split)
+    assert all(len(s) == 1 for s in by_key.values())
     assert all(p.split is None for p in cleared)  # ensure_splits copies, never mutates
 
 

@@ -151,9 +151,10 @@ def test_textmap_cells_live_in_the_image_embedding_space(sample_catalog):
     feats = spatial_features(model, photo(sample_catalog, WATCH), 224)
     c = feats.fmap.shape[0]
     cells = feats.fmap.reshape(c, -1).T
+    head = getattr(model.image_head, "linear", model.image_head)  # split heads: their linear map (models/heads.py)
     with torch.inference_mode():
-        mean_of_cells = model.image_head(cells).mean(0)
-        pooled = model.image_head(feats.fmap.mean(dim=(1, 2)))
+        mean_of_cells = head(cells).mean(0)
+        pooled = head(feats.fmap.mean(dim=(1, 2)))
     assert torch.allclose(mean_of_cells, pooled, atol=1e-4)
 
 

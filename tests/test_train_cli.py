@@ -48,3 +48,15 @@ def test_bad_values_are_reported_as_usage_errors(tmp_path):
     assert result.exit_code == 2 and "lock must be one of" in result.output
     result = CliRunner().invoke(_app(), ["x.jsonl", "--batch-schedule", "5:64,2:128"])
     assert result.exit_code == 2 and "ascending" in result.output
+
+
+def test_harder_training_options_reach_the_config_and_bad_values_are_refused(tmp_path):
+    cfg = build_config(TrainConfig(), Path("c.jsonl"), None, {"batch_sampler": "leaf", "hard_beta": 4.0,
+                                                             "i2i_weight": 0.3, "i2i_positives": "leaf"}, {})
+    assert (cfg.batch_sampler, cfg.hard_beta, cfg.i2i_weight, cfg.i2i_positives) == ("leaf", 4.0, 0.3, "leaf")
+    result = CliRunner().invoke(_app(), ["x.jsonl", "--batch-sampler", "knn", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "batch_sampler must be one of" in result.output
+    result = CliRunner().invoke(_app(), ["x.jsonl", "--i2i-positives", "group", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "i2i_positives must be one of" in result.output
+    result = CliRunner().invoke(_app(), ["x.jsonl", "--sim-dim", "256", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "sim_dim needs i2i_weight > 0" in result.output

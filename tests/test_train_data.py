@@ -212,3 +212,30 @@ def test_feature_cache_is_keyed_by_content_and_tower(tmp_path, rows):
     again.compact()
     left = sorted(p.name for p in again.folder.glob("shard-*.npz"))
     assert len(left) == 2 and "shard-broken.npz" in left and len(again) == 5  # merged into one (+ the foreign file)
+
+
+def test_leaf_batches_are_runs_of_one_leaf_and_cover_the_epoch():
+    from shopclip.train.data import leaf_batches
+
+    leaves = np.repeat(np.arange(5), [40, 40, 20, 10, 10])  # 120 products in 5 leaf categories
+    batches = leaf_batches(7, 2, leaves, 32, 8)
+    assert [len(b) for b in batches] == [32, 32, 32]  # the ragged tail (24) is dropped, as epoch_batches does
+    assert all(np.array_equal(x, y) for x, y in zip(batches, leaf_batches(7, 2, leaves, 32, 8), strict=True))
+    assert not np.array_equal(batches[0], leaf_batches(7, 3, leaves, 32, 8)[0])
+    flat = np.concatenate(batches)
+    assert len(set(flat.tolist())) == len(flat)  # no product twice in an epoch
+    # runs of ≤ 8 from one leaf laid end to end: few leaf changes inside a batch, unlike a random order
+    def switches(b: np.ndarray) -> int:
+        return int((np.diff(leaves[b]) != 0).sum())
+
+    assert max(switches(b) for b in batches) <= 6
+    assert min(switches(b) for b in epoch_batches(7, 2, 120, 32)) > 12
+
+
+def test_second_views_differ_from_the_first():
+    from shopclip.train.data import pick_other_views
+
+    first = pick_views(0, 1, np.arange(200), 2, 0.5)
+    second = pick_other_views(0, 1, np.arange(200), 2, first)
+    assert all(a != b for a, b in zip(first, second, strict=True)) and set(second) == {0, 1, 2}
+    assert pick_other_views(0, 1, np.arange(3), 0, [0, 0, 0]) == [0, 0, 0]

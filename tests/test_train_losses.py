@@ -152,3 +152,67 @@ def test_bad_shapes_are_refused():
         clip_loss(IMG4, TXT4, 1.0, fn_mask=torch.zeros(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="fn_mode"):
         clip_loss(IMG4, TXT4, 1.0, fn_mode="drop")
+
+
+# -- hard-negative weighting and the image–image term --------------------------------
+
+
+def test_hard_negative_weighted_infonce_3x3_by_hand():
+    beta = 1.0
+    cos = [[1, 0, 0.6], [0, 1, 0], [0, 0, 0.8]]  # image i vs text j (IMG3, TXT3)
+
+    def row_loss(c: list[float], i: int) -> float:
+        negs = [j for j in range(3) if j != i]
+        m = len(negs)
+        z = sum(math.exp(beta * c[j]) for j in negs)
+        denom = math.exp(2 * c[i]) + sum(m * math.exp(beta * c[j]) / z * math.exp(2 * c[j]) for j in negs)
+        return -math.log(math.exp(2 * c[i]) / denom)
+
+    rows = [row_loss(cos[i], i) for i in range(3)]
+    cols = [row_loss([cos[r][j] for r in range(3)], j) for j in range(3)]
+    got_rows, got_cols = clip_loss_terms(IMG3, TXT3, 2.0, hard_beta=beta)
+    assert got_rows.tolist() == pytest.approx(rows, rel=1e-12)
+    assert got_cols.tolist() == pytest.approx(cols, rel=1e-12)
+    assert clip_loss(IMG3, TXT3, 2.0, hard_beta=beta).item() == pytest.approx(0.5 * (sum(rows) + sum(cols)) / 3)
+    # the confuser (text 2 for image 0, cos 0.6) weighs more than plain InfoNCE gives it
+    assert clip_loss(IMG3, TXT3, 2.0, hard_beta=beta).item() > clip_loss(IMG3, TXT3, 2.0).item()
+    # β = 0 is plain InfoNCE
+    assert clip_loss(IMG3, TXT3, 2.0, hard_beta=0.0).item() == pytest.approx(clip_loss(IMG3, TXT3, 2.0).item())
+
+
+def test_hard_negative_weighting_keeps_masked_duplicates_out():
+    # image 0's copy (text 1) stays out of the denominator: only texts 2 and 3 are its negatives
+    rows, _ = clip_loss_terms(IMG4, TXT4, 3.0, fn_mask=DUP01, hard_beta=2.0)
+    # both negatives have cosine 0: weights 1 each → the masked plain value
+    assert rows[0].item() == pytest.approx(-math.log(E**3 / (E**3 + 2)), rel=1e-12)
+
+
+def test_image_image_loss_by_hand():
+    from shopclip.train.losses import image_image_loss
+
+    a = IMG3
+    b = TXT3  # view b of photo 2 leans towards photo 0 (cos 0.6)
+    s = 2.0
+    z = [[s * sum(x * y for x, y in zip(a[i].tolist(), b[j].tolist(), strict=True)) for j in range(3)]
+         for i in range(3)]
+
+    def ce(row: list[float], targets: list[int], valid: list[int]) -> float:
+        lse = math.log(sum(math.exp(row[j]) for j in valid))
+        return -sum((row[j] - lse) / len(targets) for j in targets)
+
+    plain = 0.5 * (sum(ce(z[i], [i], [0, 1, 2]) for i in range(3)) / 3
+                   + sum(ce([z[r][j] for r in range(3)], [j], [0, 1, 2]) for j in range(3)) / 3)
+    assert image_image_loss(a, b, s).item() == pytest.approx(plain, rel=1e-12)
+    # photos 0 and 2 share a leaf category: each is also a positive of the other
+    pos = torch.zeros(3, 3, dtype=torch.bool)
+    pos[0, 2] = True
+    tg = [[0, 2], [1], [0, 2]]
+    leaf = 0.5 * (sum(ce(z[i], tg[i], [0, 1, 2]) for i in range(3)) / 3
+                  + sum(ce([z[r][j] for r in range(3)], tg[j], [0, 1, 2]) for j in range(3)) / 3)
+    assert image_image_loss(a, b, s, pos_mask=pos).item() == pytest.approx(leaf, rel=1e-12)
+    # a duplicate that is not a positive leaves the softmax (photo 1 ~ photo 2)
+    fn = torch.zeros(3, 3, dtype=torch.bool)
+    fn[1, 2] = True
+    masked = 0.5 * (sum(ce(z[i], [i], v) for i, v in enumerate([[0, 1, 2], [0, 1], [0, 2]])) / 3
+                    + sum(ce([z[r][j] for r in range(3)], [j], v) for j, v in enumerate([[0, 1, 2], [0, 1], [0, 2]])) / 3)
+    assert image_image_loss(a, b, s, fn_mask=fn).item() == pytest.approx(masked, rel=1e-12)

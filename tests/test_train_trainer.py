@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -169,3 +170,49 @@ def test_real_towers_heads_only(tmp_path, mini_catalog):
 
 
 register_tiny()  # `--model tiny` for the in-process runs above
+
+
+def test_harder_batches_hard_negatives_and_image_image_term_train(tmp_path, mini_catalog):
+    """Leaf batches + hard-negative weighting + the image–image term (two cached views) run end to end."""
+    torch.manual_seed(0)
+    cfg = _cfg(mini_catalog, tmp_path / "run", tmp_path / "cache", epochs=5, lr=3e-3, image_views=2,
+               batch_sampler="leaf", leaf_chunk=4, hard_beta=2.0, i2i_weight=0.5, i2i_positives="leaf")
+    trainer = Trainer(cfg, model=tiny_model())
+    trainer.setup()
+    idx = np.arange(8)
+    images, texts = trainer._inputs(idx, 0)
+    assert images.shape[0] == 2 * len(idx) and texts.shape[0] == len(idx)  # [view a; view b] per pair
+    assert not torch.equal(images[:8], images[8:])
+
+    def loss_on_fixed_batch() -> float:
+        with torch.no_grad():
+            fn = trainer.make_loss(torch.from_numpy(trainer.train.keys.keys[idx]), torch.from_numpy(trainer.train.leaves[idx]))
+            return float(fn(trainer.encode_image(images), trainer.encode_text(texts)))
+
+    before = loss_on_fixed_batch()
+    result = trainer.fit()
+    assert result.steps == 20 and loss_on_fixed_batch() < before
+
+
+def test_similar_items_subspace_trains_by_the_image_image_term_only(tmp_path, mini_catalog):
+    cfg = _cfg(mini_catalog, tmp_path / "run", tmp_path / "cache", epochs=3, lr=3e-3, image_views=2,
+               i2i_weight=0.5, i2i_positives="leaf", sim_dim=3, sim_weight=0.5)
+    model = tiny_model(embed_dim=8, sim_dim=3, sim_weight=0.5)
+    before_sim = model.image_head.sim.weight.detach().clone()
+    before_text = model.text_head.main.weight.detach().clone()
+    trainer = Trainer(cfg, model=model)
+    trainer.setup()
+    idx = np.arange(8)
+    images, texts = trainer._inputs(idx, 0)
+    trainer.optimizer.zero_grad()
+    loss = trainer.make_loss(torch.from_numpy(trainer.train.keys.keys[idx]), torch.from_numpy(trainer.train.leaves[idx]))
+    # without the image-image term the subspace would get no gradient: the text side has zeros there
+    cfg.i2i_weight = 0.0
+    out = loss(trainer.encode_image(images[:8]), trainer.encode_text(texts))
+    out.backward()
+    assert model.image_head.sim.weight.grad is None or float(model.image_head.sim.weight.grad.abs().max()) < 1e-10
+    cfg.i2i_weight = 0.5
+    trainer.optimizer.zero_grad()
+    trainer.fit()
+    assert not torch.equal(model.image_head.sim.weight.detach(), before_sim)
+    assert not torch.equal(model.text_head.main.weight.detach(), before_text)

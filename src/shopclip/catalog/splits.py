@@ -39,22 +39,29 @@ def assign_split(key: str, salt: str = DEFAULT_SALT, ratios: tuple[int, int, int
 
 
 def ensure_splits(
-    catalog: Catalog, salt: str = DEFAULT_SALT, ratios: tuple[int, int, int] = (8, 1, 1)
+    catalog: Catalog, salt: str = DEFAULT_SALT, ratios: tuple[int, int, int] = (8, 1, 1), photos: bool = True
 ) -> Catalog:
     """A copy of the catalog where every product has a split; existing values are kept.
 
     A product without a split joins the split its group already uses (the most common
     one, if the catalog itself is inconsistent), else the hashed one for its group key.
+    With ``photos`` (default), products whose photos are byte-identical count as one
+    group (:mod:`shopclip.catalog.photos`), so identical listings never straddle splits.
     """
+    keys = {p.id: group_key(p) for p in catalog.products}
+    if photos and any(p.split is None for p in catalog.products):
+        from shopclip.catalog.photos import photo_groups
+
+        keys = photo_groups(catalog).key
     by_group: dict[str, Counter[str]] = defaultdict(Counter)
     for p in catalog.products:
         if p.split is not None:
-            by_group[group_key(p)][p.split] += 1
+            by_group[keys[p.id]][p.split] += 1
     chosen: dict[str, str] = {}
     products = []
     for p in catalog.products:
         if p.split is None:
-            key = group_key(p)
+            key = keys[p.id]
             if key not in chosen:
                 counts = by_group.get(key)
                 chosen[key] = counts.most_common(1)[0][0] if counts else assign_split(key, salt, ratios)

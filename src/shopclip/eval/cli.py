@@ -35,6 +35,8 @@ def eval_command(
     synthetic_max: Annotated[int, typer.Option(help="Synthetic re-listings for matching (eval split)")] = 400,
     seed: Annotated[int, typer.Option(help="Seed for subsets, synthetic re-listings and clustering")] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG plots")] = True,
+    whole_catalog: Annotated[bool, typer.Option(
+        help="Also rank every catalog product for each query (train and val as distractors): the headline")] = True,
 ) -> None:
     """Evaluate a model on a catalog: retrieval, recommendation, the five e-CLIP tasks, baselines.
 
@@ -51,10 +53,11 @@ def eval_command(
     report = run_eval(
         model, catalog, out, baselines=baselines, split=split, cache_dir=cache,
         pairs=str(pairs) if pairs else None, adult_label=adult_label, probe_train_max=probe_train_max,
-        eval_max=eval_max, synthetic_max=synthetic_max, seed=seed, plots=plots,
+        eval_max=eval_max, synthetic_max=synthetic_max, seed=seed, plots=plots, whole_catalog=whole_catalog,
     )
     head = report["headline"]
-    shown = [k for k in ("retrieval/t2i/exact/recall@10", "retrieval/similar/fused/category/ndcg@10",
+    shown = [k for k in ("whole_catalog/t2i/mrr", "whole_catalog/i2i_same_leaf_precision@10",
+                         "retrieval/t2i/exact/recall@10", "retrieval/similar/fused/category/ndcg@10",
                          "tasks/category/leaf/probe/fused/accuracy", "tasks/matching/synthetic/fused/auroc")
              if head.get(k) is not None]
     for k in shown:

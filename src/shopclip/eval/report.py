@@ -259,6 +259,23 @@ def _probe_c(report: dict[str, Any]) -> str:
     return f"{cs} ({reg.get('rule', '')})"
 
 
+def _whole_catalog(report: dict[str, Any]) -> list[str]:
+    """The headline protocol: every catalog product a candidate (eval/whole_catalog.py)."""
+    w = report.get("whole_catalog")
+    if not w:
+        return []
+    rows = [[d, *(_f(w[d].get(m)) for m in ("hits@1", "hits@5", "hits@10", "mrr", "ndcg@10"))]
+            for d in ("t2i", "i2t") if isinstance(w.get(d), dict)]
+    photos = report["data"].get("identical_photos", {})
+    return ["", f"## Whole catalog (model): {w['n_queries']} {w['split']} queries among all {w['n_candidates']} "
+            "products", "", _table(["direction", "HITS@1", "HITS@5", "HITS@10", "MRR", "NDCG@10"], rows),
+            f"Similar items, same-leaf precision@10 among all photos: image {_f(w.get('i2i_same_leaf_precision@10'))}, "
+            f"fused {_f(w.get('fused_same_leaf_precision@10'))}. Query text: {w.get('text')}. "
+            f"{photos.get('merged_products', 0)} products in {photos.get('merged_groups', 0)} groups were merged "
+            f"because their photos are byte-identical ({photos.get('groups_across_splits', 0)} such groups span "
+            "splits); a twin counts as the same product.", ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The whole report.md."""
     m, cat, cfg = report["model"], report["catalog"], report["config"]
@@ -288,6 +305,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     plots = report.get("plots", {})
+    lines += _whole_catalog(report)
     lines += ["", "## Retrieval (model)", "", _retrieval(report["retrieval"], cfg["ks"])]
     if "recall_curves" in plots:
         lines += [f"![recall@k]({plots['recall_curves']})", ""]
@@ -306,7 +324,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "", f"![examples]({plots['examples']})", ""]
     d = report["data"]
     lines += ["## How this was measured", ""]
-    lines += [f"- **{k}**: {d[k]}" for k in ("eval", "train", "tune", "text", "fused", "synthetic") if k in d]
+    lines += [f"- **{k}**: {d[k]}" for k in ("eval", "train", "tune", "text", "fused", "synthetic", "whole_catalog")
+              if k in d]
     lines += ["- **relevance**: exact = same product (id or `group`); category = graded, 2 same leaf path, "
               "1 same parent path. Queries without a relevant item are skipped and counted.",
               f"- **probes**: standardised features + multinomial logistic regression (L-BFGS); C per view: "

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from shopclip.catalog import Catalog, ensure_splits, group_key
+from shopclip.catalog.photos import merge_identical_photos
 from shopclip.core.hashing import file_sha1, json_sha1
 from shopclip.core.io import atomic_write_json, atomic_write_jsonl
 from shopclip.eval import retrieval as R
@@ -29,6 +30,7 @@ from shopclip.eval import tasks as T
 from shopclip.eval.data import ProductSet, binary_labels, group_aware_sample
 from shopclip.eval.embedders import DEFAULT_BASELINES, Embedder, build_embedders
 from shopclip.eval.synthetic import make_relistings
+from shopclip.eval.whole_catalog import WHOLE_CATALOG_DOC, evaluate_whole_catalog
 
 log = logging.getLogger(__name__)
 REPORT_FORMAT = "shopclip.eval/1"
@@ -61,6 +63,7 @@ class EvalConfig:
     examples: int = 4
     image_batch_size: int = 16
     num_workers: int = 2
+    whole_catalog: bool = True  # also rank every catalog product (eval/whole_catalog.py): the headline protocol
 
     def __post_init__(self) -> None:
         self.ks = tuple(int(k) for k in self.ks)
@@ -405,7 +408,10 @@ def _get(d: Any, dotted: str) -> Any:
 def headline_keys(cfg: EvalConfig) -> list[str]:
     """The metrics compared across model and baselines (paths into a result, '/'-separated)."""
     k = cfg.k
-    keys = ["retrieval/t2i/exact/recall@1", f"retrieval/t2i/exact/recall@{k}", "retrieval/t2i/exact/mrr",
+    keys = [f"whole_catalog/{d}/{m}" for d in ("t2i", "i2t")
+            for m in dict.fromkeys(("hits@1", "hits@5", f"hits@{k}", "mrr"))]
+    keys += [f"whole_catalog/{v}_same_leaf_precision@{k}" for v in ("i2i", "fused")]
+    keys += ["retrieval/t2i/exact/recall@1", f"retrieval/t2i/exact/recall@{k}", "retrieval/t2i/exact/mrr",
             "retrieval/i2t/exact/recall@1", f"retrieval/i2t/exact/recall@{k}",
             f"retrieval/t2i/category/ndcg@{k}"]
     keys += [f"retrieval/category_query/{v}/ndcg@{k}" for v in T.VIEWS]
@@ -539,6 +545,7 @@ def run_eval(
 
     t = time.perf_counter()
     catalog = ensure_splits(Catalog.load(catalog_path))
+    catalog, photos = merge_identical_photos(catalog)  # byte-identical twins are one product (relevance, sampling)
     sets = build_sets(catalog, cfg, cache, progress)
     pairs = R.read_pairs(cfg.pairs) if cfg.pairs else None
     timing["data_s"] = time.perf_counter() - t
@@ -572,6 +579,14 @@ def run_eval(
         if bar is not None:
             bar.close()
 
+    if cfg.whole_catalog:
+        t = time.perf_counter()
+        for emb in embedders:
+            if "whole_catalog" in results[emb.name]:  # an identical model shares its result dict
+                continue
+            results[emb.name]["whole_catalog"] = evaluate_whole_catalog(
+                emb, catalog, sets.eval.ids, split=cfg.split, text_fields=cfg.text_fields, ks=cfg.ks)
+        timing["whole_catalog_s"] = time.perf_counter() - t
     keys = headline_keys(cfg)
     model_head = headline(results["model"], keys)
     report: dict[str, Any] = {
@@ -594,10 +609,13 @@ def run_eval(
             "synthetic": SYNTHETIC_DOC,
             "pairs": ({"path": str(cfg.pairs), "sha1": file_sha1(cfg.pairs), "n_pairs": len(pairs or [])}
                       if cfg.pairs else None),
+            "identical_photos": photos.summary(catalog),
+            "whole_catalog": WHOLE_CATALOG_DOC,
             "real_groups_in_eval": len({g for g in sets.eval.groups if g}),
             "real_groups_in_tune": len({g for g in sets.tune.groups if g}),
             "cache": str(cache),
         },
+        "whole_catalog": results["model"].get("whole_catalog"),
         "retrieval": results["model"]["retrieval"],
         "recommendation": results["model"]["recommendation"],
         "tasks": results["model"]["tasks"],
@@ -611,7 +629,7 @@ def run_eval(
         report["baselines"][name] = {
             "model": emb.info, "kind": emb.kind, "aligned": emb.aligned,
             "headline": head, "delta": _deltas(model_head, head),
-            "retrieval": results[name]["retrieval"], "recommendation": results[name]["recommendation"],
+            "whole_catalog": results[name].get("whole_catalog"), "retrieval": results[name]["retrieval"], "recommendation": results[name]["recommendation"],
             "tasks": results[name]["tasks"],
         }
     timing["per_model_s"] = {name: r["timing"] for name, r in results.items()}

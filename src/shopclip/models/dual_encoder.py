@@ -45,13 +45,19 @@ class DualEncoderConfig:
     pair: str | None = None  # "hf-clip:<id>" etc.: both towers from one aligned checkpoint
     embed_dim: int = 256
     head: str = "linear"  # "linear" | "mlp" | "identity"
+    # > 0: the last sim_dim dimensions of the image embedding are an image-image ("similar items") subspace
+    # mixed in with weight sim_weight; the text side is zero there (models/heads.py), so search is unchanged.
+    sim_dim: int = 0
+    sim_weight: float = 0.0
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
     text_max_length: int = 64
     image_size: int = 224
     image_mode: str = "pad"
     trained: bool = False  # heads aligned by contrastive training (text→image search is meaningful)
-    tower_weights: str = "pretrained"  # "pretrained": towers come from their source; "saved": from towers.safetensors
+    # "pretrained": towers come from their source; "saved": from towers.safetensors; "partial": pretrained
+    # towers with the fine-tuned blocks in towers.safetensors laid over them
+    tower_weights: str = "pretrained"
     info: dict[str, Any] = field(default_factory=dict)  # provenance: training run, data, metrics
 
     @classmethod
@@ -95,8 +101,17 @@ class DualEncoder(nn.Module):
         self.config = config
         self.image_tower = image_tower
         self.text_tower = text_tower
-        self.image_head = _make_head(config.head, image_tower.output_dim, config.embed_dim, seed=0)
-        self.text_head = _make_head(config.head, text_tower.output_dim, config.embed_dim, seed=1)
+        if config.sim_dim > 0:
+            from shopclip.models.heads import PaddedTextHead, SplitImageHead
+
+            if config.head != "linear" or not 0 < config.sim_dim < config.embed_dim:
+                raise ValueError("sim_dim needs linear heads and 0 < sim_dim < embed_dim")
+            main = config.embed_dim - config.sim_dim
+            self.image_head: nn.Module = SplitImageHead(image_tower.output_dim, main, config.sim_dim, config.sim_weight)
+            self.text_head: nn.Module = PaddedTextHead(text_tower.output_dim, main, config.sim_dim)
+        else:
+            self.image_head = _make_head(config.head, image_tower.output_dim, config.embed_dim, seed=0)
+            self.text_head = _make_head(config.head, text_tower.output_dim, config.embed_dim, seed=1)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         tf = image_tower.transform
         # An aligned hub checkpoint brings its own preprocessing; our towers follow the config.
@@ -240,24 +255,44 @@ class DualEncoder(nn.Module):
     def heads_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith(("image_tower.", "text_tower."))}
 
-    def save(self, folder: str | Path, *, save_towers: bool | None = None) -> Path:
-        """One folder: config.json + heads.safetensors (+ towers.safetensors when towers were trained)."""
+    def save(self, folder: str | Path, *, save_towers: bool | None = None, tower_keys: Sequence[str] | None = None,
+             half: bool = False) -> Path:
+        """One folder: config.json + heads.safetensors (+ towers.safetensors when towers were trained).
+
+        ``tower_keys`` (partial fine-tuning) saves only those tower tensors, in float16
+        (``tower_weights = "partial"``): loading rebuilds the pretrained towers and lays
+        them over. ``half`` stores the heads in float16 too (the shipped default: half the
+        wheel size; loading casts them back to float32).
+        """
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if tower_keys is None and self.config.tower_weights == "partial":
+            tower_keys = getattr(self, "partial_keys", None)  # a loaded partial model saves the same blocks
         if save_towers is None:
-            save_towers = self.config.tower_weights == "saved"
-        self.config.tower_weights = "saved" if save_towers else "pretrained"
+            save_towers = self.config.tower_weights in ("saved", "partial")
+        if tower_keys is not None:
+            save_towers = True
+            self.partial_keys = list(tower_keys)
+        self.config.tower_weights = ("partial" if tower_keys is not None else "saved") if save_towers else "pretrained"
+
+        def cast(v: torch.Tensor, to_half: bool) -> torch.Tensor:
+            v = v.detach().cpu().contiguous()
+            return v.half() if to_half and v.is_floating_point() else v
+
         tmp = folder / f".{HEADS_FILE}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.heads_state().items()}, str(tmp))
+        save_file({k: cast(v, half) for k, v in self.heads_state().items()}, str(tmp))
         tmp.replace(folder / HEADS_FILE)
         if save_towers:
-            towers = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                      if k.startswith(("image_tower.", "text_tower."))}
+            keep = set(tower_keys) if tower_keys is not None else None
+            towers = {k: cast(v, keep is not None) for k, v in self.state_dict().items()
+                      if k.startswith(("image_tower.", "text_tower.")) and (keep is None or k in keep)}
             tmp = folder / f".{TOWERS_FILE}.tmp"
             save_file(towers, str(tmp))
             tmp.replace(folder / TOWERS_FILE)
+        elif (folder / TOWERS_FILE).exists():
+            (folder / TOWERS_FILE).unlink()
         atomic_write_json(folder / CONFIG_FILE, self.config.to_dict())
         return folder
 
@@ -272,8 +307,12 @@ class DualEncoder(nn.Module):
         config = DualEncoderConfig.from_dict(read_json(cfg_path))
         model = cls.from_config(config)
         state = load_file(str(folder / HEADS_FILE), device=map_location)
-        if config.tower_weights == "saved":
-            state.update(load_file(str(folder / TOWERS_FILE), device=map_location))
+        if config.tower_weights in ("saved", "partial"):
+            towers = load_file(str(folder / TOWERS_FILE), device=map_location)
+            state.update(towers)
+            if config.tower_weights == "partial":
+                model.partial_keys = list(towers)
+        state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if config.tower_weights == "saved" or not k.startswith(("image_tower.", "text_tower."))]
         if missing or unexpected:

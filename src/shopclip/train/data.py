@@ -8,6 +8,7 @@ workers, and the rank slices of a global batch concatenate to the single-process
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from shopclip.catalog import Catalog, Product
+from shopclip.catalog.photos import photo_groups
 from shopclip.catalog.splits import ensure_splits, group_key
 from shopclip.core.hashing import file_sha1, sha1_bytes
 from shopclip.models.augment import AugmentConfig, flip_allowed, view_rng
@@ -31,6 +33,8 @@ from shopclip.train.false_negatives import (
     row_to_signature,
     signature_to_row,
 )
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- text
@@ -82,7 +86,10 @@ def text_variants(p: Product, cfg: TextConfig) -> list[str]:
 def split_catalog(catalog: Catalog, train: str = "train", val: str = "val") -> tuple[list[Product], list[Product]]:
     """(train, val) products: the catalog's own `split` where present, else a group-aware hash split.
 
-    Raises if a product group straddles the two sides (that would leak duplicates).
+    Raises if a declared product group straddles the two sides (that would leak
+    duplicates). A train product whose photo is byte-identical to a product of another
+    split (:mod:`shopclip.catalog.photos`; the sample has a few such Flipkart twins) is
+    left out of training, so no held-out product's exact photo is trained on.
     """
     cat = ensure_splits(catalog)
     tr = [p for p in cat.products if p.split == train]
@@ -90,7 +97,13 @@ def split_catalog(catalog: Catalog, train: str = "train", val: str = "val") -> t
     leak = {group_key(p) for p in tr} & {group_key(p) for p in va}
     if leak:
         raise ValueError(f"{len(leak)} product groups are in both {train!r} and {val!r} (e.g. {sorted(leak)[:3]})")
-    return tr, va
+    groups = photo_groups(cat)
+    held = {groups.key[p.id] for p in cat.products if p.split != train}
+    kept = [p for p in tr if groups.key[p.id] not in held]
+    if len(kept) < len(tr):
+        log.info("left %d train products out of training: their photos are byte-identical to held-out products'",
+                 len(tr) - len(kept))
+    return kept, va
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -102,6 +115,7 @@ class PairSet:
     items: list[ImageItem]
     texts: list[list[str]]  # per product: [full, variant1, …]
     keys: DuplicateKeys
+    leaves: np.ndarray | None = None  # (N,) int leaf-category id per product (-1: none)
 
     def __len__(self) -> int:
         return len(self.products)
@@ -135,7 +149,10 @@ def build_pairs(catalog: Catalog, products: list[Product], cfg: TrainConfig, *, 
     signals = [s for s in cfg.fn_signals if s != "phash" or sigs is not None] if cfg.fn_mode != "none" else []
     keys = duplicate_keys(groups=[p.group for p in products], image_sha1s=shas, titles=[p.title for p in products],
                           signatures=sigs, signals=signals)
-    return PairSet(products, items, [text_variants(p, cfg.text) for p in products], keys)
+    table: dict[str, int] = {}
+    leaves = np.array([table.setdefault(p.category_path, len(table)) if p.category else -1 for p in products],
+                      dtype=np.int64)
+    return PairSet(products, items, [text_variants(p, cfg.text) for p in products], keys, leaves)
 
 
 # ----------------------------------------------------------------------------- order
@@ -150,6 +167,24 @@ def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[np.nda
     Callers clamp `batch_size` to the data size first (see `effective_batch_size`).
     """
     order = epoch_order(seed, epoch, n)
+    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def leaf_batches(seed: int, epoch: int, leaves: np.ndarray, batch_size: int, chunk: int) -> list[np.ndarray]:
+    """Batches made of runs of ``chunk`` products from one leaf category (harder in-batch negatives).
+
+    Each leaf's products are shuffled and cut into runs; the runs are shuffled and laid
+    end to end, then cut into full batches. So a batch of 512 with runs of 32 holds ~16
+    leaves, and every text meets ~31 look-alikes of its own kind among the negatives.
+    A pure function of (seed, epoch, leaves), like :func:`epoch_batches`.
+    """
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x1EAF, epoch])
+    runs: list[np.ndarray] = []
+    for leaf in np.unique(leaves):
+        idx = rng.permutation(np.flatnonzero(leaves == leaf))
+        runs += [idx[i : i + chunk] for i in range(0, len(idx), chunk)]
+    order = np.concatenate([runs[i] for i in rng.permutation(len(runs))]) if runs else np.zeros(0, np.int64)
+    n = len(order)
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
@@ -176,6 +211,18 @@ def pick_views(seed: int, epoch: int, idx: np.ndarray, n_views: int, clean_p: fl
     for i in idx.tolist():
         rng = view_rng(seed, "view", epoch, i)
         out.append(0 if n_views == 0 or rng.random() < clean_p else int(rng.integers(1, n_views + 1)))
+    return out
+
+
+def pick_other_views(seed: int, epoch: int, idx: np.ndarray, n_views: int, first: Sequence[int]) -> list[int]:
+    """Per pair: a second view (0 = clean, k = augmented k) different from ``first`` when there are two."""
+    out = []
+    for i, v in zip(idx.tolist(), first, strict=True):
+        if n_views == 0:
+            out.append(0)
+            continue
+        rng = view_rng(seed, "view2", epoch, i)
+        out.append(int((v + 1 + rng.integers(0, n_views)) % (n_views + 1)))
     return out
 
 

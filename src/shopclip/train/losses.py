@@ -12,6 +12,14 @@ With ``fn_mode="mask"`` (default) those pairs are dropped from the denominator
 ``fn_mode="positive"`` they count as extra positives: the InfoNCE target becomes
 uniform over all positives of a row (soft-target cross-entropy), the sigmoid label +1.
 
+* ``hard_beta`` (InfoNCE) — hard-negative weighting (Robinson et al., 2021): each
+  negative's exp(logit) in the denominator is weighted by w_ij = M · exp(β c_ij) /
+  Σ_k exp(β c_ik) over the row's M negatives (c = cosine, weights detached), so the
+  near-identical confusers of a batch count more; β = 0 is plain InfoNCE.
+* :func:`image_image_loss` — a multi-positive InfoNCE between two image views of the
+  batch: positives are the same product's other view, and with ``pos_mask`` also other
+  products (e.g. the same leaf category), so similar-items search gains from training.
+
 Embeddings are expected L2-normalised; ``scale`` is the already exponentiated and
 clamped inverse temperature (see :func:`temperature_scale`).
 """
@@ -55,6 +63,19 @@ def _clean_mask(fn_mask: torch.Tensor | None, n: int, device: torch.device) -> t
     return m & ~torch.eye(n, dtype=torch.bool, device=device)
 
 
+def hard_negative_log_weights(cosines: torch.Tensor, negatives: torch.Tensor, beta: float) -> torch.Tensor:
+    """(B, B) log w_ij for the negatives of each row (0 elsewhere), detached.
+
+    w_ij = M_i · exp(β c_ij) / Σ_{k ∈ neg_i} exp(β c_ik): the weights of a row's M_i
+    negatives average 1, so β = 0 leaves InfoNCE unchanged.
+    """
+    c = cosines.detach()
+    z = (beta * c).masked_fill(~negatives, float("-inf"))
+    m = negatives.sum(dim=1, keepdim=True).clamp_min(1).to(c.dtype)
+    logw = z - torch.logsumexp(z, dim=1, keepdim=True) + torch.log(m)
+    return torch.where(negatives, logw, torch.zeros_like(logw))
+
+
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Per-row cross-entropy −Σ_j t_ij log softmax_j(l_ij), softmax only over `valid` entries."""
     logits = logits.masked_fill(~valid, float("-inf"))
@@ -79,23 +100,53 @@ def _targets(n: int, fn: torch.Tensor, fn_mode: str, label_smoothing: float, dev
 
 def clip_loss_terms(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor | float, *,
                     fn_mask: torch.Tensor | None = None, fn_mode: str = "mask",
-                    label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    label_smoothing: float = 0.0, hard_beta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row losses (image→text, text→image), each (B,); their means average to :func:`clip_loss`."""
     _check(image_emb, text_emb, fn_mask, fn_mode)
     n = image_emb.shape[0]
-    logits = scale * _upcast(image_emb) @ _upcast(text_emb).T  # (B images, B texts)
+    cos = _upcast(image_emb) @ _upcast(text_emb).T  # (B images, B texts)
+    logits = scale * cos
     fn = _clean_mask(fn_mask, n, logits.device) if fn_mode != "none" else _clean_mask(None, n, logits.device)
     t, valid = _targets(n, fn, fn_mode if fn_mode != "none" else "mask", label_smoothing, logits.device, logits.dtype)
     # fn is symmetric, so the same targets serve the text→image direction (logits transposed).
-    return _soft_ce(logits, t, valid), _soft_ce(logits.T, t, valid)
+    rows_l, cols_l = logits, logits.T
+    if hard_beta:
+        neg = valid & (t == 0) if label_smoothing == 0 else valid & ~torch.eye(n, dtype=torch.bool, device=logits.device)
+        if fn_mode == "positive":
+            neg = neg & ~fn
+        rows_l = rows_l + hard_negative_log_weights(cos, neg, hard_beta)
+        cols_l = cols_l + hard_negative_log_weights(cos.T, neg, hard_beta)
+    return _soft_ce(rows_l, t, valid), _soft_ce(cols_l, t, valid)
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor | float, *,
-              fn_mask: torch.Tensor | None = None, fn_mode: str = "mask", label_smoothing: float = 0.0) -> torch.Tensor:
+              fn_mask: torch.Tensor | None = None, fn_mode: str = "mask", label_smoothing: float = 0.0,
+              hard_beta: float = 0.0) -> torch.Tensor:
     """Symmetric InfoNCE: ½ (CE(image→text) + CE(text→image)), each averaged over the batch."""
     i2t, t2i = clip_loss_terms(image_emb, text_emb, scale, fn_mask=fn_mask, fn_mode=fn_mode,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, hard_beta=hard_beta)
     return 0.5 * (i2t.mean() + t2i.mean())
+
+
+def image_image_loss(view_a: torch.Tensor, view_b: torch.Tensor, scale: torch.Tensor | float, *,
+                     pos_mask: torch.Tensor | None = None, fn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-positive InfoNCE between two image views of one batch, both directions averaged.
+
+    Row i of ``view_a`` should find row i of ``view_b`` and every j with ``pos_mask[i, j]``
+    (targets uniform over those positives); ``fn_mask`` pairs that are not positives
+    (duplicates) leave the softmax. With no masks it is SimCLR's cross-view loss.
+    """
+    _check(view_a, view_b, fn_mask, "mask")
+    n = view_a.shape[0]
+    dev = view_a.device
+    logits = scale * _upcast(view_a) @ _upcast(view_b).T
+    eye = torch.eye(n, dtype=torch.bool, device=dev)
+    pos = eye if pos_mask is None else (pos_mask.to(device=dev, dtype=torch.bool) | pos_mask.to(dev).bool().T | eye)
+    fn = _clean_mask(fn_mask, n, dev) & ~pos
+    valid = ~fn
+    t = pos.to(logits.dtype)
+    t = t / t.sum(dim=1, keepdim=True)
+    return 0.5 * (_soft_ce(logits, t, valid).mean() + _soft_ce(logits.T, t, valid).mean())
 
 
 def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor | float,

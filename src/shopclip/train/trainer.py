@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shopclip.catalog import Catalog
@@ -56,6 +57,8 @@ from shopclip.train.data import (
     effective_batch_size,
     epoch_batches,
     keys_tensor,
+    leaf_batches,
+    pick_other_views,
     pick_texts,
     pick_views,
     rank_slice,
@@ -65,7 +68,7 @@ from shopclip.train.data import (
 from shopclip.train.evaluate import retrieval_report
 from shopclip.train.false_negatives import false_negative_mask
 from shopclip.train.gradcache import contrastive_step
-from shopclip.train.losses import clip_loss, siglip_loss
+from shopclip.train.losses import clip_loss, image_image_loss, siglip_loss
 from shopclip.train.schedule import make_scheduler, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -228,7 +231,8 @@ class Trainer:
             model = load_model(ref)  # continue from a trained model; its heads are kept
             self.continued = True
         else:
-            model = create_model(self.cfg.model, head=self.cfg.head, embed_dim=self.cfg.embed_dim)
+            extra = {"sim_dim": self.cfg.sim_dim, "sim_weight": self.cfg.sim_weight} if self.cfg.sim_dim else {}
+            model = create_model(self.cfg.model, head=self.cfg.head, embed_dim=self.cfg.embed_dim, **extra)
             with torch.no_grad():
                 init = math.log(10.0) if self.cfg.loss == "siglip" else math.log(1 / self.cfg.init_temperature)
                 model.logit_scale.fill_(init)
@@ -301,16 +305,27 @@ class Trainer:
         cfg, model = self.cfg, self.model
         self.views = view_names(cfg.image_views if cfg.augment else 0, self.aug, cfg.seed)
         self.img_feats = self.txt_feats = self.val_img = self.val_txt = None
+        self.img_split = None
         rank, world = self.dist.rank, self.dist.world
         sets = [s for s in (self.train, self.val) if s is not None]
-        if self.image_blocks == 0:
-            cache = FeatureCache(self._cache_root(), "image", image_fingerprint(model), model.image_tower.output_dim)
+        if self.image_blocks > 0 and cfg.tower_cache:
+            from shopclip.models.partial import image_top_split
+
+            self.img_split = image_top_split(model.image_tower, self.image_blocks)
+        if self.image_blocks == 0 or self.img_split is not None:
+            if self.img_split is None:
+                cache = FeatureCache(self._cache_root(), "image", image_fingerprint(model), model.image_tower.output_dim)
+                featurizer: Any = model
+            else:  # frozen lower blocks' outputs (float16: they are activations, not the features themselves)
+                cache = FeatureCache(self._cache_root(), f"image-lower{self.image_blocks}", image_fingerprint(model),
+                                     self.img_split.dim, dtype="float16")
+                featurizer = _Featurizer(self.img_split, model.transform)
             jobs = [(it, v) for it in self.train.items for v in self.views]
             if self.val is not None:
                 jobs += [(it, CLEAN_VIEW) for it in self.val.items]
             mine = jobs[rank::world]
             for v in dict.fromkeys(v for _, v in mine):
-                compute_image_features(model, [it for it, vv in mine if vv == v], [v], cache, aug=self.aug,
+                compute_image_features(featurizer, [it for it, vv in mine if vv == v], [v], cache, aug=self.aug,
                                        seed=cfg.seed, batch_size=cfg.feature_batch_size, num_workers=cfg.num_workers,
                                        progress=cfg.progress and self.dist.is_main)
             D.barrier()
@@ -334,7 +349,7 @@ class Trainer:
         # Feature standardisation (locked towers): z-scores from the clean training features;
         # centred only where the head can absorb the shift (a first layer with a bias).
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if cfg.standardize and not self.continued:  # trained heads expect raw features
+        if cfg.standardize and not self.continued and self.img_split is None:  # trained heads expect raw features
             for name, feats, head in (("image", self.img_feats, model.image_head),
                                       ("text", self.txt_feats, model.text_head)):
                 first = first_linear(head)
@@ -351,8 +366,9 @@ class Trainer:
         return (x - mean) / std
 
     # ------------------------------------------------------------------ batches
-    def _load_pixels(self, pairs: PairSet, idx: np.ndarray, epoch: int, augment: bool) -> torch.Tensor:
-        views = pick_views(self.cfg.seed, epoch, idx, 1 if augment and self.cfg.augment else 0, self.cfg.clean_view_p)
+    def _load_pixels(self, pairs: PairSet, idx: np.ndarray, epoch: int, augment: bool, salt: str = "aug") -> torch.Tensor:
+        views = pick_views(self.cfg.seed, epoch, idx, 1 if augment and self.cfg.augment else 0,
+                           self.cfg.clean_view_p if salt == "aug" else 0.0)
 
         def one(i: int, v: int) -> torch.Tensor:
             item = pairs.items[i]
@@ -360,7 +376,7 @@ class Trainer:
                 return load_view(item, CLEAN_VIEW, self.model, self.aug, self.cfg.seed)
             from shopclip.core.images import open_image
 
-            img = augment_image(open_image(item.path), view_rng(self.cfg.seed, "aug", epoch, i), self.aug,
+            img = augment_image(open_image(item.path), view_rng(self.cfg.seed, salt, epoch, i), self.aug,
                                 can_flip=item.can_flip)
             return self.model.transform(img)
 
@@ -372,8 +388,13 @@ class Trainer:
         if self.img_feats is not None:
             views = pick_views(cfg.seed, epoch, idx, len(self.views) - 1, cfg.clean_view_p)
             images = self.img_feats[torch.as_tensor(views), torch.from_numpy(idx)]
+            if cfg.i2i_weight > 0:  # the image–image term sees a second, different view of each photo
+                other = pick_other_views(cfg.seed, epoch, idx, len(self.views) - 1, views)
+                images = torch.cat([images, self.img_feats[torch.as_tensor(other), torch.from_numpy(idx)]])
         else:
             images = self._load_pixels(self.train, idx, epoch, augment=True)
+            if cfg.i2i_weight > 0:
+                images = torch.cat([images, self._load_pixels(self.train, idx, epoch, augment=True, salt="aug2")])
         variants = pick_texts(cfg.seed, epoch, idx, len(self.train.texts[0]), cfg.text.full_p)
         if self.txt_feats is not None:
             texts = self.txt_feats[torch.as_tensor(variants), torch.from_numpy(idx)]
@@ -390,6 +411,8 @@ class Trainer:
     # ------------------------------------------------------------------ encoders and loss
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():
+            if self.img_split is not None:  # cached lower blocks → the unlocked top → head
+                return self.model.project_image(self.img_split.upper(x.float()))
             if self.img_feats is not None:
                 return self.model.project_image(self._standardize("image", x))
             return self.model.forward_image(x)
@@ -400,12 +423,25 @@ class Trainer:
                 return self.model.project_text(self._standardize("text", x))
             return self.model.forward_text(x)
 
-    def make_loss(self, keys_local: torch.Tensor) -> Any:
+    def make_loss(self, keys_local: torch.Tensor, leaves_local: torch.Tensor | None = None) -> Any:
         cfg = self.cfg
         keys = D.all_gather_nograd(keys_local.to(self.device))
         mask = false_negative_mask(keys) if cfg.fn_mode != "none" else None
+        same_leaf = None
+        if cfg.i2i_weight > 0 and cfg.i2i_positives == "leaf" and leaves_local is not None:
+            leaves = D.all_gather_nograd(leaves_local.to(self.device))
+            same_leaf = (leaves[:, None] == leaves[None, :]) & (leaves[:, None] >= 0)
+
+        split = getattr(self.model.image_head, "main_dim", 0) if self.model.config.sim_dim else 0
 
         def loss_fn(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+            second = None
+            if cfg.i2i_weight > 0:  # images = [view a; view b] of this rank's pairs
+                img, second = img[: len(txt)], img[len(txt) :]
+            if split:  # contrastive loss on the main subspace, image-image term on the similar-items one
+                second = F.normalize(second[:, split:].float(), dim=-1) if second is not None else None
+                sim_a = F.normalize(img[:, split:].float(), dim=-1)
+                img, txt = F.normalize(img[:, :split].float(), dim=-1), F.normalize(txt[:, :split].float(), dim=-1)
             img_g, txt_g = D.all_gather_with_grad(img.float()), D.all_gather_with_grad(txt.float())
             scale = self.model.clamped_logit_scale().exp()
             if cfg.loss == "siglip":
@@ -413,7 +449,12 @@ class Trainer:
                                    fn_mode=cfg.fn_mode)
             else:
                 loss = clip_loss(img_g, txt_g, scale, fn_mask=mask, fn_mode=cfg.fn_mode,
-                                 label_smoothing=cfg.label_smoothing)
+                                 label_smoothing=cfg.label_smoothing, hard_beta=cfg.hard_beta)
+            if second is not None:
+                first = D.all_gather_with_grad(sim_a) if split else img_g
+                loss = loss + cfg.i2i_weight * image_image_loss(
+                    first, D.all_gather_with_grad(second.float()), 1.0 / cfg.i2i_temperature, pos_mask=same_leaf,
+                    fn_mask=mask)
             return self.scaler.scale(loss)
 
         return loss_fn
@@ -427,8 +468,9 @@ class Trainer:
         images, texts = inputs if inputs is not None else self._inputs(idx, epoch)
         images, texts = self._to_device(images), self._to_device(texts)
         self.optimizer.zero_grad(set_to_none=True)
+        leaves = torch.from_numpy(self.train.leaves[idx]) if self.train.leaves is not None else None
         loss = contrastive_step(self.encode_image, self.encode_text, images, texts,
-                                self.make_loss(keys_tensor(self.train, idx)), self.cfg.grad_cache_chunk)
+                                self.make_loss(keys_tensor(self.train, idx), leaves), self.cfg.grad_cache_chunk)
         D.average_gradients(self.trainable())
         self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip > 0:
@@ -550,7 +592,10 @@ class Trainer:
         n = len(self.train)
         for epoch in range(self.epoch, self.cfg.epochs):
             bs = effective_batch_size(self.cfg.batch_size_at(epoch), n, self.world)
-            batches = epoch_batches(self.cfg.seed, epoch, n, bs)
+            if self.cfg.batch_sampler == "leaf" and self.train.leaves is not None:
+                batches = leaf_batches(self.cfg.seed, epoch, self.train.leaves, bs, self.cfg.leaf_chunk)
+            else:
+                batches = epoch_batches(self.cfg.seed, epoch, n, bs)
             start = self.batch_in_epoch if epoch == self.epoch else 0
             for b in range(start, len(batches)):
                 yield epoch, b, batches[b]
@@ -652,11 +697,23 @@ class Trainer:
             }
             model.config.trained = True
             model.config.info = {"training": summary}
-            model.save(model_dir, save_towers=self.image_blocks != 0 or self.text_blocks != 0)
+            partial = -1 not in (self.image_blocks, self.text_blocks)  # only some blocks trained: save those alone
+            keys = [n for n, p in self.model.named_parameters()
+                    if p.requires_grad and n.startswith(("image_tower.", "text_tower."))] if partial else None
+            model.save(model_dir, save_towers=self.image_blocks != 0 or self.text_blocks != 0,
+                       tower_keys=keys if keys else None)
             atomic_write_json(self.run_dir / "summary.json", summary)
             self._log(f"saved {model_dir} ({self.step} steps, {seconds:.0f} s)")
         D.barrier()
         return TrainResult(self.run_dir, model_dir, self.step, seconds, dict(self.last_val))
+
+
+class _Featurizer:
+    """What `compute_image_features` needs of a model (`image_tower`, `transform`), for a tower's lower blocks."""
+
+    def __init__(self, tower: nn.Module, transform: Any) -> None:
+        self.image_tower = tower
+        self.transform = transform
 
 
 def _kill_at_step() -> int:
