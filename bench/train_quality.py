@@ -57,11 +57,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from _common import RESULTS, SAMPLE, Provenance, write_result  # noqa: E402
-from _features import catalog_features, fill_training_views  # noqa: E402
+from _features import catalog_features, derive_colour_features, fill_training_views  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIP_DIR = ROOT / "src" / "shopclip" / "models" / "pretrained" / "default"
 BASE = "minilm-efflite0-ml"
+COLOUR = "minilm-efflite0-mlc"
+# An architecture that is another one plus the colour level: its cached features are derived from that one's
+# (bench/_features.py: derive_colour_features), not featurised again.
+COLOUR_BASES = {COLOUR: BASE}
 
 
 @dataclass
@@ -109,6 +113,11 @@ ARMS: dict[str, Arm] = {
     # Tower arms share one cheaper recipe (clean photos only, the full product text only) so each new tower
     # is featurised once (8,225 photos or 8,225 texts), not with augmented views and text variants;
     # towers_ref is the same recipe on the default towers: each tower arm varies the tower alone.
+    # The colour level (models/colour.py): the same towers plus a 64-cell joint RGB histogram of the photo.
+    "colour": Arm("colour", "default_recipe on the towers + the colour level (minilm-efflite0-mlc)", COLOUR,
+                  candidate=True),
+    "colour_no_augment": Arm("colour", "no_augment on the towers + the colour level", COLOUR,
+                             over={"augment": False}),
     "towers_ref": Arm("towers", "the tower arms' recipe on Lite0 + MiniLM", over=TOWERS, candidate=True),
     "lite1": Arm("towers", "EfficientNet-Lite1 image tower (240 px)", "minilm-efflite1-ml", over=TOWERS, candidate=True),
     "lite2": Arm("towers", "EfficientNet-Lite2 image tower (260 px)", "minilm-efflite2-ml", over=TOWERS, candidate=True),
@@ -405,14 +414,22 @@ def main() -> None:
     bases: dict[str, Any] = {}
     feats: dict[str, Any] = {}
     arch_info: dict[str, Any] = {}
+    archs.sort(key=lambda x: x in COLOUR_BASES)  # a colour architecture after the one it extends
     for arch in archs:
         t = time.perf_counter()
         model = create_model(arch).eval()
         bases[arch] = model
         users = [ARMS[n] for n in names if n in ARMS and ARMS[n].model == arch]
         variants = arch == BASE or any("text_variants" not in u.over for u in users)
+        augmented = any(ARMS[n].model == arch and ARMS[n].over.get("augment", True) for n in names if n in ARMS)
+        if arch in COLOUR_BASES:  # the base tower's features (and views), then + the colour level
+            base_model = bases.get(COLOUR_BASES[arch]) or create_model(COLOUR_BASES[arch]).eval()
+            catalog_features(catalog, base_model, cache_dir, progress=not a.quick, variants=variants)
+            if augmented:
+                fill_training_views(catalog, base_model, cache_dir, train_rows, views=2, progress=not a.quick)
+            derive_colour_features(catalog, base_model, model, cache_dir, progress=not a.quick)
         feats[arch] = catalog_features(catalog, model, cache_dir, progress=not a.quick, variants=variants)
-        if any(ARMS[n].model == arch and ARMS[n].over.get("augment", True) for n in names if n in ARMS):
+        if augmented:
             fill_training_views(catalog, model, cache_dir, train_rows, views=2, progress=not a.quick)
         arch_info[arch] = {"featurise_seconds": round(time.perf_counter() - t, 1),
                            **tower_speed(model, catalog, 16 if a.quick else 96, 32 if a.quick else 256)}
