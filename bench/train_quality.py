@@ -27,6 +27,8 @@ Arms (each varies one thing from ``default_recipe``, today's recipe retrained he
   partial      partial_ft (EfficientNet-Lite0's last MBConv block + head conv fine-tuned on cached
                lower-block outputs, continuing similar_subspace)
   towers       towers_ref, lite1, lite2 (image), mpnet (text): one cheaper recipe for all four
+  pilots       (in no set; --arms, val only) colour, colour_no_augment (the colour level), batch_2048, mlp_head,
+               full_text_only
   chosen       new_default: the arm the selection rule picks on val (its config retrained), shipped
                with --ship as float16 heads and measured again as ``shipped`` (fp16).
 
@@ -100,6 +102,12 @@ ARMS: dict[str, Arm] = {
     "hard_negatives": Arm("harder", "hard-negative-weighted InfoNCE (beta 4)", over={"hard_beta": 4.0},
                           candidate=True),
     "leaf_hard": Arm("harder", "leaf batches + hard-negative weighting", over=HARD, candidate=True),
+    # Pilot arms (val only): one more knob each, run with --arms; not in a set unless they earned it on val.
+    "batch_2048": Arm("harder", "batches of 2,048 instead of 512 (4x the in-batch negatives)",
+                      over={"batch_size": 2048}, candidate=True),
+    "mlp_head": Arm("like_for_like", "MLP heads instead of linear ones", over={"head": "mlp"}, candidate=True),
+    "full_text_only": Arm("like_for_like", "trained on the full product text only (no title / field-subset "
+                          "variants): the whole-catalog query text", over={"text_variants": []}, candidate=True),
     "i2i_shared": Arm("similar_items", "hard_negatives + image-image term (weight 1, same-leaf and other-view "
                       "positives) on the shared 768-d space", over={"hard_beta": 4.0, **I2I}, candidate=True),
     "similar_subspace": Arm("similar_items", "hard_negatives + the image-image term on its own 256-d subspace of "
