@@ -94,6 +94,82 @@ def fill_training_views(catalog, model, cache_dir: str | None, products, views: 
     return sum(compute_image_features(model, items, [v], ic, aug=aug, seed=seed, progress=progress) for v in names)
 
 
+def derive_colour_features(catalog, base_model, colour_model, cache_dir: str | None, *, lower_blocks: int = 0,
+                           progress: bool = True, check: int = 4) -> int:
+    """Fill ``colour_model``'s cache from ``base_model``'s, appending the colour level (models/colour.py).
+
+    A tower with a colour level outputs exactly its base tower's vector followed by the colour
+    level, which depends on the pixels alone (tested), so every cached base vector (clean photos
+    and augmented views alike, whatever their view names) becomes the colour tower's by decoding
+    the same view once more — no CNN pass. With ``lower_blocks`` N it does the same for partial
+    fine-tuning's cached lower-block outputs (``image-lowerN``). The first ``check`` results are
+    compared with the colour tower's own forward pass and refused unless equal to 1e-3.
+    """
+    import torch
+
+    from shopclip.models.augment import AugmentConfig
+    from shopclip.models.features import FeatureCache, default_cache_dir, image_fingerprint, load_view
+    from shopclip.models.partial import ImageTopSplit
+    from shopclip.models.towers import LEVEL_NORM
+
+    tower = colour_model.image_tower
+    if tower.colour is None or colour_model.transform != base_model.transform:
+        raise ValueError("the colour model must be the base model's tower plus a colour level, same preprocessing")
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    if lower_blocks:
+        base_split, split = ImageTopSplit(base_model.image_tower, lower_blocks), ImageTopSplit(tower, lower_blocks)
+        kind, dims, dtype = f"image-lower{lower_blocks}", (base_split.dim, split.dim), "float16"
+    else:
+        split = None
+        kind, dims, dtype = "image", (base_model.image_tower.output_dim, tower.output_dim), "float32"
+    src = FeatureCache(root, kind, image_fingerprint(base_model), dims[0], dtype=dtype)
+    dst = FeatureCache(root, kind, image_fingerprint(colour_model), dims[1], dtype=dtype)
+    items = {it.sha1: it for it in _items(catalog, catalog.products)}
+    todo = [k for k in src._index if k not in dst and k.split(":", 1)[0] in items]
+    if not todo:
+        return 0
+    aug = AugmentConfig()
+    grid = split.grid if split is not None else tuple(
+        tower.net.extract_features(torch.zeros(1, 3, tower.transform.size, tower.transform.size)).shape[-2:])
+
+    def colour_of(pixels: torch.Tensor) -> torch.Tensor:
+        hist = tower.colour(pixels, grid).mean(dim=(2, 3))
+        return hist if split is not None else hellinger(hist) * LEVEL_NORM
+
+    def pixels_of(key: str) -> torch.Tensor:
+        sha, view = key.split(":", 1)
+        return load_view(items[sha], view, colour_model, aug, 0)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shopclip.models.colour import hellinger
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"derive {kind} + colour", unit="item")
+    tower.eval()
+    with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
+        for s in range(0, len(todo), 512):
+            keys = todo[s : s + 512]
+            px = torch.stack(list(pool.map(pixels_of, keys)))
+            vec = np.concatenate([src.get(keys).astype(np.float32), colour_of(px).numpy()], axis=1)
+            if s == 0 and check:  # the layout and the colour level against the colour tower's own forward pass
+                real = (split.lower(px[:check]) if split is not None else tower(px[:check])).numpy()
+                base_err = np.abs(real[:, : dims[0]] - vec[:check, : dims[0]]) / (np.abs(real[:, : dims[0]]) + 1e-2)
+                colour_err = float(np.abs(real[:, dims[0] :] - vec[:check, dims[0] :]).max())
+                if float(base_err.max()) > (2e-2 if dtype == "float16" else 1e-3) or colour_err > 1e-4:
+                    raise RuntimeError(f"derived {kind} features differ from the colour tower's: base rel. "
+                                       f"{float(base_err.max()):.2g}, colour {colour_err:.2g}")
+            dst.add(keys, vec)
+            if bar is not None:
+                bar.update(len(keys))
+    if bar is not None:
+        bar.close()
+    return len(todo)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm-efflite0-ml")

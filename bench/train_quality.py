@@ -27,6 +27,8 @@ Arms (each varies one thing from ``default_recipe``, today's recipe retrained he
   partial      partial_ft (EfficientNet-Lite0's last MBConv block + head conv fine-tuned on cached
                lower-block outputs, continuing similar_subspace)
   towers       towers_ref, lite1, lite2 (image), mpnet (text): one cheaper recipe for all four
+  pilots       (in no set; --arms, val only) colour, colour_no_augment (the colour level), batch_2048, mlp_head,
+               full_text_only
   chosen       new_default: the arm the selection rule picks on val (its config retrained), shipped
                with --ship as float16 heads and measured again as ``shipped`` (fp16).
 
@@ -57,11 +59,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from _common import RESULTS, SAMPLE, Provenance, write_result  # noqa: E402
-from _features import catalog_features, fill_training_views  # noqa: E402
+from _features import catalog_features, derive_colour_features, fill_training_views  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIP_DIR = ROOT / "src" / "shopclip" / "models" / "pretrained" / "default"
 BASE = "minilm-efflite0-ml"
+COLOUR = "minilm-efflite0-mlc"
+# An architecture that is another one plus the colour level: its cached features are derived from that one's
+# (bench/_features.py: derive_colour_features), not featurised again.
+COLOUR_BASES = {COLOUR: BASE}
 
 
 @dataclass
@@ -96,6 +102,12 @@ ARMS: dict[str, Arm] = {
     "hard_negatives": Arm("harder", "hard-negative-weighted InfoNCE (beta 4)", over={"hard_beta": 4.0},
                           candidate=True),
     "leaf_hard": Arm("harder", "leaf batches + hard-negative weighting", over=HARD, candidate=True),
+    # Pilot arms (val only): one more knob each, run with --arms; not in a set unless they earned it on val.
+    "batch_2048": Arm("harder", "batches of 2,048 instead of 512 (4x the in-batch negatives)",
+                      over={"batch_size": 2048}, candidate=True),
+    "mlp_head": Arm("like_for_like", "MLP heads instead of linear ones", over={"head": "mlp"}, candidate=True),
+    "full_text_only": Arm("like_for_like", "trained on the full product text only (no title / field-subset "
+                          "variants): the whole-catalog query text", over={"text_variants": []}, candidate=True),
     "i2i_shared": Arm("similar_items", "hard_negatives + image-image term (weight 1, same-leaf and other-view "
                       "positives) on the shared 768-d space", over={"hard_beta": 4.0, **I2I}, candidate=True),
     "similar_subspace": Arm("similar_items", "hard_negatives + the image-image term on its own 256-d subspace of "
@@ -109,6 +121,11 @@ ARMS: dict[str, Arm] = {
     # Tower arms share one cheaper recipe (clean photos only, the full product text only) so each new tower
     # is featurised once (8,225 photos or 8,225 texts), not with augmented views and text variants;
     # towers_ref is the same recipe on the default towers: each tower arm varies the tower alone.
+    # The colour level (models/colour.py): the same towers plus a 64-cell joint RGB histogram of the photo.
+    "colour": Arm("colour", "default_recipe on the towers + the colour level (minilm-efflite0-mlc)", COLOUR,
+                  candidate=True),
+    "colour_no_augment": Arm("colour", "no_augment on the towers + the colour level", COLOUR,
+                             over={"augment": False}),
     "towers_ref": Arm("towers", "the tower arms' recipe on Lite0 + MiniLM", over=TOWERS, candidate=True),
     "lite1": Arm("towers", "EfficientNet-Lite1 image tower (240 px)", "minilm-efflite1-ml", over=TOWERS, candidate=True),
     "lite2": Arm("towers", "EfficientNet-Lite2 image tower (260 px)", "minilm-efflite2-ml", over=TOWERS, candidate=True),
@@ -321,7 +338,7 @@ SELECTION_RULE = (
 )
 
 
-def choose(arms: dict[str, dict[str, Any]], tower_i2i: float, lite0_speed: float) -> dict[str, Any]:
+def choose(arms: dict[str, dict[str, Any]], tower_i2i: float, lite0_speed: float | None) -> dict[str, Any]:
     def val(name: str, *path: str) -> float:
         d: Any = arms[name]
         for p in path:
@@ -336,13 +353,14 @@ def choose(arms: dict[str, dict[str, Any]], tower_i2i: float, lite0_speed: float
         mrr = val(name, "whole_catalog", "val", "t2i", "mrr")
         i2i = val(name, "whole_catalog", "val", "i2i_same_leaf_precision@10")
         split_mrr = val(name, "split", "val", "t2i_mrr")
-        speed = a["towers"]["image_tower_images_per_s"]
+        speed = a["towers"].get("image_tower_images_per_s")
         passes = i2i >= tower_i2i + 0.05 and split_mrr >= floor_split
         table[name] = {"val_t2i_mrr": mrr, "val_i2i_same_leaf_precision@10": i2i, "val_split_t2i_mrr": split_mrr,
                        "image_tower_images_per_s": speed, "passes_floors": passes}
         if passes:
             ok.append(name)
-    cheap = [n for n in ok if table[n]["image_tower_images_per_s"] >= 0.6 * lite0_speed]
+    # Without timings (--no-timings: every arm on the Lite0 towers, checked in main) every arm is "cheap".
+    cheap = [n for n in ok if lite0_speed is None or table[n]["image_tower_images_per_s"] >= 0.6 * lite0_speed]
     best_cheap = max(cheap, key=lambda n: table[n]["val_t2i_mrr"], default=None)
     chosen = best_cheap
     for n in ok:
@@ -370,6 +388,9 @@ def main() -> None:
     ap.add_argument("--arms", default="", help="comma-separated arms instead of a set (pilots; never committed)")
     ap.add_argument("--ship", action="store_true", help="ship the chosen arm as the package default (float16 heads)")
     ap.add_argument("--quick", action="store_true", help="a seconds-long run on ~240 products, 3 arms, 2 epochs")
+    ap.add_argument("--no-timings", action="store_true", help="quality figures only: no training minutes, "
+                    "featurising seconds or tower images/s, for a run that cannot hold the heavy lock (timings need "
+                    "it, TEAM.md); only for arms on the Lite0 towers, where the selection rule's cost clause is moot")
     ap.add_argument("--out", default=None, help=f"result file [default: {RESULTS / 'train_quality.json'}]")
     a = ap.parse_args()
     if a.quick and a.ship:
@@ -394,6 +415,9 @@ def main() -> None:
     unknown = [n for n in names if n not in ARMS and n not in ("lit_baseline",)]
     if unknown:
         ap.error(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
+    if a.no_timings and any(n not in ARMS or ARMS[n].model not in (BASE, COLOUR) for n in names):
+        ap.error("--no-timings only with arms on the Lite0 towers (the cost clause needs images/s otherwise)")
+    timed = not a.no_timings
     for n in list(names):  # an arm that continues another needs that one first
         if n in ARMS and ARMS[n].init and ARMS[n].init not in names[: names.index(n)]:
             names.insert(names.index(n), ARMS[n].init)
@@ -405,17 +429,25 @@ def main() -> None:
     bases: dict[str, Any] = {}
     feats: dict[str, Any] = {}
     arch_info: dict[str, Any] = {}
+    archs.sort(key=lambda x: x in COLOUR_BASES)  # a colour architecture after the one it extends
     for arch in archs:
         t = time.perf_counter()
         model = create_model(arch).eval()
         bases[arch] = model
         users = [ARMS[n] for n in names if n in ARMS and ARMS[n].model == arch]
         variants = arch == BASE or any("text_variants" not in u.over for u in users)
+        augmented = any(ARMS[n].model == arch and ARMS[n].over.get("augment", True) for n in names if n in ARMS)
+        if arch in COLOUR_BASES:  # the base tower's features (and views), then + the colour level
+            base_model = bases.get(COLOUR_BASES[arch]) or create_model(COLOUR_BASES[arch]).eval()
+            catalog_features(catalog, base_model, cache_dir, progress=not a.quick, variants=variants)
+            if augmented:
+                fill_training_views(catalog, base_model, cache_dir, train_rows, views=2, progress=not a.quick)
+            derive_colour_features(catalog, base_model, model, cache_dir, progress=not a.quick)
         feats[arch] = catalog_features(catalog, model, cache_dir, progress=not a.quick, variants=variants)
-        if any(ARMS[n].model == arch and ARMS[n].over.get("augment", True) for n in names if n in ARMS):
+        if augmented:
             fill_training_views(catalog, model, cache_dir, train_rows, views=2, progress=not a.quick)
         arch_info[arch] = {"featurise_seconds": round(time.perf_counter() - t, 1),
-                           **tower_speed(model, catalog, 16 if a.quick else 96, 32 if a.quick else 256)}
+                           **tower_speed(model, catalog, 16 if a.quick else 96, 32 if a.quick else 256)} if timed else {}
 
     arms: dict[str, dict[str, Any]] = {}
     base = bases[BASE]
@@ -467,7 +499,7 @@ def main() -> None:
             extra["sim_weight"] = choose_sim_weight(ctx, model, tower_out)
             model.save(res.model_dir)
         return {"group": arm.group, "doc": arm.doc, "model": arm.model, "overrides": arm.over, **extra,
-                "candidate": arm.candidate, "train_minutes": round(res.seconds / 60, 2),
+                "candidate": arm.candidate, **({"train_minutes": round(res.seconds / 60, 2)} if timed else {}),
                 "towers": {k: v for k, v in arch_info[arm.model].items() if k != "featurise_seconds"},
                 **measure(ctx, *project(model, f, image))}
 
@@ -481,7 +513,7 @@ def main() -> None:
 
     selection = None
     if any(arms[n].get("candidate") for n in arms):
-        lite0_speed = arch_info[BASE]["image_tower_images_per_s"]
+        lite0_speed = arch_info[BASE].get("image_tower_images_per_s")
         selection = choose(arms, arms["image_tower"]["whole_catalog"]["val"]["i2i_same_leaf_precision@10"],
                            lite0_speed)
         chosen = selection["chosen"]
@@ -539,6 +571,8 @@ def main() -> None:
         targets = _r(targets)
     result = {
         "config": {"catalog": a.catalog, "quick": a.quick, "ship": a.ship, "set": a.set, "arms_requested": a.arms or None,
+                   "timings": timed if timed else "omitted (--no-timings): run without the heavy lock, so no training "
+                                                  "minutes or images/s are recorded",
                    "arms_run": names,
                    "cache_dir": cache_dir, "default_train_config": TrainConfig().to_dict(),
                    "arms": {n: {"model": ARMS[n].model, "overrides": ARMS[n].over, "group": ARMS[n].group}

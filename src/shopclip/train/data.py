@@ -83,22 +83,33 @@ def text_variants(p: Product, cfg: TextConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- splits
+def split_names(spec: str) -> set[str]:
+    """"train" → {"train"}; "train+val" → {"train", "val"} (a final fit on every non-test product); "" → none."""
+    return {s.strip() for s in spec.split("+") if s.strip()}
+
+
 def split_catalog(catalog: Catalog, train: str = "train", val: str = "val") -> tuple[list[Product], list[Product]]:
     """(train, val) products: the catalog's own `split` where present, else a group-aware hash split.
 
-    Raises if a declared product group straddles the two sides (that would leak
-    duplicates). A train product whose photo is byte-identical to a product of another
-    split (:mod:`shopclip.catalog.photos`; the sample has a few such Flipkart twins) is
-    left out of training, so no held-out product's exact photo is trained on.
+    ``train`` may join splits with ``+`` (``train+val``: the final fit once every hyper-parameter
+    was chosen on val; pass ``val=""`` then, as no product can be on both sides). Raises if a
+    declared product group straddles the two sides (that would leak duplicates). A train
+    product whose photo is byte-identical to a product of another split
+    (:mod:`shopclip.catalog.photos`; the sample has a few such Flipkart twins) is left out of
+    training, so no held-out product's exact photo is trained on.
     """
     cat = ensure_splits(catalog)
-    tr = [p for p in cat.products if p.split == train]
-    va = [p for p in cat.products if p.split == val]
+    train_set, val_set = split_names(train), split_names(val)
+    both = train_set & val_set
+    if both:
+        raise ValueError(f"split(s) {sorted(both)} cannot be trained on and validated on at once")
+    tr = [p for p in cat.products if p.split in train_set]
+    va = [p for p in cat.products if p.split in val_set]
     leak = {group_key(p) for p in tr} & {group_key(p) for p in va}
     if leak:
         raise ValueError(f"{len(leak)} product groups are in both {train!r} and {val!r} (e.g. {sorted(leak)[:3]})")
     groups = photo_groups(cat)
-    held = {groups.key[p.id] for p in cat.products if p.split != train}
+    held = {groups.key[p.id] for p in cat.products if p.split not in train_set}
     kept = [p for p in tr if groups.key[p.id] not in held]
     if len(kept) < len(tr):
         log.info("left %d train products out of training: their photos are byte-identical to held-out products'",
