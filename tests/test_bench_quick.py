@@ -44,7 +44,7 @@ def test_bench_script_runs_quick(script, tmp_path, sample_catalog):
     before = _results_snapshot()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"bench/{script} --quick failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert out.exists(), f"bench/{script} --quick wrote nothing to --out"
     assert _results_snapshot() == before, f"bench/{script} --quick wrote into bench/results/"
