@@ -54,7 +54,29 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, np.float32(1e-12))
 
 
-class EmbeddingStore:
+class _ManifestFields:
+    """The manifest's model, dim, dtype and modalities, for the store and its writer alike."""
+
+    _manifest: dict[str, Any]
+
+    @property
+    def model(self) -> str:
+        return self._manifest["model"]
+
+    @property
+    def dim(self) -> int:
+        return int(self._manifest["dim"])
+
+    @property
+    def dtype(self) -> str:
+        return self._manifest["dtype"]
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self._manifest["modalities"])
+
+
+class EmbeddingStore(_ManifestFields):
     """Append-only embedding parts plus a compacted main generation; see the module docstring."""
 
     def __init__(self, root: str | Path, manifest: dict[str, Any]) -> None:
@@ -215,22 +237,6 @@ class EmbeddingStore:
     @property
     def manifest(self) -> dict[str, Any]:
         return {**self._manifest, "count": len(self)}
-
-    @property
-    def model(self) -> str:
-        return self._manifest["model"]
-
-    @property
-    def dim(self) -> int:
-        return int(self._manifest["dim"])
-
-    @property
-    def dtype(self) -> str:
-        return self._manifest["dtype"]
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self._manifest["modalities"])
 
     @property
     def ids(self) -> list[str]:
@@ -439,7 +445,7 @@ class EmbeddingStore:
         atomic_write_json(self.root / "manifest.json", self._manifest)
 
 
-class StoreWriter:
+class StoreWriter(_ManifestFields):
     """Commits parts to a store without reading it: a write costs what it writes.
 
     `EmbeddingStore` keeps every row it has read or appended in memory, and its `delete`
@@ -457,22 +463,6 @@ class StoreWriter:
     @property
     def manifest(self) -> dict[str, Any]:
         return dict(self._manifest)
-
-    @property
-    def model(self) -> str:
-        return self._manifest["model"]
-
-    @property
-    def dim(self) -> int:
-        return int(self._manifest["dim"])
-
-    @property
-    def dtype(self) -> str:
-        return self._manifest["dtype"]
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self._manifest["modalities"])
 
     def append(
         self,
