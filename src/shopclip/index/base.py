@@ -183,6 +183,16 @@ def dedupe_last(ids: Sequence[str], n: int) -> tuple[list[str], np.ndarray]:
     return [ids[r] for r in rows], rows
 
 
+def add_inputs(ids: Sequence[str], vectors: np.ndarray, categories: Sequence[CategoryLike] | None,
+               hashes: Sequence[str | None] | None, dim: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str | None]]:
+    """`add`'s arguments checked the same way for every backend: (vectors, ids kept, their rows, hashes)."""
+    x = as_matrix(vectors, dim)
+    kept, rows = dedupe_last(ids, len(x))
+    if categories is not None and len(categories) != len(x):
+        raise ValueError(f"got {len(categories)} categories for {len(x)} vectors")
+    return x, kept, rows, hash_list(hashes, len(x))
+
+
 def id_list(ids: Collection[str] | str) -> list[str]:
     """A lone string is one id, not a sequence of one-letter ids."""
     return [ids] if isinstance(ids, str) else [str(i) for i in ids]

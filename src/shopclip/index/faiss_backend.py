@@ -34,10 +34,9 @@ from shopclip.index.base import (
     GrowArray,
     Hit,
     VectorIndex,
+    add_inputs,
     as_matrix,
     data_folder,
-    dedupe_last,
-    hash_list,
     id_list,
     read_manifest,
     save_folder,
@@ -140,11 +139,7 @@ class FaissIndex(VectorIndex):
         *,
         hashes: Sequence[str | None] | None = None,
     ) -> None:
-        x = as_matrix(vectors, self.dim)
-        ids, rows = dedupe_last(ids, len(x))
-        if categories is not None and len(categories) != len(x):
-            raise ValueError(f"got {len(categories)} categories for {len(x)} vectors")
-        given = hash_list(hashes, len(x))
+        x, ids, rows, given = add_inputs(ids, vectors, categories, hashes, self.dim)
         if not ids:
             return
         self._kill(ids)

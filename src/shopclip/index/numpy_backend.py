@@ -14,10 +14,9 @@ from shopclip.index.base import (
     CategoryTable,
     Hit,
     VectorIndex,
+    add_inputs,
     as_matrix,
     data_folder,
-    dedupe_last,
-    hash_list,
     id_list,
     read_manifest,
     save_folder,
@@ -48,11 +47,7 @@ class NumpyIndex(VectorIndex):
         *,
         hashes: Sequence[str | None] | None = None,
     ) -> None:
-        x = as_matrix(vectors, self.dim)
-        ids, rows = dedupe_last(ids, len(x))
-        if categories is not None and len(categories) != len(x):
-            raise ValueError(f"got {len(categories)} categories for {len(x)} vectors")
-        given = hash_list(hashes, len(x))
+        x, ids, rows, given = add_inputs(ids, vectors, categories, hashes, self.dim)
         self.remove(ids)
         self._hash.update((i, given[r]) for i, r in zip(ids, rows, strict=True))
         self._vectors = np.concatenate([self._vectors, x[rows]])

@@ -48,11 +48,10 @@ from shopclip.index.base import (
     Hit,
     StoreUnavailableError,
     VectorIndex,
+    add_inputs,
     as_matrix,
     category_levels,
     category_text,
-    dedupe_last,
-    hash_list,
     id_list,
     read_manifest,
     save_folder,
@@ -287,11 +286,7 @@ class MilvusIndex(VectorIndex):
         *,
         hashes: Sequence[str | None] | None = None,
     ) -> None:
-        x = as_matrix(vectors, self.dim)
-        ids, rows = dedupe_last(ids, len(x))
-        if categories is not None and len(categories) != len(x):
-            raise ValueError(f"got {len(categories)} categories for {len(x)} vectors")
-        given = hash_list(hashes, len(x))
+        x, ids, rows, given = add_inputs(ids, vectors, categories, hashes, self.dim)
         if not ids:
             return
         if too_long := [i for i in ids if len(i.encode()) > MAX_ID]:
