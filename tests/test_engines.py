@@ -297,3 +297,26 @@ def test_serve_takes_the_engine_option(tmp_path):
     assert res.returncode == 0 and "--engine" in res.stdout
     res = _shopclip("serve", str(tmp_path), "--engine", "tensorrt")
     assert res.returncode == 2 and "torch, onnx, onnx-int8" in res.stderr
+
+
+def test_the_default_models_shipped_ranges_fit_a_fresh_export(tmp_path, rows):
+    """A fresh install exports the image tower itself; the calibration ranges the model ships must still apply
+    (they are keyed by tensor names, which the exporter numbers with counters: names are made canonical)."""
+    import shutil
+
+    from shopclip.models.engines import onnx_export as ox
+
+    shipped = Path(load_model("default", engine="torch").source_dir)
+    folder = tmp_path / "default"
+    shutil.copytree(shipped, folder, ignore=shutil.ignore_patterns("*.onnx"))
+    assert list((folder / "onnx").glob("image-*.calibration.json")) and not list(folder.rglob("*.onnx"))
+    m = load_model(folder, engine="onnx-int8")  # no calibration images given
+    paths = [SAMPLE_DIR / r["image"] for r in rows[:4]]
+    got = m.encode_image(paths)
+    assert m.engine.describe()["variants"]["image"].startswith("int8-static")
+    ref = load_model("default", engine="onnx-int8")
+    assert m.engine.numerics("image") == ref.engine.numerics("image")
+    np.testing.assert_allclose(got, ref.encode_image(paths), atol=1e-6)
+    fresh = next((folder / "onnx").glob("image-*.fp32.onnx"))
+    meta = json.loads(next((folder / "onnx").glob("image-*.calibration.meta.json")).read_text())
+    assert ox.graph_signature(fresh) == meta["graph_signature"]

@@ -196,3 +196,26 @@ def test_shipped_head_routes_es_fr_de_to_use_and_hindi_to_e5(engine):
     cfg = engine.multilingual().config
     assert {cfg.heads[cfg.head_for(lang)].base for lang in ("es", "fr", "de")} == {"use"}
     assert cfg.heads[cfg.head_for("hi")].base == "e5"
+
+
+def test_the_head_is_checked_against_the_models_space_not_its_engine_numbers(engine):
+    """An int8 image graph calibrated on other photos (a fresh install) changes the model's fingerprint, not its
+    text space: the shipped head must still serve it, and still refuse another model's space."""
+    import copy
+
+    from shopclip.models.features import model_fingerprint
+    from shopclip.train.testing import tiny_model
+
+    enc = copy.copy(engine.multilingual())
+    space = model_fingerprint(engine.model, numerics=False)
+    enc.config = copy.deepcopy(enc.config)
+    enc.config.target_model, enc.config.also_targets = "fingerprint-under-other-int8-ranges", [space]
+    enc.check_model(engine.model)
+    with pytest.raises(MultilingualMismatchError):
+        enc.check_target(model_fingerprint(engine.model))
+    enc.config.also_targets = []
+    with pytest.raises(MultilingualMismatchError):
+        enc.check_model(engine.model)
+    enc.config.also_targets = [space]
+    with pytest.raises(MultilingualMismatchError):
+        enc.check_model(tiny_model())

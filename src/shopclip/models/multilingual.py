@@ -283,6 +283,19 @@ class MultilingualQueryEncoder:
         atomic_write_json(folder / CONFIG_FILE, self.config.to_dict())
         return folder
 
+    def check_model(self, model: Any) -> None:
+        """Refuse a model whose embedding *space* is not the one the heads were distilled into.
+
+        Compared by the numerics-free fingerprint too: the same weights under another engine,
+        or an int8 image graph calibrated on other photos, keep the text space the heads map into.
+        """
+        from shopclip.models.features import model_fingerprint
+
+        accepted = {self.config.target_model, *self.config.also_targets}
+        if model_fingerprint(model, numerics=False) in accepted:
+            return
+        self.check_target(model_fingerprint(model))
+
     def check_target(self, model_fingerprint: str) -> None:
         accepted = {self.config.target_model, *self.config.also_targets}
         if self.config.target_model and model_fingerprint not in accepted:

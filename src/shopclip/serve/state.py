@@ -407,7 +407,7 @@ class ServeState:
 
             try:
                 enc = MultilingualQueryEncoder.load()
-                enc.check_target(self.store.model)
+                enc.check_model(self.model)
                 self._multi = enc
             except (FileNotFoundError, ImportError, MultilingualMismatchError) as e:
                 self._multi_problem = {"multi": str(e)}

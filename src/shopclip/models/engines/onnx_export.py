@@ -97,6 +97,7 @@ def _atomic_export(module: nn.Module, inputs: dict[str, torch.Tensor], dynamic: 
             torch.onnx.export(module, (), tmp, kwargs=inputs, dynamo=True, input_names=list(inputs),
                               output_names=["features"], dynamic_shapes=dynamic, external_data=False,
                               opset_version=OPSET)
+        _canonical_names(Path(tmp))
         os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
     finally:
@@ -104,6 +105,17 @@ def _atomic_export(module: nn.Module, inputs: dict[str, torch.Tensor], dynamic: 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dst
+
+
+def _canonical_names(path: Path) -> None:
+    """Rename the export's counter-numbered tensors after what computes them (calibration ranges are keyed by them)."""
+    import onnx
+
+    from shopclip.models.engines.onnx_names import canonicalize
+
+    model = onnx.load(str(path))
+    if canonicalize(model):
+        onnx.save(model, str(path))
 
 
 def export_image_tower(tower: nn.Module, dst: Path, image_size: int) -> Path:
