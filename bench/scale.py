@@ -136,8 +136,20 @@ def measure_writes(real, n: int, *, quick: bool, store: str = "faiss", uri: str 
     base, build_s = synthetic_workdir(real, n, quick=quick, store=store, uri=uri)
     work = base.parent / f"{base.name}-run"
     shutil.rmtree(work, ignore_errors=True)
-    # a writable copy: hard links for the big immutable files, fresh copies of what writes touch
-    shutil.copytree(base, work, copy_function=os.link, ignore=shutil.ignore_patterns(".complete"))
+    # a writable copy: for faiss, hard links for the big immutable files and fresh copies of what writes
+    # touch; a server store's data folder is copied whole (PostgreSQL changes its files in place, so a
+    # hard-linked copy would change the cached base under the next run) with its owners (run as root,
+    # PostgreSQL runs as 'pgserver', which must own every folder of the copy)
+    shutil.copytree(base, work, copy_function=os.link if store == "faiss" else shutil.copy2,
+                    ignore=shutil.ignore_patterns(".complete"))
+    if store != "faiss" and os.geteuid() == 0:
+        for folder, dirs, files in os.walk(base):
+            for name in dirs + files:
+                src = Path(folder) / name
+                dst = work / src.relative_to(base)
+                if dst.exists():
+                    st_ = src.lstat()
+                    os.lchown(dst, st_.st_uid, st_.st_gid)
     for mutable in [work / "embeddings" / "state.json", work / "embeddings" / "manifest.json"]:
         if mutable.exists():
             data = mutable.read_bytes()
