@@ -291,14 +291,15 @@ class MultilingualQueryEncoder:
         """
         from shopclip.models.features import model_fingerprint
 
-        accepted = {self.config.target_model, *self.config.also_targets}
-        if model_fingerprint(model, numerics=False) in accepted:
-            return
-        self.check_target(model_fingerprint(model))
+        if not self._accepts(model_fingerprint(model, numerics=False)):
+            self.check_target(model_fingerprint(model))
+
+    def _accepts(self, fingerprint: str) -> bool:
+        """A head with no recorded target serves any model (v1 folders written by hand)."""
+        return not self.config.target_model or fingerprint in {self.config.target_model, *self.config.also_targets}
 
     def check_target(self, model_fingerprint: str) -> None:
-        accepted = {self.config.target_model, *self.config.also_targets}
-        if self.config.target_model and model_fingerprint not in accepted:
+        if not self._accepts(model_fingerprint):
             raise MultilingualMismatchError(
                 f"the multilingual head was distilled for shopclip model {self.config.target_name or '?'} "
                 f"({self.config.target_model[:12]}), not for the one that embedded this catalog "
