@@ -200,6 +200,29 @@ def test_photo_check_tells_an_edited_copy_from_a_colour_variant_and_another_prod
     assert other_inl < same_inl / 3
 
 
+def test_feature_matrix_by_hand_and_an_unmeasured_colour_is_no_evidence():
+    from shopclip.heads.matching import PAIR_FEATURES, feature_matrix, pair_features
+    from shopclip.heads.photomatch import NO_COLOUR
+
+    # rows: the same shot in another colour (9 inliers, colour 0.4); a swapped background
+    # that broke the geometry (3 stray inliers, no colour measured); no match at all
+    checks = np.array([[9, 0.4, 0.5], [3, NO_COLOUR, 0.0], [0, NO_COLOUR, 0.0]], dtype=np.float32)
+    x = feature_matrix(PAIR_FEATURES, {"image": np.array([0.9, 0.5, 0.1]), "text": np.array([0.8, 0.99, 0.2])},
+                       checks, 3)
+    col = {n: x[:, i] for i, n in enumerate(PAIR_FEATURES)}
+    np.testing.assert_allclose(col["inliers"], np.log1p([9, 3, 0]), rtol=1e-6)
+    np.testing.assert_allclose(col["inliers_colour"], [np.log(10) * 0.4, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(col["text"], [0.8, 0.99, 0.2], rtol=1e-6)
+    # pair_features computes the cosines and goes through the same columns
+    v = np.eye(3, dtype=np.float32)
+    views = {"image": v, "text": v}
+    got = pair_features(views, views, np.array([[0, 0], [0, 1]]), PAIR_FEATURES, photo=lambda p: checks[:2])
+    np.testing.assert_allclose(got[:, 0], [1.0, 0.0])
+    np.testing.assert_allclose(got[:, 5], [np.log(10) * 0.4, 0.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="photo check"):
+        feature_matrix(PAIR_FEATURES, {"image": np.zeros(1), "text": np.zeros(1)}, None, 1)
+
+
 def test_pair_matcher_round_trips_and_an_identical_photo_always_matches():
     from shopclip.heads.matching import PairMatcher
 

@@ -36,7 +36,7 @@ duplicate listing (and goes to review when the texts alone would not have matche
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ import numpy as np
 
 from shopclip.heads.calibration import BinaryCalibrator
 from shopclip.heads.features import Views
+from shopclip.heads.photomatch import NO_COLOUR
 from shopclip.heads.probe import LinearProbe, fit_probe
 from shopclip.heads.thresholds import best_f1_threshold, threshold_at_precision, tune_threshold
 
@@ -80,19 +81,36 @@ def pair_features(left: Views, right: Views, pairs: np.ndarray, names: Sequence[
         if photo is None:
             raise ValueError(f"features {list(names)} need the photo check (OpenCV) and the photos")
         checks = np.asarray(photo(pairs), dtype=np.float32).reshape(-1, 3)
+    cosines = {n: np.einsum("ij,ij->i", left[n][pairs[:, 0]], right[n][pairs[:, 1]])
+               for n in names if n not in PHOTO_FEATURES}
+    return feature_matrix(names, cosines, checks, len(pairs))
+
+
+def feature_matrix(names: Sequence[str], cosines: Mapping[str, np.ndarray], checks: np.ndarray | None,
+                   n: int) -> np.ndarray:
+    """(n, len(names)) matcher features from per-view cosines and the photo check's rows
+    ``[inliers, colour distance, overlap]``: the one definition that batch dedupe and the
+    server's check of a new listing share, so the two cannot drift apart."""
     cols = []
-    for n in names:
-        if n == "inliers":
+    for name in names:
+        if name in PHOTO_FEATURES and checks is None:
+            raise ValueError(f"feature {name!r} needs the photo check")
+        if name == "inliers":
             cols.append(np.log1p(checks[:, 0]))  # type: ignore[index]
-        elif n == "colour":
+        elif name == "colour":
             cols.append(checks[:, 1])  # type: ignore[index]
-        elif n == "overlap":
+        elif name == "overlap":
             cols.append(checks[:, 2])  # type: ignore[index]
-        elif n == "inliers_colour":
-            cols.append(np.log1p(checks[:, 0]) * checks[:, 1])  # type: ignore[index]
+        elif name == "inliers_colour":
+            # Only a measured colour is evidence. Where the geometry failed (fewer than
+            # MIN_INLIERS) or nothing was foreground in both photos, the colour reads
+            # NO_COLOUR, and its product with a few stray inliers said "the same shot in
+            # another colour": a re-listing with a swapped background scored ~0.
+            measured = checks[:, 1] < NO_COLOUR  # type: ignore[index]
+            cols.append(np.where(measured, np.log1p(checks[:, 0]) * checks[:, 1], 0.0))  # type: ignore[index]
         else:
-            cols.append(np.einsum("ij,ij->i", left[n][pairs[:, 0]], right[n][pairs[:, 1]]))
-    return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(pairs), 0), np.float32)
+            cols.append(np.asarray(cosines[name]))
+    return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((n, 0), np.float32)
 
 
 def margins(z: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -257,4 +275,4 @@ def _query_x(pair: LinearProbe, x: np.ndarray, pairs: np.ndarray, y: np.ndarray)
 
 
 __all__ = ["EMBEDDING_FEATURES", "IDENTICAL_PHOTO", "PAIR_FEATURES", "PHOTO_FEATURES", "Decision", "PairMatcher",
-           "default_features", "margins", "pair_features"]
+           "default_features", "feature_matrix", "margins", "pair_features"]

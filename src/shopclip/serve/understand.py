@@ -172,7 +172,7 @@ def register_understanding(app: FastAPI, st: Any, *, heads_dir: Path, dependenci
                            clean_text: Callable[[str], str]) -> HeadsSource:
     """Add the two routes to ``app`` over the server state ``st`` (its read side only)."""
     from shopclip.heads.features import encode_listing, listing_text
-    from shopclip.heads.matching import PHOTO_FEATURES
+    from shopclip.heads.matching import PHOTO_FEATURES, feature_matrix
     from shopclip.heads.photomatch import compare, describe
 
     source = HeadsSource(heads_dir, st)
@@ -255,14 +255,12 @@ def register_understanding(app: FastAPI, st: Any, *, heads_dir: Path, dependenci
             img_sim = np.asarray([float(vecs[i] @ query_image) for i in ids])
             other = st.model.encode_text([listing_text(m.get("title", ""), m.get("description", "")) for m in metas])
             txt_sim = other @ views["text"][0]
-            feats = {"image": img_sim, "text": txt_sim}
+            checks = None
             if any(f in PHOTO_FEATURES for f in heads.matcher.features):
                 mine = describe(img)
-                checks = np.asarray([compare(mine, source.keypoints.get(str(m.get("image", "")))) for m in metas])
-                inliers = np.log1p(checks[:, 0])
-                feats.update(inliers=inliers, colour=checks[:, 1], overlap=checks[:, 2],
-                             inliers_colour=inliers * checks[:, 1])
-            x = np.stack([feats[f] for f in heads.matcher.features], axis=1)
+                checks = np.asarray([compare(mine, source.keypoints.get(str(m.get("image", "")))) for m in metas],
+                                    dtype=np.float32).reshape(-1, 3)
+            x = feature_matrix(heads.matcher.features, {"image": img_sim, "text": txt_sim}, checks, len(ids))
             p = heads.matcher.score_query(x)
             same_photo = heads.matcher.identical(x)
             for j in np.argsort(-p, kind="stable"):
