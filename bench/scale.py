@@ -304,7 +304,7 @@ def main() -> None:
     real = real_embeddings("default", progress=not args.quick)
     result: dict[str, Any] = {"quick": args.quick, "dim": real.dim}
     if "writes" in args.sections:
-        sizes = args.sizes or ([2_000, 20_000] if args.quick else [10_000, 100_000, 1_000_000])
+        sizes = args.sizes or ([1_000, 5_000] if args.quick else [10_000, 100_000, 1_000_000])
         rows = []
         for store in args.stores:
             if store == "pgvector" and not _have_pgvector():
@@ -327,7 +327,7 @@ def main() -> None:
     if "stores" in args.sections:
         result["stores"] = _optional("_scale_stores", "measure_stores", quick=args.quick)
     if "compact_index" in args.sections:
-        n = args.compact_n or (20_000 if args.quick else 1_000_000)
+        n = args.compact_n or (5_000 if args.quick else 1_000_000)
         result["compact_index"] = measure_compact(real, n, quick=args.quick,
                                                   kinds=("flat", "hnsw-sq8", "ivfpq") if args.quick else
                                                   ("flat", "hnsw", "hnsw-sq8", "ivfpq"))
