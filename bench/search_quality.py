@@ -125,7 +125,8 @@ class Runner:
         from shopclip.query.language import detect_language
 
         self.engine = engine
-        self.expand = True  # cross-lingual lexical terms (ValueVectors); off for the ablation arm
+        self.expand = True  # cross-lingual lexical terms (ValueVectors and word terms); off for the ablation arm
+        self.words = True  # the word-level terms alone (query.crosslingual); off for their ablation arm
         self.queries = queries
         en_texts = sorted({q["query"] for q in queries})
         t0 = time.perf_counter()
@@ -155,7 +156,8 @@ class Runner:
                                             else multi.encode([t], lang=lang)[0])
         return HybridSearcher(base.vector, base.lexical, base.products, enc, base.vocabulary,
                               HybridConfig(vector_weight=fusion_weight), facet_cache=base._facets,
-                              value_vectors=base.value_vectors if self.expand else None)
+                              value_vectors=base.value_vectors if self.expand else None,
+                              word_terms=base.word_terms if self.expand and self.words else None)
 
     def run(self, searcher: Any, q: dict, mode: str, fusion: str | None, understand: bool, lang: str | None) -> list[str]:
         out = searcher.search(q["query"], K, mode=mode, fusion=fusion, understand_query=understand, lang=lang)
@@ -217,6 +219,26 @@ def multilingual(runner: Runner, weight: float) -> dict[str, Any]:
             ablation.setdefault(lang, {})[name] = mean(
                 [metrics(runner.run(plain, q, mode, fusion, False, None), set(q["relevant"])) for q in lq])
     out["without_catalog_terms"] = ablation
+    runner.words = False  # ablation: the catalog terms from the query vector only, none read word by word
+    no_words = runner.searcher(weight)
+    runner.words = True
+    ablation = {}
+    for lang in ("hi", "es", "fr", "de"):
+        lq = [q for q in qs if q["lang"] == lang]
+        for mode, fusion in ARMS[1:]:
+            name = f"{mode if fusion is None else f'{mode}_{fusion}'}|auto|understand_off"
+            ablation.setdefault(lang, {})[name] = mean(
+                [metrics(runner.run(no_words, q, mode, fusion, False, None), set(q["relevant"])) for q in lq])
+    out["without_word_terms"] = ablation
+    if searcher.word_terms is not None:  # what reading the words costs a foreign query (encoder rows per word)
+        lat: list[float] = []
+        for q in qs:
+            if q["lang"] != "en":
+                t0 = time.perf_counter()
+                searcher.word_terms.terms(q["query"], q["lang"])
+                lat.append((time.perf_counter() - t0) * 1000)
+        out["word_terms_ms"] = {"p50": round(float(np.percentile(lat, 50)), 2),
+                                "p99": round(float(np.percentile(lat, 99)), 2), "n": len(lat)}
     return out
 
 

@@ -162,6 +162,7 @@ class SearchEngine:
         view = view or ("fused" if self.aligned else "text")
         if view not in self._searchers:
             from shopclip.catalog.facets import FacetPostings
+            from shopclip.query.crosslingual import CrossLingualTerms
             from shopclip.query.hybrid import ValueVectors
             from shopclip.query.understand import Vocabulary
 
@@ -169,6 +170,7 @@ class SearchEngine:
                 self._vocabulary = Vocabulary(self._meta.values())
                 self._postings = FacetPostings(self._meta.values())
                 self._value_vectors = ValueVectors(self._vocabulary, lambda xs: self.model.encode_text(xs))
+                self._word_terms = CrossLingualTerms(self._vocabulary, self._word_embedder)
             encoders: dict[str, Any] = {"en": lambda q: self.model.encode_text([q])[0]}
             multi = self.multilingual()
             if multi is not None:
@@ -176,8 +178,13 @@ class SearchEngine:
             unavailable = {"multi": self._multi_problem} if self._multi_problem else {}
             self._searchers[view] = HybridSearcher(self.indexes[view], self.lexical, self._meta, encoders,
                                                    self._vocabulary, self.hybrid_config, unavailable=unavailable,
-                                                   value_vectors=self._value_vectors, postings=self._postings)
+                                                   value_vectors=self._value_vectors, postings=self._postings,
+                                                   word_terms=self._word_terms)
         return self._searchers[view]
+
+    def _word_embedder(self) -> Any:
+        multi = self.multilingual()
+        return None if multi is None else multi.embed_words
 
     def multilingual(self) -> Any:
         """The shipped multilingual query encoder, if installed and distilled for this folder's model."""

@@ -322,3 +322,15 @@ class MultilingualQueryEncoder:
             return np.zeros((0, self.config.out_dim), dtype=np.float32)
         head = self.config.head_for(lang)
         return head_forward(self.config.heads[head], self.weights[head], embed_base(self.base(head), list(texts)))
+
+    def embed_words(self, texts: list[str], lang: str | None = None) -> tuple[str, str, np.ndarray]:
+        """``(head, base name, L2-normalised rows)`` of `texts` in the *base* encoder that
+        `lang`'s head reads, before the head: where a word and its English translation sit
+        close ("negra" and "black" under USE), which word-level matching needs and the head's
+        output (fitted on whole titles) does not promise."""
+        head = self.config.head_for(lang)
+        base = self.config.heads[head].base
+        if not texts:
+            return head, base, np.zeros((0, BASE_DIMS[base]), dtype=np.float32)
+        x = embed_base(self.base(head), list(texts))
+        return head, base, (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)

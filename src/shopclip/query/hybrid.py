@@ -26,6 +26,7 @@ import numpy as np
 from shopclip.catalog.facets import FacetPostings, Filters, product_facets
 from shopclip.index.base import VectorIndex
 from shopclip.index.lexical import LexicalIndex
+from shopclip.query.crosslingual import CrossLingualTerms
 from shopclip.query.fusion import RRF_K, rrf, weighted
 from shopclip.query.language import LANGUAGES, detect_language
 from shopclip.query.understand import Understood, Vocabulary, understand
@@ -121,6 +122,7 @@ class HybridSearcher:
         facet_cache: dict[str, tuple[int, dict[str, tuple[str, ...]]]] | None = None,
         value_vectors: ValueVectors | None = None,
         postings: FacetPostings | None = None,
+        word_terms: CrossLingualTerms | None = None,
     ) -> None:
         """`encoders`: "en" (required) and optionally "multi" (text, lang); `unavailable` says why one is missing."""
         self.vector = vector
@@ -134,6 +136,7 @@ class HybridSearcher:
         self._facets = facet_cache if facet_cache is not None else {}
         self.value_vectors = value_vectors
         self.postings = postings  # facet value → ids: the vector side searches only the ids a filter keeps
+        self.word_terms = word_terms  # catalog values a foreign query names word by word (query.crosslingual)
 
     @property
     def default_mode(self) -> str:
@@ -209,10 +212,14 @@ class HybridSearcher:
         if mode in ("lexical", "hybrid"):
             assert self.lexical is not None
             lex_text = text
-            if encoder == "multilingual" and self.value_vectors is not None and vec is not None:
-                terms = self.value_vectors.terms(vec)
-                lex_text = f"{text} {' '.join(terms)}"
-                notes.append("lexical terms from the catalog: " + ", ".join(terms))
+            if encoder == "multilingual" and vec is not None:
+                terms = self.value_vectors.terms(vec) if self.value_vectors is not None else []
+                if self.word_terms is not None:
+                    terms += [t.value for t in self.word_terms.terms(text, detected)]
+                terms = list(dict.fromkeys(terms))
+                if terms:
+                    lex_text = f"{text} {' '.join(terms)}"
+                    notes.append("lexical terms from the catalog: " + ", ".join(terms))
             lex_hits = [(h.id, h.score) for h in self.lexical.search(lex_text, n + len(exclude), category=category,
                                                                      filters=filters)
                         if h.id not in exclude and h.id in self.products]

@@ -385,7 +385,7 @@ class ServeState:
             searcher = HybridSearcher(self._indexes[view], self.lexical, self._products, encoders,
                                       self.vocabulary, self.hybrid_config, unavailable=self._multi_problem,
                                       facet_cache=self._facet_cache, value_vectors=self._value_vectors,
-                                      postings=self._postings)
+                                      postings=self._postings, word_terms=self._word_terms)
             try:
                 out = searcher.search(query, k, category=category, **options)
             except SearchInputError as e:
@@ -425,6 +425,7 @@ class ServeState:
         from shopclip.query.understand import Vocabulary
 
         self.hybrid_config = HybridConfig()
+        from shopclip.query.crosslingual import CrossLingualTerms
         from shopclip.query.hybrid import ValueVectors
 
         self.vocabulary = Vocabulary(products.values())
@@ -432,6 +433,8 @@ class ServeState:
 
         self._postings = FacetPostings(products.values())
         self._value_vectors = ValueVectors(self.vocabulary, lambda xs: self.model.encode_text(xs))
+        self._word_terms = CrossLingualTerms(self.vocabulary, lambda: None if self.multilingual is None
+                                             else self.multilingual.embed_words)
         self._facet_cache: dict[str, Any] = {}
         self._multi: Any = None
         self._multi_problem: dict[str, str] = {}

