@@ -209,27 +209,11 @@ def multilingual(runner: Runner, weight: float) -> dict[str, Any]:
                         for name, v in table.items() if en.get(name.replace("|given", "|auto"), {}).get("ndcg@10")}
     out["ndcg_ratio_to_english"] = ratios
     runner.expand = False  # ablation: the lexical side without the catalog terms the query vector lands near
-    plain = runner.searcher(weight)
+    out["without_catalog_terms"] = _ablation(runner, runner.searcher(weight), qs)
     runner.expand = True
-    ablation: dict[str, Any] = {}
-    for lang in ("hi", "es", "fr", "de"):
-        lq = [q for q in qs if q["lang"] == lang]
-        for mode, fusion in ARMS[1:]:
-            name = f"{mode if fusion is None else f'{mode}_{fusion}'}|auto|understand_off"
-            ablation.setdefault(lang, {})[name] = mean(
-                [metrics(runner.run(plain, q, mode, fusion, False, None), set(q["relevant"])) for q in lq])
-    out["without_catalog_terms"] = ablation
     runner.words = False  # ablation: the catalog terms from the query vector only, none read word by word
-    no_words = runner.searcher(weight)
+    out["without_word_terms"] = _ablation(runner, runner.searcher(weight), qs)
     runner.words = True
-    ablation = {}
-    for lang in ("hi", "es", "fr", "de"):
-        lq = [q for q in qs if q["lang"] == lang]
-        for mode, fusion in ARMS[1:]:
-            name = f"{mode if fusion is None else f'{mode}_{fusion}'}|auto|understand_off"
-            ablation.setdefault(lang, {})[name] = mean(
-                [metrics(runner.run(no_words, q, mode, fusion, False, None), set(q["relevant"])) for q in lq])
-    out["without_word_terms"] = ablation
     if searcher.word_terms is not None:  # what reading the words costs a foreign query (encoder rows per word)
         lat: list[float] = []
         for q in qs:
@@ -323,6 +307,18 @@ def evaluate_one(runner: Runner, w: float, fusion: str) -> float:
             per_set.append(np.mean([metrics(runner.run(searcher, q, "hybrid", fusion, False, "en"),
                                             set(q["relevant"]))["ndcg@10"] for q in qs]))
     return float(np.mean(per_set)) if per_set else 0.0
+
+
+def _ablation(runner: Runner, searcher: Any, qs: list[dict]) -> dict[str, Any]:
+    """Each foreign language's lexical and hybrid arms (language detected, understanding off) through `searcher`."""
+    table: dict[str, Any] = {}
+    for lang in ("hi", "es", "fr", "de"):
+        lq = [q for q in qs if q["lang"] == lang]
+        for mode, fusion in ARMS[1:]:
+            name = f"{mode if fusion is None else f'{mode}_{fusion}'}|auto|understand_off"
+            table.setdefault(lang, {})[name] = mean(
+                [metrics(runner.run(searcher, q, mode, fusion, False, None), set(q["relevant"])) for q in lq])
+    return table
 
 
 def describe_multi(multi: Any) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -56,9 +55,6 @@ class Term:
     words: str  # the query words it was read from
     score: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"facet": self.facet, "value": self.value, "words": self.words, "score": round(self.score, 4)}
-
 
 def query_grams(text: str, max_words: int = 16) -> list[str]:
     """Words and adjacent word pairs of a query (numbers alone skipped): what is compared."""
@@ -76,21 +72,27 @@ class CrossLingualTerms:
         self.embed = embed  # resolved on first use: the multilingual encoder may be missing
         self.config = config or WordTermsConfig()
         self._lock = threading.Lock()
-        self._values: dict[str, tuple[frozenset[tuple[str, str]], dict[str, tuple[list[str], np.ndarray]]]] = {}
+        # encoder key → (vocabulary version, values, facet → (names, rows))
+        self._values: dict[str, tuple[int, frozenset[tuple[str, str]], dict[str, tuple[list[str], np.ndarray]]]] = {}
 
     def value_table(self, embed: WordEmbedder, lang: str, key: str) -> dict[str, tuple[list[str], np.ndarray]]:
-        wanted = frozenset(k for k, c in self.vocabulary.counts.items()
-                           if k[0] in FACETS and c >= self.config.min_products)
+        """facet → (values, their rows) under the encoder `key`; re-embedded only when the
+        catalog's values (on at least `min_products` products) changed."""
+        version = self.vocabulary.version
         cached = self._values.get(key)
-        if cached is not None and cached[0] == wanted:
-            return cached[1]
+        if cached is not None and cached[0] == version:
+            return cached[2]
+        wanted = self.vocabulary.facet_values(FACETS, self.config.min_products)
         with self._lock:
-            table: dict[str, tuple[list[str], np.ndarray]] = {}
-            for facet in FACETS:
-                names = sorted(v for f, v in wanted if f == facet)
-                if names:
-                    table[facet] = (names, embed(names, lang)[2])
-            self._values[key] = (wanted, table)
+            if cached is not None and cached[1] == wanted:
+                table = cached[2]
+            else:
+                table = {}
+                for facet in FACETS:
+                    names = sorted(v for f, v in wanted if f == facet)
+                    if names:
+                        table[facet] = (names, embed(names, lang)[2])
+            self._values[key] = (version, wanted, table)
         return table
 
     def terms(self, text: str, lang: str) -> list[Term]:

@@ -55,10 +55,14 @@ class ValueVectors:
         self.vocabulary = vocabulary
         self.encode_many = encode_many
         self._key: frozenset[tuple[str, str]] | None = None
+        self._version = -1
         self._values: dict[str, tuple[list[str], np.ndarray]] = {}
 
     def _current(self) -> dict[str, tuple[list[str], np.ndarray]]:
-        key = frozenset(k for k in self.vocabulary.counts if k[0] in self.FACETS)
+        if self._version == self.vocabulary.version:
+            return self._values
+        version = self.vocabulary.version
+        key = self.vocabulary.facet_values(self.FACETS)
         if key != self._key:
             values: dict[str, tuple[list[str], np.ndarray]] = {}
             for facet in self.FACETS:
@@ -66,6 +70,7 @@ class ValueVectors:
                 if names:
                     values[facet] = (names, np.asarray(self.encode_many(names), dtype=np.float32))
             self._values, self._key = values, key
+        self._version = version
         return self._values
 
     def terms(self, vec: np.ndarray) -> list[str]:

@@ -114,6 +114,7 @@ class Vocabulary:
 
     def __init__(self, metas: Iterable[Mapping[str, Any]] = ()) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.version = 0  # bumped on every change: caches of derived tables check it, not the counts
         self.priced = 0
         self.phrases: dict[str, dict[str, frozenset[str]]] = {}  # key → facet → values
         self.heads: dict[str, frozenset[str]] = {}  # "shoe" → every "... shoes" type
@@ -133,7 +134,13 @@ class Vocabulary:
     def remove(self, meta: Mapping[str, Any]) -> None:
         self._change(meta, -1)
 
+    def facet_values(self, facets: Iterable[str], min_count: int = 1) -> frozenset[tuple[str, str]]:
+        """(facet, value) pairs of these facets held by at least `min_count` products."""
+        wanted = set(facets)
+        return frozenset(k for k, c in self.counts.items() if k[0] in wanted and c >= min_count)
+
     def _change(self, meta: Mapping[str, Any], sign: int) -> None:
+        self.version += 1
         if meta.get("price") is not None:
             self.priced += sign
         for name, values in product_facets(meta).items():
