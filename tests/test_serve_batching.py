@@ -179,3 +179,48 @@ def test_a_batch_dependent_engine_embeds_each_query_alone_so_results_do_not_depe
     assert emb.batcher is None
     for q, v in zip(QUERIES * 2, got, strict=True):
         np.testing.assert_array_equal(v, alone[QUERIES.index(q)])
+
+
+def _most_at_once(app, client, n: int = 8) -> int:
+    """Send n searches at once; how many were computing at the same time (each held ~50 ms)."""
+    import time
+
+    st = app.state.shopclip
+    real, lock, state = st.search_query, threading.Lock(), {"now": 0, "most": 0}
+
+    def counted(*args, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.05)  # long enough that unbounded requests overlap
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    st.search_query = counted
+    with ThreadPoolExecutor(n) as pool:
+        codes = list(pool.map(lambda q: client.get("/search", params={"q": q, "k": 3}).status_code, QUERIES[:n]))
+    assert codes == [200] * n
+    return state["most"]
+
+
+def test_worker_threads_bound_the_requests_computed_at_once_and_gc_freezes_what_is_loaded(
+        serve_workdir, tmp_path, model):
+    """`worker_threads=2`: 8 concurrent searches compute two at a time (anyio's default pool runs
+    them all at once); `freeze_gc` moves the loaded state out of the collector's sight."""
+    import gc
+
+    work = tmp_path / "work"
+    shutil.copytree(serve_workdir, work)
+    try:
+        bounded = create_app(work, model=model, preload_model=True, worker_threads=2, freeze_gc=True)
+        with running(bounded) as url, httpx.Client(base_url=url, timeout=60) as client:
+            assert gc.get_freeze_count() > 0
+            assert _most_at_once(bounded, client) == 2
+    finally:
+        gc.unfreeze()
+    free = create_app(work, model=model, preload_model=True)
+    with running(free) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert _most_at_once(free, client) > 2

@@ -31,6 +31,11 @@ PASSIVE = "PASSIVE"
 _STATE: dict[str, Any] = {"applied": False, "torch_was_loaded": None, "user_value": None, "warned": False}
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, as a container or `taskset` sets it), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
 def apply_default_policy() -> None:
     """Set the passive wait policy for this process unless the user chose one (call before torch loads)."""
     if _STATE["applied"]:

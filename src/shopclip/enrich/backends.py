@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from shopclip.core.threads import usable_cores
+
 log = logging.getLogger(__name__)
 
 #: Local models that ship inside a wheel: name → (python package, GGUF file inside it, pip install line).
@@ -123,8 +125,7 @@ def resolve_local_model(name_or_path: str | None) -> tuple[str, Path]:
 def default_threads() -> int:
     """Half the usable cores (at least 1). llama.cpp's threads busy-wait for each other: on a shared
     2-core machine 2 threads ran ~60x slower than 1 (0.4 vs 30 tokens/s) when other jobs competed."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2)
+    return max(1, usable_cores() // 2)
 
 
 class LlamaCppBackend:

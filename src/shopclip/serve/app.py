@@ -8,6 +8,7 @@ know them.
 """
 
 
+import gc
 import hmac
 import json
 import logging
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 import numpy as np
 from fastapi import Body, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi import Path as PathParam
@@ -370,6 +372,8 @@ def create_app(
     snapshot_every: int = 1000,
     snapshot_seconds: float = 60.0,
     heads_dir: str | Path | None = None,
+    freeze_gc: bool = False,
+    worker_threads: int | None = None,
 ) -> FastAPI:
     """Build the app over a built work folder.
 
@@ -383,6 +387,14 @@ def create_app(
     in-process indexes are snapshotted every `snapshot_every` writes or `snapshot_seconds`
     after the first unsaved one, and at shutdown.
     `heads_dir` (default WORKDIR/heads) holds the task heads behind POST /tag and /dedupe/check.
+    `freeze_gc` (for a process the server owns, as `shopclip serve`): once loaded, everything
+    then alive is moved out of the cyclic collector's sight (`gc.freeze`). Over the full sample
+    a full collection walks ~430k loaded objects for ~180 ms, stalling every request in
+    flight; that was the server's worst latency. Objects created later are collected as usual.
+    `worker_threads` bounds the requests computed at once (anyio's thread pool, 40 by default).
+    Requests are CPU-bound: 8 in flight on 2 cores time-share the cores and the GIL, stretching
+    every text search behind the cheap similar-item lookups; with cores + 1 threads they queue
+    instead (bench/serve.py: p99 52 → 31-36 ms at the same throughput).
     """
     key = (api_key if api_key is not None else os.environ.get("SHOPCLIP_API_KEY")) or None  # "" = no key
     if protect_reads is None:
@@ -396,7 +408,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         if preload_model:
-            _ = st.model  # load before taking traffic: the first query should not pay ~10 s
+            st.warm()  # load before taking traffic: the first query should not pay ~10 s
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+        if worker_threads:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = int(worker_threads)
         yield
         if state is None:  # ours to close: stop the snapshot thread, save what is unsaved
             st.close()

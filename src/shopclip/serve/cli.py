@@ -27,6 +27,8 @@ def serve_command(
     protect_reads: Annotated[bool, typer.Option(help="Require X-API-Key on reads too (writes always need it)")] = False,
     preload: Annotated[bool, typer.Option(help="Load the model before taking traffic")] = True,
     threads: Annotated[int | None, typer.Option(help="torch threads per query; 1 suits concurrent traffic, 0 = torch default")] = 1,
+    worker_threads: Annotated[int | None, typer.Option(min=1, help="Requests computed at once (default: cores + 1); "
+                                                       "more only time-share the cores and stretch the slow ones")] = None,
     batch_queries: Annotated[bool, typer.Option(help="Embed concurrent text queries together in one tower call "
                                                 "(off: one call per query)")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
@@ -56,6 +58,7 @@ def serve_command(
     """
     import uvicorn
 
+    from shopclip.core.threads import usable_cores
     from shopclip.index.base import StoreUnavailableError
     from shopclip.serve.app import create_app
 
@@ -85,7 +88,8 @@ def serve_command(
                          url_fetch_hosts=tuple(url_fetch_host) if url_fetch_host else None,
                          max_image_pixels=max_image_pixels, protect_reads=protect_reads, preload_model=preload,
                          store=store, uri=uri, snapshot_every=snapshot_every, snapshot_seconds=snapshot_seconds,
-                         batch_queries=batch_queries, heads_dir=heads)
+                         batch_queries=batch_queries, heads_dir=heads, freeze_gc=True,
+                         worker_threads=worker_threads or usable_cores() + 1)
     except (FileNotFoundError, StoreUnavailableError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

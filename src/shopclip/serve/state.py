@@ -238,6 +238,13 @@ class ServeState:
                     self._model = model
         return self._model
 
+    def warm(self) -> None:
+        """Load what the first request would otherwise wait for: the model, one text through its
+        engine (sessions allocate on their first run), the multilingual encoder when it fits.
+        Bypasses the query cache and the batcher, so no metric counts it."""
+        embed_texts(self.model, ["warm up"])
+        _ = self.multilingual
+
     @property
     def fingerprint(self) -> str:
         """The loaded model's identity; writes must match the store's, or vectors would mix spaces."""
