@@ -124,6 +124,15 @@ def timed(model: Any, index: Any, queries: list[tuple[str, str]], filtered: bool
     return lat, got
 
 
+def alone(model: Any, texts: list[str]) -> np.ndarray:
+    """Each text embedded by itself, as `timed` (and the server) embeds a query. Ground truth must
+    come from these vectors: the default int8 text engine quantises per call, so a text embedded
+    in a batch lands slightly elsewhere (recall was once scored against batched vectors)."""
+    from shopclip.serve.batching import embed_texts
+
+    return np.concatenate([embed_texts(model, [t]) for t in texts])
+
+
 def searched(index: Any, vecs: np.ndarray, cats: list[str], filtered: bool) -> list[list[str]]:
     """Result ids per query, searched in one call per filter (untimed: ground truth and efSearch sweeps)."""
     out: list[list[str]] = [[] for _ in cats]
@@ -152,18 +161,17 @@ def run_size(n: int, real: Any, model: Any, val: list[tuple[str, str]], test: li
              args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from _synthetic import synthetic_catalog
     from shopclip.index.faiss_backend import FaissIndex
-    from shopclip.serve.batching import embed_texts
 
     cat = synthetic_catalog(real, n, view="fused", seed=0)
     ids, cats = cat.ids, cat.categories
-    val_vecs = embed_texts(model, [t for t, _ in val])
+    val_vecs = alone(model, [t for t, _ in val])
     val_cats = [c for _, c in val]
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {"n": n}
 
     exact = FaissIndex(real.dim, exact_threshold=n)
     info["exact_build_s"] = round(build(exact, ids, cat.vectors, cats), 2)
-    test_vecs = embed_texts(model, [t for t, _ in test])
+    test_vecs = alone(model, [t for t, _ in test])
     test_cats = [c for _, c in test]
     truth: dict[bool, list[list[str]]] = {}
     val_truth: dict[bool, list[list[str]]] = {}
