@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from shopclip.query.crosslingual import DEFAULT_THRESHOLDS, CrossLingualTerms, WordTermsConfig, query_grams
-from shopclip.query.understand import Vocabulary
+from shopclip.query.crosslingual import (
+    DEFAULT_THRESHOLDS,
+    CrossLingualTerms,
+    Term,
+    WordTermsConfig,
+    query_grams,
+    with_word_terms,
+)
+from shopclip.query.understand import Vocabulary, understand
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,3 +75,38 @@ def test_foreign_words_name_the_catalogs_values_and_english_gets_none(encoder):
 def test_without_the_encoder_there_are_no_terms():
     terms = CrossLingualTerms(Vocabulary([_meta("Black", "Men", "Tshirts")] * 5), lambda: None)
     assert terms.terms("camiseta negra", "es") == []
+
+
+def test_word_terms_become_filters_only_for_facets_the_english_reading_missed():
+    metas = [_meta(c, g, t) for c in ("Black", "Red") for g in ("Men", "Women") for t in ("Tshirts", "Kurtas")]
+    vocab = Vocabulary([{**m, "price": 900} for m in metas])
+    read = understand("kurta rojo para mujer under 1500", vocab)  # English reading: type (kurta) and price
+    assert [c.label for c in read.chips] == ["type = kurtas", "price < 1500"]
+    terms = [Term("color", "red", "rojo", 0.8), Term("type", "tshirts", "kurta", 0.7), Term("gender", "women", "mujer", 0.9)]
+    both = with_word_terms(read, terms)
+    assert [c.label for c in both.chips] == ["type = kurtas", "price < 1500", "colour = red", "gender = women"]
+    assert dict(both.filters.facets) == {"type": ("kurtas",), "color": ("red",), "gender": ("women",)}
+    assert both.filters.price_max == 1500 and both.text == read.text
+    assert [c.words for c in both.chips][2:] == ["rojo", "mujer"]
+    assert "color" not in both.without(["color"]).filters.facets  # removable like any chip
+    assert with_word_terms(read, []) is read
+
+
+def test_a_foreign_query_is_filtered_by_the_values_its_words_name(serve_workdir, encoder):
+    """On the sample work folder: a Spanish query gets colour and gender filters from its words,
+    shown back and removable; understanding off leaves them out."""
+    from shopclip.search import SearchEngine
+    from shopclip.serve.testing import shared_model
+
+    engine = SearchEngine(serve_workdir, model=shared_model())
+    q = "zapatillas deportivas negras para hombre"
+    out = engine.search(q, 5)
+    labels = [c.label for c in out.info.understood.chips]
+    assert out.info.lang == "es" and "colour = black" in labels and "gender = men" in labels, labels
+    keep = out.info.understood.filters
+    n = sum(1 for m in engine.store.meta() if keep.matches_meta(m))  # the products every filter keeps
+    assert n >= 1 and all(keep.matches_meta(engine.product(r.id)) for r in out.results[: min(5, n)])
+    assert len(out.results) == 5  # the rest of the ranking follows, the search never comes back short
+    dropped = engine.search(q, 5, drop=("color",))
+    assert "colour = black" not in [c.label for c in dropped.info.understood.chips]
+    assert engine.search(q, 5, understand=False).info.understood is None

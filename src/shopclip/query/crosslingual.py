@@ -13,7 +13,9 @@ Only values the catalog holds (on at least `min_products` products) can come out
 facet, and only above a per-encoder, per-facet cosine chosen on the development queries
 (`bench/queries/multilingual_dev.jsonl`, never the test set) by `bench/crosslingual_terms.py`,
 whose results file records the choice. The terms feed the lexical side only; the vector side
-is untouched.
+is untouched. With query understanding on, the same terms also become filters, shown back as
+chips ("colour = black", from "negra") and removable like the English ones
+(`with_word_terms`): a facet the English reading already found is left as it was.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shopclip.query.understand import Vocabulary
+from shopclip.catalog.facets import Filters
+from shopclip.query.understand import LABELS, Chip, Understood, Vocabulary
 
-__all__ = ["DEFAULT_THRESHOLDS", "CrossLingualTerms", "Term", "WordTermsConfig", "query_grams"]
+__all__ = ["DEFAULT_THRESHOLDS", "CrossLingualTerms", "Term", "WordTermsConfig", "query_grams", "with_word_terms"]
 
 FACETS = ("type", "color", "gender")
 # base encoder → facet → least cosine, chosen on the dev queries (bench/results/crosslingual_terms.json)
@@ -60,6 +63,19 @@ def query_grams(text: str, max_words: int = 16) -> list[str]:
     """Words and adjacent word pairs of a query (numbers alone skipped): what is compared."""
     words = [w for w in _TOKEN.findall(text)[:max_words] if not w.replace("-", "").isdigit()]
     return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+
+
+def with_word_terms(understood: Understood, terms: list[Term]) -> Understood:
+    """`understood` plus a filter and chip for each facet the foreign words name and the English
+    reading did not find (its chips come first; price bounds and ignored phrases kept)."""
+    have = {c.facet for c in understood.chips}
+    new = [Chip(t.facet, (t.value,), t.words, f"{LABELS[t.facet]} = {t.value}") for t in terms if t.facet not in have]
+    if not new:
+        return understood
+    f = understood.filters
+    facets = {**f.facets, **{c.facet: c.values for c in new}}
+    return Understood(understood.query, understood.text, Filters(facets, f.price_min, f.price_max),
+                      understood.chips + new, understood.ignored)
 
 
 class CrossLingualTerms:

@@ -17,7 +17,7 @@ text and its language, which picks the head), when one is loaded. Used by `Searc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 from shopclip.catalog.facets import FacetPostings, Filters, product_facets
 from shopclip.index.base import VectorIndex
 from shopclip.index.lexical import LexicalIndex
-from shopclip.query.crosslingual import CrossLingualTerms
+from shopclip.query.crosslingual import CrossLingualTerms, Term, with_word_terms
 from shopclip.query.fusion import RRF_K, rrf, weighted
 from shopclip.query.language import LANGUAGES, detect_language
 from shopclip.query.understand import Understood, Vocabulary, understand
@@ -180,19 +180,23 @@ class HybridSearcher:
         text = query
         strict = filters
         if understand_query and self.vocabulary is not None:
-            understood = understand(query, self.vocabulary).without(drop)
+            understood = understand(query, self.vocabulary)
             text = understood.text
+        # Catalog values a foreign query names word by word: lexical terms, and filters when understanding
+        words = self._word_terms(text, detected, mode, understand_query)
+        if understood is not None:
+            understood = with_word_terms(understood, words).without(drop)
             u = understood.filters
             strict = _merge(filters, Filters({}, u.price_min, u.price_max))  # a price bound is always strict
             filters = _merge(filters, u)
         hits, encoder = self._ranked(text, int(k), mode, fusion, category, detected, filters or None,
-                                     set(exclude), notes)
+                                     set(exclude), notes, words)
         if understood is not None and understood.filters.facets and len(hits) < int(k):
             # Understood words filter first; when fewer than k products pass, the rest of the
             # ranking (without those facet filters) follows, so a search never comes back short.
             seen = {i for i, _ in hits}
             more, _ = self._ranked(text, int(k), mode, fusion, category, detected, strict or None,
-                                   set(exclude) | seen, [])
+                                   set(exclude) | seen, [], words)
             if more:
                 notes.append(f"{len(hits)} products match the understood filters; "
                              f"{min(len(more), int(k) - len(hits))} more follow without them")
@@ -200,8 +204,17 @@ class HybridSearcher:
         return HybridResult(hits[: int(k)], mode, detected, encoder, fusion if mode == "hybrid" else None,
                             understood, notes)
 
+    def _word_terms(self, text: str, lang: str, mode: str, understand_query: bool) -> list[Term]:
+        """Read only where they are used: a foreign query, with understanding or a lexical side."""
+        if lang == "en" or self.word_terms is None or not (understand_query or mode != "vector"):
+            return []
+        if "multi" not in self.encoders:
+            return []  # no multilingual encoder: the query is read as English (see _encode)
+        return self.word_terms.terms(text, lang)
+
     def _ranked(self, text: str, k: int, mode: str, fusion: str, category: Any, detected: str,
-                filters: Filters | None, exclude: set[str], notes: list[str]) -> tuple[list[tuple[str, float]], str]:
+                filters: Filters | None, exclude: set[str], notes: list[str],
+                words: Sequence[Term] = ()) -> tuple[list[tuple[str, float]], str]:
         n = max(int(k), self.config.candidates) if mode == "hybrid" else int(k)
 
         vec_hits: list[tuple[str, float]] = []
@@ -219,8 +232,7 @@ class HybridSearcher:
             lex_text = text
             if encoder == "multilingual" and vec is not None:
                 terms = self.value_vectors.terms(vec) if self.value_vectors is not None else []
-                if self.word_terms is not None:
-                    terms += [t.value for t in self.word_terms.terms(text, detected)]
+                terms += [t.value for t in words]
                 terms = list(dict.fromkeys(terms))
                 if terms:
                     lex_text = f"{text} {' '.join(terms)}"
