@@ -1,4 +1,4 @@
-"""Inference engines (torch, onnx, onnx-int8): agreement with torch, graph cache, text batching, CLI, build path."""
+"""Inference engines (torch, onnx, onnx-int8, torch-bf16): agreement with torch, graph cache, text batching, CLI, build path."""
 
 from __future__ import annotations
 
@@ -104,6 +104,23 @@ def test_fingerprint_changes_only_when_the_numbers_do(engines):
     t, i8 = engines["torch"], engines["onnx-int8"]
     assert image_fingerprint(t, t.engine) == image_fingerprint(t)
     assert image_fingerprint(i8, i8.engine) != image_fingerprint(i8)
+
+
+def test_bf16_engine_stays_close_to_fp32_and_never_mixes_with_it(engines, rows):
+    """torch-bf16: the same towers under bf16 autocast; vectors within a cosine of 0.999 of fp32
+    (measured: > 0.9999), its own fingerprint, and not batch-invariant (so the server embeds alone)."""
+    from shopclip.models.features import model_fingerprint
+
+    bf = load_model("default", engine="torch-bf16")
+    paths = [SAMPLE_DIR / r["image"] for r in rows[:8]]
+    texts = [r["title"] for r in rows]
+    t32, t16 = engines["torch"].encode_text(texts), bf.encode_text(texts)
+    i32, i16 = engines["torch"].encode_image(paths), bf.encode_image(paths)
+    assert (t16 * t32).sum(1).min() > 0.999 and (i16 * i32).sum(1).min() > 0.99
+    assert np.abs(t16 - t32).max() > 1e-6  # really computed in bf16
+    assert model_fingerprint(bf) not in (model_fingerprint(engines["torch"]), model_fingerprint(engines["onnx-int8"]))
+    assert not bf.engine.batch_invariant("text") and bf.engine.numerics("image") == "torch-bf16"
+    assert float(bf.encode_query(texts[0]) @ t16[0]) > 0.9999
 
 
 # -------------------------------------------------------------------- tiny random dual encoders

@@ -1,8 +1,9 @@
 """Inference engines: how a loaded dual encoder's towers run at inference time.
 
 ``torch`` (eager, the towers' own forward), ``onnx`` (ONNX Runtime, fp32: equal to torch
-within float rounding) and ``onnx-int8`` (ONNX Runtime, int8: static for the image tower,
-calibrated on catalog photos; dynamic for the text tower). Select one with
+within float rounding), ``onnx-int8`` (ONNX Runtime, int8: static for the image tower,
+calibrated on catalog photos; dynamic for the text tower) and ``torch-bf16`` (eager under
+bfloat16 autocast: the fastest text path on CPUs with native bf16, e.g. AMX; slow elsewhere). Select one with
 ``load_model(..., engine=)``, ``--engine`` on ``shopclip embed|build|serve``, or the
 ``SHOPCLIP_ENGINE`` environment variable. Training always uses the torch towers.
 
@@ -13,12 +14,15 @@ catalog's test split stays within 0.5 points of fp32 torch, as measured by
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
-from shopclip.models.engines.base import InferenceEngine, TorchEngine
+from shopclip.models.engines.base import InferenceEngine, TorchBf16Engine, TorchEngine, native_bf16
 
-ENGINES = ("torch", "onnx", "onnx-int8")
+log = logging.getLogger(__name__)
+
+ENGINES = ("torch", "onnx", "onnx-int8", "torch-bf16")
 # From bench/results/embed.json (2 cores): see the README's "Inference engines" section.
 DEFAULT_ENGINE = "onnx-int8"
 ENGINE_ENV = "SHOPCLIP_ENGINE"
@@ -46,6 +50,11 @@ def create_engine(model: Any, name: str | None = None, *, calibration: Any = Non
     name = check_engine(name) if name else default_engine()
     if name == "torch":
         return TorchEngine(model.image_tower, model.text_tower)
+    if name == "torch-bf16":
+        if not native_bf16():
+            log.warning("engine torch-bf16: this CPU has no native bf16 (AMX or AVX512-BF16); "
+                        "it will be slower than torch or onnx-int8")
+        return TorchBf16Engine(model.image_tower, model.text_tower)
     try:
         import onnxruntime  # noqa: F401
     except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
@@ -66,5 +75,6 @@ def attach_engine(model: Any, name: str | None = None, *, calibration: Any = Non
     return model
 
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "ENGINE_ENV", "InferenceEngine", "TorchEngine", "UnknownEngineError",
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "ENGINE_ENV", "InferenceEngine", "TorchBf16Engine", "TorchEngine",
+           "UnknownEngineError", "native_bf16",
            "attach_engine", "check_engine", "create_engine", "default_engine"]
