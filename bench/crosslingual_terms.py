@@ -12,6 +12,11 @@ encoder and facet the least cosine is chosen on the dev queries
 than a missing one: it pulls other products up), over 0.40…0.99. The test queries
 (bench/queries/multilingual.jsonl) are then scored with the chosen values and never used to
 choose. `DEFAULT_THRESHOLDS` in the module must equal the chosen values (a test checks).
+
+Filters: with understanding on, a term also becomes a filter, where a wrong one hides every
+right product. So a second cosine per encoder and facet is chosen on the same dev queries:
+the least on the grid (and not below the term's own) at which no dev term is wrong; 1.0 when
+no such value takes any right term. `DEFAULT_FILTER_THRESHOLDS` must equal it (tested).
 """
 
 from __future__ import annotations
@@ -75,6 +80,17 @@ def choose(cands: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return dict(chosen)
 
 
+def choose_filters(cands: list[dict[str, Any]], terms: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per base encoder and facet: the least cosine (not below the term's) with no wrong dev term."""
+    chosen: dict[str, dict[str, float]] = defaultdict(dict)
+    for base in sorted({c["base"] for c in cands}):
+        for facet in sorted({c["facet"] for c in cands}):
+            sub = [c for c in cands if c["base"] == base and c["facet"] == facet]
+            ok = [t for t in GRID if t >= terms[base][facet] and tally(sub, t)["wrong"] == 0 and tally(sub, t)["right"]]
+            chosen[base][facet] = min(ok) if ok else 1.0
+    return dict(chosen)
+
+
 def report(cands: list[dict[str, Any]], chosen: dict[str, dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for lang in LANGS:
@@ -96,7 +112,7 @@ def main() -> None:
     prov = Provenance.start()
     from shopclip.catalog import Catalog
     from shopclip.models.multilingual import MultilingualQueryEncoder
-    from shopclip.query.crosslingual import DEFAULT_THRESHOLDS, CrossLingualTerms
+    from shopclip.query.crosslingual import DEFAULT_FILTER_THRESHOLDS, DEFAULT_THRESHOLDS, CrossLingualTerms
     from shopclip.query.understand import Vocabulary
 
     vocab = Vocabulary(p.to_dict() for p in Catalog.load(args.catalog, check_images=False, progress=False))
@@ -108,6 +124,7 @@ def main() -> None:
         dev, test = dev[:6], test[:6]
     dev_c, test_c = candidates(terms, dev, encoder), candidates(terms, test, encoder)
     chosen = choose(dev_c)
+    filters = choose_filters(dev_c, chosen)
     result = {
         "what": "word-level catalog terms for non-English queries: thresholds chosen on dev, scored on test",
         "rule": f"per base encoder and facet, the least cosine over {GRID[0]}..{GRID[-1]} maximising "
@@ -121,10 +138,18 @@ def main() -> None:
         "test": report(test_c, chosen),
         "test_mistakes": [c for c in test_c if c["score"] >= chosen[c["base"]][c["facet"]]
                           and c["value"] != c["gold"]][:40],
+        "filters_rule": "per base encoder and facet, the least cosine on the grid, not below the term's, "
+                        "at which no dev term is wrong (1.0: never a filter)",
+        "filters_chosen_on_dev": filters,
+        "filters_shipped_defaults": DEFAULT_FILTER_THRESHOLDS,
+        "filters_shipped_equals_chosen": filters == DEFAULT_FILTER_THRESHOLDS,
+        "filters_dev": report(dev_c, filters),
+        "filters_test": report(test_c, filters),
     }
     out = args.out or RESULT
     write_result(out, result, prov)
-    print(json.dumps({"chosen_on_dev": chosen, "test": result["test"]}, indent=1))
+    print(json.dumps({"chosen_on_dev": chosen, "test": result["test"], "filters_chosen_on_dev": filters,
+                      "filters_test": result["filters_test"]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shopclip.query.crosslingual import (
+    DEFAULT_FILTER_THRESHOLDS,
     DEFAULT_THRESHOLDS,
     CrossLingualTerms,
     Term,
@@ -33,8 +34,9 @@ def test_query_grams_keep_devanagari_words_whole_and_skip_bare_numbers():
 
 def test_shipped_thresholds_are_the_ones_chosen_on_dev():
     """The module's defaults are what bench/crosslingual_terms.py chose on the dev queries."""
-    chosen = json.loads((ROOT / "bench" / "results" / "crosslingual_terms.json").read_text())["chosen_on_dev"]
-    assert chosen == DEFAULT_THRESHOLDS
+    result = json.loads((ROOT / "bench" / "results" / "crosslingual_terms.json").read_text())
+    assert result["chosen_on_dev"] == DEFAULT_THRESHOLDS
+    assert result["filters_chosen_on_dev"] == DEFAULT_FILTER_THRESHOLDS
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +84,17 @@ def test_word_terms_become_filters_only_for_facets_the_english_reading_missed():
     vocab = Vocabulary([{**m, "price": 900} for m in metas])
     read = understand("kurta rojo para mujer under 1500", vocab)  # English reading: type (kurta) and price
     assert [c.label for c in read.chips] == ["type = kurtas", "price < 1500"]
-    terms = [Term("color", "red", "rojo", 0.8), Term("type", "tshirts", "kurta", 0.7), Term("gender", "women", "mujer", 0.9)]
-    both = with_word_terms(read, terms)
+    terms = [Term("color", "red", "rojo", 0.8, "use"), Term("type", "tshirts", "kurta", 0.7, "use"),
+             Term("gender", "women", "mujer", 0.9, "use"), Term("color", "blue", "azul", 0.5, "e5")]
+    limits = {"use": {"color": 0.8, "gender": 0.85, "type": 0.6}, "e5": {"color": 0.9}}
+    assert with_word_terms(read, terms, {"use": {"gender": 0.95}}) is read  # none passes its filter cosine
+    both = with_word_terms(read, terms, limits)
     assert [c.label for c in both.chips] == ["type = kurtas", "price < 1500", "colour = red", "gender = women"]
     assert dict(both.filters.facets) == {"type": ("kurtas",), "color": ("red",), "gender": ("women",)}
     assert both.filters.price_max == 1500 and both.text == read.text
     assert [c.words for c in both.chips][2:] == ["rojo", "mujer"]
     assert "color" not in both.without(["color"]).filters.facets  # removable like any chip
-    assert with_word_terms(read, []) is read
+    assert with_word_terms(read, [], limits) is read
 
 
 def test_a_foreign_query_is_filtered_by_the_values_its_words_name(serve_workdir, encoder):

@@ -13,16 +13,19 @@ Only values the catalog holds (on at least `min_products` products) can come out
 facet, and only above a per-encoder, per-facet cosine chosen on the development queries
 (`bench/queries/multilingual_dev.jsonl`, never the test set) by `bench/crosslingual_terms.py`,
 whose results file records the choice. The terms feed the lexical side only; the vector side
-is untouched. With query understanding on, the same terms also become filters, shown back as
-chips ("colour = black", from "negra") and removable like the English ones
-(`with_word_terms`): a facet the English reading already found is left as it was.
+is untouched. With query understanding on, the surest of those terms also become filters,
+shown back as chips ("colour = black", from "negra") and removable like the English ones
+(`with_word_terms`): a wrong filter hides every right product, so a term must pass a second,
+higher cosine per encoder and facet, chosen on the same dev queries as the least at which no
+dev term was wrong (`DEFAULT_FILTER_THRESHOLDS`; 1.0 = never a filter). A facet the English
+reading already found is left as it was.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +33,7 @@ import numpy as np
 from shopclip.catalog.facets import Filters
 from shopclip.query.understand import LABELS, Chip, Understood, Vocabulary
 
-__all__ = ["DEFAULT_THRESHOLDS", "CrossLingualTerms", "Term", "WordTermsConfig", "query_grams", "with_word_terms"]
+__all__ = ["DEFAULT_FILTER_THRESHOLDS", "DEFAULT_THRESHOLDS", "CrossLingualTerms", "Term", "WordTermsConfig", "query_grams", "with_word_terms"]
 
 FACETS = ("type", "color", "gender")
 # base encoder → facet → least cosine, chosen on the dev queries (bench/results/crosslingual_terms.json)
@@ -40,6 +43,11 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
 }
 # Whitespace and punctuation split words; not `\w`, which splits Devanagari at its vowel signs.
 _TOKEN = re.compile(r"[^\s,.;:!?()\[\]{}\"/|]+")
+# base encoder → facet → least cosine for a term to become a filter (no wrong filter on dev; same file)
+DEFAULT_FILTER_THRESHOLDS: dict[str, dict[str, float]] = {
+    "e5": {"color": 1.0, "gender": 1.0, "type": 1.0},
+    "use": {"color": 1.0, "gender": 1.0, "type": 1.0},
+}
 WordEmbedder = Callable[[list[str], str], tuple[str, str, np.ndarray]]  # (texts, lang) → (key, base, rows)
 
 
@@ -47,6 +55,8 @@ WordEmbedder = Callable[[list[str], str], tuple[str, str, np.ndarray]]  # (texts
 class WordTermsConfig:
     thresholds: dict[str, dict[str, float]] = field(default_factory=lambda: {
         b: dict(t) for b, t in DEFAULT_THRESHOLDS.items()})
+    filter_thresholds: dict[str, dict[str, float]] = field(default_factory=lambda: {
+        b: dict(t) for b, t in DEFAULT_FILTER_THRESHOLDS.items()})
     min_products: int = 5  # a value on fewer products is too rare to be what a shopper means
     max_words: int = 16  # only the first words of a long query are read (each costs an encoder row)
 
@@ -57,6 +67,7 @@ class Term:
     value: str
     words: str  # the query words it was read from
     score: float
+    base: str = ""  # the base encoder that read it ("e5", "use")
 
 
 def query_grams(text: str, max_words: int = 16) -> list[str]:
@@ -65,11 +76,15 @@ def query_grams(text: str, max_words: int = 16) -> list[str]:
     return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
 
 
-def with_word_terms(understood: Understood, terms: list[Term]) -> Understood:
-    """`understood` plus a filter and chip for each facet the foreign words name and the English
+def with_word_terms(understood: Understood, terms: Sequence[Term],
+                    limits: Mapping[str, Mapping[str, float]] | None = None) -> Understood:
+    """`understood` plus a filter and chip for each facet the foreign words name, at or above its
+    filter cosine (`limits`: base → facet → cosine; default the shipped ones), that the English
     reading did not find (its chips come first; price bounds and ignored phrases kept)."""
+    limits = DEFAULT_FILTER_THRESHOLDS if limits is None else limits
     have = {c.facet for c in understood.chips}
-    new = [Chip(t.facet, (t.value,), t.words, f"{LABELS[t.facet]} = {t.value}") for t in terms if t.facet not in have]
+    new = [Chip(t.facet, (t.value,), t.words, f"{LABELS[t.facet]} = {t.value}") for t in terms
+           if t.facet not in have and t.score >= limits.get(t.base, {}).get(t.facet, 1.0)]
     if not new:
         return understood
     f = understood.filters
@@ -128,5 +143,5 @@ class CrossLingualTerms:
             sims = rows @ mat.T
             g, v = np.unravel_index(int(np.argmax(sims)), sims.shape)
             if sims[g, v] >= limits[facet]:
-                out.append(Term(facet, names[v], grams[g], float(sims[g, v])))
+                out.append(Term(facet, names[v], grams[g], float(sims[g, v]), base))
         return sorted(out, key=lambda t: -t.score)

@@ -185,7 +185,8 @@ class HybridSearcher:
         # Catalog values a foreign query names word by word: lexical terms, and filters when understanding
         words = self._word_terms(text, detected, mode, understand_query)
         if understood is not None:
-            understood = with_word_terms(understood, words).without(drop)
+            limits = self.word_terms.config.filter_thresholds if self.word_terms is not None else None
+            understood = with_word_terms(understood, words, limits).without(drop)
             u = understood.filters
             strict = _merge(filters, Filters({}, u.price_min, u.price_max))  # a price bound is always strict
             filters = _merge(filters, u)
