@@ -45,8 +45,8 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
 _TOKEN = re.compile(r"[^\s,.;:!?()\[\]{}\"/|]+")
 # base encoder → facet → least cosine for a term to become a filter (no wrong filter on dev; same file)
 DEFAULT_FILTER_THRESHOLDS: dict[str, dict[str, float]] = {
-    "e5": {"color": 1.0, "gender": 1.0, "type": 1.0},
-    "use": {"color": 1.0, "gender": 1.0, "type": 1.0},
+    "e5": {"color": 0.93, "gender": 0.92, "type": 0.93},
+    "use": {"color": 0.96, "gender": 0.51, "type": 0.93},
 }
 WordEmbedder = Callable[[list[str], str], tuple[str, str, np.ndarray]]  # (texts, lang) → (key, base, rows)
 
