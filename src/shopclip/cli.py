@@ -50,7 +50,7 @@ index_app = typer.Typer(help="Build ANN indexes over stored embeddings (after `s
 app.add_typer(index_app, name="index")
 console = Console()
 err = Console(stderr=True)
-ENGINE_HELP = ("Inference engine: torch, onnx (fp32) or onnx-int8 (default: $SHOPCLIP_ENGINE, else the measured "
+ENGINE_HELP = ("Inference engine: torch, onnx (fp32), onnx-int8 or torch-bf16 (CPUs with native bf16) (default: $SHOPCLIP_ENGINE, else the measured "
                "default; see `shopclip models`)")
 
 # The vector store options shared by `index build`, `build`, `search`, `similar` and `serve`:

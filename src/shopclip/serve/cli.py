@@ -38,7 +38,7 @@ def serve_command(
                                             "recorded (e.g. postgresql://user@host/db)")] = None,
     snapshot_every: Annotated[int, typer.Option(min=1, help="Save in-process indexes after this many writes")] = 1000,
     snapshot_seconds: Annotated[float, typer.Option(min=1, help="...or this long after the first unsaved write")] = 60.0,
-    engine: Annotated[str | None, typer.Option(help="Inference engine: torch, onnx or onnx-int8 (default: the one "
+    engine: Annotated[str | None, typer.Option(help="Inference engine: torch, onnx, onnx-int8 or torch-bf16 (default: the one "
                                                "the work folder was embedded with)")] = None,
     heads: Annotated[Path | None, typer.Option(help="Task heads for POST /tag and /dedupe/check (default: "
                                                "WORKDIR/heads, from `shopclip heads train … --out WORKDIR/heads`)")] = None,
