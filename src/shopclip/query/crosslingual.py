@@ -41,13 +41,13 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "e5": {"color": 0.89, "gender": 0.92, "type": 0.88},
     "use": {"color": 0.62, "gender": 0.51, "type": 0.63},
 }
-# Whitespace and punctuation split words; not `\w`, which splits Devanagari at its vowel signs.
-_TOKEN = re.compile(r"[^\s,.;:!?()\[\]{}\"/|]+")
 # base encoder → facet → least cosine for a term to become a filter (no wrong filter on dev; same file)
 DEFAULT_FILTER_THRESHOLDS: dict[str, dict[str, float]] = {
     "e5": {"color": 0.93, "gender": 0.92, "type": 0.93},
     "use": {"color": 0.96, "gender": 0.51, "type": 0.93},
 }
+# Whitespace and punctuation split words; not `\w`, which splits Devanagari at its vowel signs.
+_TOKEN = re.compile(r"[^\s,.;:!?()\[\]{}\"/|]+")
 WordEmbedder = Callable[[list[str], str], tuple[str, str, np.ndarray]]  # (texts, lang) → (key, base, rows)
 
 

@@ -239,11 +239,11 @@ class ServeState:
         return self._model
 
     def warm(self) -> None:
-        """Load what the first request would otherwise wait for: the model, one text through its
-        engine (sessions allocate on their first run), the multilingual encoder when it fits.
-        Bypasses the query cache and the batcher, so no metric counts it."""
+        """Load what every first request would otherwise wait for: the model and one text through
+        its engine (sessions allocate on their first run). Bypasses the query cache and the
+        batcher, so no metric counts it. The multilingual encoder stays lazy (only foreign
+        queries need it, and its base encoders load on first use anyway)."""
         embed_texts(self.model, ["warm up"])
-        _ = self.multilingual
 
     @property
     def fingerprint(self) -> str:

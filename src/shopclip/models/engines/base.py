@@ -13,6 +13,7 @@ vectors of different numerics are never mixed in one store or cache.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -92,10 +93,8 @@ class TorchBf16Engine(TorchEngine):
         self._text_copy: tuple[tuple[int, ...], torch.nn.Module] | None = None
 
     def _bf16_text(self) -> torch.nn.Module:
-        stamp = tuple(p._version for p in self.text_tower.parameters()) + (id(self.text_tower),)
+        stamp = tuple(p._version for p in self.text_tower.parameters())  # bumped by every in-place update
         if self._text_copy is None or self._text_copy[0] != stamp:
-            import copy
-
             self._text_copy = (stamp, copy.deepcopy(self.text_tower).to(torch.bfloat16).eval())
         return self._text_copy[1]
 
