@@ -91,6 +91,16 @@ def test_pad_transform_keeps_the_whole_product():
     assert float(ImageTransform(size=32, mode="center_crop", mean=(0,) * 3, std=(1,) * 3)(img).max()) == 0.0
 
 
+def test_to_tensor_normalises_each_channel_by_hand():
+    # pixel (r, g, b) = (0, 51, 255), mean (0.5, 0.25, 0), std (0.5, 0.25, 2):
+    # (0/255 - .5)/.5 = -1, (51/255 - .25)/.25 = -0.2, (255/255 - 0)/2 = 0.5
+    img = Image.new("RGB", (3, 2), (0, 51, 255))
+    x = ImageTransform(size=3, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0)).to_tensor(img)
+    assert x.shape == (3, 2, 3) and x.dtype == torch.float32 and x.is_contiguous()
+    for c, want in enumerate((-1.0, -0.2, 0.5)):
+        assert torch.allclose(x[c], torch.full((2, 3), want), atol=1e-6)
+
+
 def test_save_load_round_trip(tmp_path, rows, model):
     m = create_model("minilm-efflite0")
     with torch.no_grad():
