@@ -116,3 +116,23 @@ def test_a_foreign_query_is_filtered_by_the_values_its_words_name(serve_workdir,
     dropped = engine.search(q, 5, drop=("gender",))
     assert "gender = men" not in [c.label for c in dropped.info.understood.chips]
     assert engine.search(q, 5, understand=False).info.understood is None
+
+
+def test_foreign_queries_are_mixed_at_their_own_vector_weight(serve_workdir, encoder):
+    """`foreign_vector_weight` moves a foreign query's weighted mix and leaves an English one alone:
+    at 1 the Spanish hybrid ranking is its vector ranking, at 0 it leads with its lexical one."""
+    from shopclip.search import SearchEngine
+    from shopclip.serve.testing import shared_model
+
+    engine = SearchEngine(serve_workdir, model=shared_model())
+    es, en = "camiseta negra para hombre", "black tshirt for men"
+
+    def ids(q: str, mode: str, weight: float | None) -> list[str]:
+        engine.hybrid_config.foreign_vector_weight = weight  # the searcher reads its config per search
+        return [r.id for r in engine.search(q, 10, mode=mode, fusion="weighted", understand=False).results]
+
+    vector, lexical = ids(es, "vector", None), ids(es, "lexical", None)
+    assert vector[:3] != lexical[:3]
+    assert ids(es, "hybrid", 1.0) == vector
+    assert ids(es, "hybrid", 0.0)[:2] == lexical[:2]  # (lower down, equal lexical scores are ordered by id)
+    assert ids(en, "hybrid", 1.0) == ids(en, "hybrid", 0.0) == ids(en, "hybrid", None)

@@ -41,18 +41,16 @@ class ImageTransform:
         return canvas
 
     def to_tensor(self, img: Image.Image) -> torch.Tensor:
-        """(x / 255 - mean) / std as one multiply-add per pixel on a CHW copy of the uint8 pixels.
+        """(x / 255 - mean) / std, computed in place on one CHW float copy of the uint8 pixels.
 
-        Written as `x * a + b` (a = 1 / (255 std), b = -mean / std) so the float image is made
-        once, in place, rather than by the five whole-image temporaries of the textbook form:
-        this was 5x faster and half of decode + transform on the sample's photos.
+        The same float32 operations in the same order as the textbook form, so the pixels are
+        bit-for-bit the same (the int8 engine's per-call quantisation turns even 1-ulp input
+        changes into recall noise), without its whole-image temporaries: ~2x faster here.
         """
-        std = np.asarray(self.std, np.float32)
-        scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
-        shift = (-np.asarray(self.mean, np.float32) / std)[:, None, None]
         arr = np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1)).astype(np.float32)
-        arr *= scale
-        arr += shift
+        arr /= np.float32(255.0)
+        arr -= np.asarray(self.mean, np.float32)[:, None, None]
+        arr /= np.asarray(self.std, np.float32)[:, None, None]
         return torch.from_numpy(arr)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:

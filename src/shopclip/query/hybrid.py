@@ -95,7 +95,18 @@ class HybridConfig:
     fusion: str = "weighted"
     rrf_k: int = RRF_K
     vector_weight: float = 0.4
+    # The weighted mix for a query the multilingual encoder reads. Its lexical side is the catalog
+    # terms the query names (its own words rarely match an English catalog), a different signal
+    # from an English query's words, so it has its own weight, chosen on the multilingual dev
+    # queries (bench/queries/multilingual_dev.jsonl); None: the same as `vector_weight`.
+    foreign_vector_weight: float | None = None
     max_widen: int = 6  # vector side: at most 4^6 x the candidates before an exact scan
+
+    def weight_for(self, encoder: str) -> float:
+        """The weighted mix's vector weight for a query whose vector came from `encoder`."""
+        if encoder == "multilingual" and self.foreign_vector_weight is not None:
+            return self.foreign_vector_weight
+        return self.vector_weight
 
 
 @dataclass
@@ -250,7 +261,7 @@ class HybridSearcher:
         elif fusion == "rrf":
             hits = rrf([vec_hits, lex_hits], k=self.config.rrf_k)
         else:
-            w = self.config.vector_weight
+            w = self.config.weight_for(encoder)
             hits = weighted([vec_hits, lex_hits], [w, 1.0 - w])
         return hits[:k], encoder
 
