@@ -212,9 +212,10 @@ def multilingual(runner: Runner, weight: float, foreign: float | None = None) ->
                         for name, v in table.items() if en.get(name.replace("|given", "|auto"), {}).get("ndcg@10")}
     out["ndcg_ratio_to_english"] = ratios
     if foreign is not None and foreign != weight:  # ablation: foreign queries mixed at the English weight
+        at_english = runner.searcher(weight)
         out["foreign_at_english_weight"] = {
             "vector_weight": weight,
-            **{lang: mean([metrics(runner.run(runner.searcher(weight), q, "hybrid", "weighted", False, None),
+            **{lang: mean([metrics(runner.run(at_english, q, "hybrid", "weighted", False, None),
                                    set(q["relevant"])) for q in qs if q["lang"] == lang])
                for lang in ("hi", "es", "fr", "de")}}
     runner.expand = False  # ablation: the lexical side without the catalog terms the query vector lands near

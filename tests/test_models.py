@@ -99,6 +99,11 @@ def test_to_tensor_normalises_each_channel_by_hand():
     assert x.shape == (3, 2, 3) and x.dtype == torch.float32 and x.is_contiguous()
     for c, want in enumerate((-1.0, -0.2, 0.5)):
         assert torch.allclose(x[c], torch.full((2, 3), want), atol=1e-6)
+    # bit-for-bit the textbook form on a real photo: the int8 engine turns 1-ulp changes into recall noise
+    photo = ImageTransform().to_square(Image.open(next((SAMPLE_DIR / "images").iterdir())).convert("RGB"))
+    tf = ImageTransform(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    textbook = (np.asarray(photo, dtype=np.float32) / 255.0 - np.asarray(tf.mean, np.float32)) / np.asarray(tf.std, np.float32)
+    assert torch.equal(tf.to_tensor(photo), torch.from_numpy(np.ascontiguousarray(textbook.transpose(2, 0, 1))))
 
 
 def test_save_load_round_trip(tmp_path, rows, model):
