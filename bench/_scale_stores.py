@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import Provenance, write_result  # noqa: E402
-from _synthetic import real_embeddings, synthetic_catalog  # noqa: E402
+from _synthetic import QUICK_REAL, real_embeddings, synthetic_catalog  # noqa: E402
 
 K = 10
 
@@ -57,7 +57,7 @@ def measure_stores(quick: bool, *, n: int | None = None, n_queries: int | None =
     n = n or (3_000 if quick else 100_000)
     nq = n_queries or (20 if quick else 200)
     warm = 3 if quick else 10
-    real = real_embeddings(model, progress=False)
+    real = real_embeddings(model, progress=False, sample=QUICK_REAL if quick else None)
     cat = synthetic_catalog(real, n, view="fused", seed=0)
     ids, x, cats = cat.ids, cat.vectors, cat.categories
     q, qcats = cat.queries(nq + warm, seed=3)

@@ -32,6 +32,7 @@ import numpy as np
 from _common import SAMPLE
 
 NOISE_COS = 0.98  # expected cosine between a synthetic vector and the mix of real ones it was drawn from
+QUICK_REAL = 1_000  # real products a --quick run draws from (the whole sample takes ~1 min to embed)
 
 
 def cache_root() -> Path:
@@ -54,8 +55,12 @@ class RealEmbeddings:
         return int(self.views["fused"].shape[1])
 
 
-def real_embeddings(model: str = "default", *, catalog: Path | None = None, progress: bool = True) -> RealEmbeddings:
-    """Embeddings of every sample product (one build, cached by model reference and catalog)."""
+def real_embeddings(model: str = "default", *, catalog: Path | None = None, progress: bool = True,
+                    sample: int | None = None) -> RealEmbeddings:
+    """Embeddings of every sample product (one build, cached by model reference and catalog).
+
+    `sample`: only that many products (`shopclip build --sample`), for quick runs: the whole
+    sample takes about a minute to embed on 2 cores, a quick run needs only the shape of it."""
     from shopclip.index.store import EmbeddingStore
     from shopclip.models.factory import resolve_model_ref
     from shopclip.pipeline.build import BuildOptions, build
@@ -64,8 +69,8 @@ def real_embeddings(model: str = "default", *, catalog: Path | None = None, prog
     catalog = catalog or SAMPLE / "catalog.jsonl"
     ref = resolve_model_ref(model)
     key = hashlib.sha1(f"{ref}|{catalog.resolve()}|{catalog.stat().st_size}".encode()).hexdigest()[:12]
-    work = cache_root() / f"work-{key}"
-    build(catalog, work, BuildOptions(model=model, progress=progress, check_images=False))
+    work = cache_root() / (f"work-{key}" if sample is None else f"quick-work-{key}-{sample}")
+    build(catalog, work, BuildOptions(model=model, progress=progress, check_images=False, sample=sample))
     store = EmbeddingStore.open(work / "embeddings")
     meta = store.meta()
     return RealEmbeddings(

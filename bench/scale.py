@@ -45,7 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from _common import RESULTS, SAMPLE, Provenance, write_result  # noqa: E402
-from _synthetic import cache_root, real_embeddings, synthetic_catalog  # noqa: E402
+from _synthetic import QUICK_REAL, cache_root, real_embeddings, synthetic_catalog  # noqa: E402
 
 SECTIONS = ("writes", "stores", "compact_index", "runner")
 
@@ -65,7 +65,8 @@ def synthetic_workdir(real, n: int, *, quick: bool, store: str = "faiss", uri: s
     from shopclip.index.store import EmbeddingStore
     from shopclip.pipeline.indexing import VIEWS, build_indexes, record_source, row_hash
 
-    key = hashlib.sha1(f"{real.model}|{n}|{store}|{json.dumps(index_options or {}, sort_keys=True)}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(f"{real.model}|{len(real.ids)}|{n}|{store}|{json.dumps(index_options or {}, sort_keys=True)}"
+                       .encode()).hexdigest()[:10]
     # An embedded PostgreSQL (run as root it becomes a 'pgserver' user) makes every parent of its data folder
     # readable by others: keep server-store folders under /tmp, never under the home folder.
     base = cache_root() if store == "faiss" else Path("/tmp") / "shopclip-bench"
@@ -301,7 +302,7 @@ def main() -> None:
     out = args.out or (RESULTS / "scale.json" if not args.quick else Path("/tmp/scale-quick.json"))
     prov = Provenance.start()
     sys.path.insert(0, str(Path(__file__).parent))
-    real = real_embeddings("default", progress=not args.quick)
+    real = real_embeddings("default", progress=not args.quick, sample=QUICK_REAL if args.quick else None)
     result: dict[str, Any] = {"quick": args.quick, "dim": real.dim}
     if "writes" in args.sections:
         sizes = args.sizes or ([1_000, 5_000] if args.quick else [10_000, 100_000, 1_000_000])

@@ -88,19 +88,9 @@ def query_set(real: Any, split: str, n: int, seed: int) -> list[tuple[str, str]]
 
 def quick_real(model: str, n: int = 300) -> Any:
     """The real embeddings of an n-product sample of the catalog (built once under the bench cache)."""
-    from _synthetic import RealEmbeddings, cache_root
-    from shopclip.index.store import EmbeddingStore
-    from shopclip.pipeline.build import BuildOptions, build
-    from shopclip.pipeline.embed import fused_vectors
+    from _synthetic import real_embeddings
 
-    work = cache_root() / f"quick-work-{model}-{n}"
-    build(SAMPLE / "catalog.jsonl", work, BuildOptions(model=model, sample=n, progress=False, check_images=False))
-    store = EmbeddingStore.open(work / "embeddings")
-    meta = store.meta()
-    return RealEmbeddings(model=store.model, ids=store.ids, categories=[m.get("category") or "" for m in meta],
-                          splits=[m.get("split") or "" for m in meta],
-                          views={v: np.array(store.vectors(v)) for v in ("image", "text")} | {"fused": fused_vectors(store)},
-                          meta=meta, workdir=work)
+    return real_embeddings(model, progress=False, sample=n)
 
 
 def build(index: Any, ids: list[str], vectors: np.ndarray, cats: list[str]) -> float:
