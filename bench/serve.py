@@ -364,6 +364,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.requests, args.sequential = min(args.requests, 200), min(args.sequential, 20)
+        args.rounds = min(args.rounds, 1)  # one A/B round exercises it; each round starts two servers
     out_path = args.out or (None if args.quick else RESULTS / "serve.json")
 
     from shopclip.core.threads import usable_cores
