@@ -2,8 +2,9 @@
 
 ``torch`` (eager, the towers' own forward), ``onnx`` (ONNX Runtime, fp32: equal to torch
 within float rounding), ``onnx-int8`` (ONNX Runtime, int8: static for the image tower,
-calibrated on catalog photos; dynamic for the text tower) and ``torch-bf16`` (eager under
-bfloat16 autocast: the fastest text path on CPUs with native bf16, e.g. AMX; slow elsewhere). Select one with
+calibrated on catalog photos; dynamic for the text tower) and ``torch-bf16`` (eager bfloat16:
+the text tower as a bf16 copy, the image tower under autocast; the fastest text path on CPUs
+with AMX, slow without native bf16). Select one with
 ``load_model(..., engine=)``, ``--engine`` on ``shopclip embed|build|serve``, or the
 ``SHOPCLIP_ENGINE`` environment variable. Training always uses the torch towers.
 
