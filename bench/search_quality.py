@@ -11,11 +11,14 @@ modes) and with filters understood from the query ("understand": on; the underst
 reads the same catalog fields relevance is defined on, so its gains on (a), (b), (e) are
 partly by construction).
 
-The weighted mix's vector weight and the default fusion are chosen on the dev queries of
-sets (a)-(d) (built from train/val products, or the dev half of a query-text hash) and all
-figures in "test" are on the held-out queries; set (e) is all test. Foreign queries get their
-own vector weight (`HybridConfig.foreign_vector_weight`: their lexical side is the catalog
-terms they name), chosen on the dev half of (e), bench/queries/multilingual_dev.jsonl.
+The weighted mix's vector weight, the all-words boost (`HybridConfig.all_words_boost`: the
+products holding every word of the query lifted by a share of the top fused score) and the
+default fusion are chosen together on the dev queries of sets (a)-(d) (built from train/val
+products, or the dev half of a query-text hash) and all figures in "test" are on the held-out
+queries; set (e) is all test; "understand_off_without_all_words_boost" is the ablation. Foreign
+queries get their own vector weight and boost (`HybridConfig.foreign_vector_weight`,
+`foreign_all_words_boost`: their lexical side is the catalog terms they name), chosen on the
+dev half of (e), bench/queries/multilingual_dev.jsonl.
 
 Multilingual: each (e) query in hi/es/fr/de through the routing a user gets (language
 detected) and with lang= given; its NDCG@10 against the same query's English source on
@@ -46,6 +49,7 @@ QUERIES = HERE / "queries" / "search_queries.jsonl"
 K = 10
 ARMS = [("vector", None), ("lexical", None), ("hybrid", "rrf"), ("hybrid", "weighted")]
 WEIGHTS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+BOOSTS = [0.0, 0.25, 0.5, 1.0]  # HybridConfig.all_words_boost: share of the largest fused score
 
 
 def cache_root() -> Path:
@@ -146,8 +150,12 @@ class Runner:
                                       strict=True))
         self.encode_seconds = time.perf_counter() - t0
         self.multi_problem = engine._multi_problem
+        self.boost: float = 0.0  # all-words boosts in force (set once chosen on dev)
+        self.foreign_boost: float | None = None
 
-    def searcher(self, fusion_weight: float, foreign_weight: float | None = None) -> Any:
+    def searcher(self, fusion_weight: float, foreign_weight: float | None = None, boost: float | None = None,
+                 foreign_boost: float | None = None) -> Any:
+        """A searcher at these weights; boosts left None take the runner's chosen ones."""
         from shopclip.query.hybrid import HybridConfig, HybridSearcher
 
         base = self.engine.searcher()
@@ -157,7 +165,10 @@ class Runner:
             enc["multi"] = lambda t, lang: (self.multi[(t, lang)] if (t, lang) in self.multi
                                             else multi.encode([t], lang=lang)[0])
         return HybridSearcher(base.vector, base.lexical, base.products, enc, base.vocabulary,
-                              HybridConfig(vector_weight=fusion_weight, foreign_vector_weight=foreign_weight),
+                              HybridConfig(vector_weight=fusion_weight, foreign_vector_weight=foreign_weight,
+                                           all_words_boost=self.boost if boost is None else boost,
+                                           foreign_all_words_boost=self.foreign_boost if foreign_boost is None
+                                           else foreign_boost),
                               facet_cache=base._facets,
                               value_vectors=base.value_vectors if self.expand else None,
                               word_terms=base.word_terms if self.expand and self.words else None)
@@ -180,6 +191,13 @@ def evaluate(runner: Runner, weight: float, splits: tuple[str, ...], sets: str) 
                 rows = [metrics(runner.run(searcher, q, mode, fusion, understand, "en"), set(q["relevant"])) for q in qs]
                 table.setdefault(s, {})[name] = mean(rows)
         out[arm_key] = table
+    if runner.boost:  # ablation: the hybrid arms without the all-words boost (understanding off)
+        plain = runner.searcher(weight, boost=0.0)
+        out["understand_off_without_all_words_boost"] = {
+            s: {f"hybrid_{fusion}": mean([metrics(runner.run(plain, q, "hybrid", fusion, False, "en"), set(q["relevant"]))
+                                          for q in runner.queries if q["set"] == s and q["split"] in splits
+                                          and q.get("lang", "en") == "en"])
+                for fusion in ("rrf", "weighted")} for s in sets}
     return out
 
 
@@ -218,6 +236,12 @@ def multilingual(runner: Runner, weight: float, foreign: float | None = None) ->
             **{lang: mean([metrics(runner.run(at_english, q, "hybrid", "weighted", False, None),
                                    set(q["relevant"])) for q in qs if q["lang"] == lang])
                for lang in ("hi", "es", "fr", "de")}}
+    if runner.foreign_boost:  # ablation: foreign queries without the all-words boost
+        plain = runner.searcher(weight, foreign, foreign_boost=0.0)
+        out["without_all_words_boost"] = {
+            "boost": 0.0, **{lang: mean([metrics(runner.run(plain, q, "hybrid", "weighted", False, None),
+                                                 set(q["relevant"])) for q in qs if q["lang"] == lang])
+                             for lang in ("hi", "es", "fr", "de")}}
     runner.expand = False  # ablation: the lexical side without the catalog terms the query vector lands near
     out["without_catalog_terms"] = _ablation(runner, runner.searcher(weight, foreign), qs)
     runner.expand = True
@@ -296,38 +320,49 @@ def write_cost(metas: list[dict], scale: int, writes: int) -> dict[str, Any]:
 
 
 def choose_weight(runner: Runner) -> tuple[float, str, dict[str, Any]]:
-    """Weighted-mix vector weight and default fusion that maximise mean dev NDCG@10 over sets a-d."""
+    """Weighted-mix vector weight, all-words boost and default fusion that maximise mean dev
+    NDCG@10 over sets a-d (English queries; sets runner.boost to the chosen boost)."""
     grid: dict[str, Any] = {}
-    for w in WEIGHTS:
-        dev = evaluate_one(runner, w, "weighted")
-        grid[str(w)] = round(dev, 4)
-    best = max(WEIGHTS, key=lambda w: grid[str(w)])
-    rrf = round(evaluate_one(runner, best, "rrf"), 4)
-    fusion = "rrf" if rrf >= grid[str(best)] else "weighted"
-    return best, fusion, {"weighted_dev_ndcg_by_vector_weight": grid, "rrf_dev_ndcg": rrf, "chosen_weight": best,
-                          "chosen_fusion": fusion}
+    for b in BOOSTS:
+        for w in WEIGHTS:
+            grid[f"{w}|{b}"] = round(evaluate_one(runner, w, "weighted", b), 4)
+    w_best, b_best = max(((w, b) for b in BOOSTS for w in WEIGHTS), key=lambda wb: (grid[f"{wb[0]}|{wb[1]}"], -wb[1]))
+    rrf = round(evaluate_one(runner, w_best, "rrf", b_best), 4)
+    fusion = "rrf" if rrf >= grid[f"{w_best}|{b_best}"] else "weighted"
+    runner.boost = b_best
+    return w_best, fusion, {
+        "weighted_dev_ndcg_by_vector_weight": {str(w): grid[f"{w}|0.0"] for w in WEIGHTS},
+        "weighted_dev_ndcg_by_vector_weight_and_all_words_boost": grid, "rrf_dev_ndcg": rrf,
+        "chosen_weight": w_best, "chosen_all_words_boost": b_best, "chosen_fusion": fusion}
 
 
 def choose_foreign_weight(runner: Runner, weight: float) -> tuple[float | None, dict[str, Any]]:
-    """The weighted mix's vector weight for foreign queries, on the dev half of (e) (never its test half):
-    mean over hi/es/fr/de of dev NDCG@10 (hybrid weighted, understanding off, language detected)."""
+    """The weighted mix's vector weight and all-words boost for foreign queries, on the dev half of (e)
+    (never its test half): mean over hi/es/fr/de of dev NDCG@10 (hybrid weighted, understanding off,
+    language detected). Sets runner.foreign_boost."""
     dev = [q for q in runner.queries if q["set"] == "e" and q["split"] == "dev" and q.get("lang", "en") != "en"]
     if not dev:
         return None, {"note": "no dev queries of set (e)"}
     grid: dict[str, float] = {}
-    for w in WEIGHTS:
-        searcher = runner.searcher(weight, w)
-        per_lang = [np.mean([metrics(runner.run(searcher, q, "hybrid", "weighted", False, None),
-                                     set(q["relevant"]))["ndcg@10"] for q in dev if q["lang"] == lang])
-                    for lang in sorted({q["lang"] for q in dev})]
-        grid[str(w)] = round(float(np.mean(per_lang)), 4)
-    best = max(WEIGHTS, key=lambda w: (grid[str(w)], w == weight))  # a tie keeps the English weight
-    return best, {"foreign_dev_ndcg_by_vector_weight": grid, "chosen_foreign_weight": best,
-                  "dev_queries": len(dev)}
+    for b in BOOSTS:
+        for w in WEIGHTS:
+            searcher = runner.searcher(weight, w, foreign_boost=b)
+            per_lang = [np.mean([metrics(runner.run(searcher, q, "hybrid", "weighted", False, None),
+                                         set(q["relevant"]))["ndcg@10"] for q in dev if q["lang"] == lang])
+                        for lang in sorted({q["lang"] for q in dev})]
+            grid[f"{w}|{b}"] = round(float(np.mean(per_lang)), 4)
+    # a tie keeps the English weight, then the smaller boost
+    best_w, best_b = max(((w, b) for b in BOOSTS for w in WEIGHTS),
+                         key=lambda wb: (grid[f"{wb[0]}|{wb[1]}"], wb[0] == weight, -wb[1]))
+    runner.foreign_boost = best_b
+    return best_w, {"foreign_dev_ndcg_by_vector_weight": {str(w): grid[f"{w}|0.0"] for w in WEIGHTS},
+                    "foreign_dev_ndcg_by_vector_weight_and_all_words_boost": grid,
+                    "chosen_foreign_weight": best_w, "chosen_foreign_all_words_boost": best_b,
+                    "dev_queries": len(dev)}
 
 
-def evaluate_one(runner: Runner, w: float, fusion: str) -> float:
-    searcher = runner.searcher(w)
+def evaluate_one(runner: Runner, w: float, fusion: str, boost: float = 0.0) -> float:
+    searcher = runner.searcher(w, boost=boost)
     per_set = []
     for s in "abcd":
         qs = [q for q in runner.queries if q["set"] == s and q["split"] == "dev"]

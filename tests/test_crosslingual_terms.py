@@ -125,6 +125,7 @@ def test_foreign_queries_are_mixed_at_their_own_vector_weight(serve_workdir, enc
     from shopclip.serve.testing import shared_model
 
     engine = SearchEngine(serve_workdir, model=shared_model())
+    engine.hybrid_config.foreign_all_words_boost = 0.0  # the weight alone (the boost has its own test)
     es, en = "camiseta negra para hombre", "black tshirt for men"
 
     def ids(q: str, mode: str, weight: float | None) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 from conftest import read_sample_rows
 from shopclip.catalog.facets import FacetPostings, Filters, product_facets
 from shopclip.catalog.prices import PriceError, parse_price
-from shopclip.query.fusion import minmax, rrf, weighted
+from shopclip.query.fusion import boost, minmax, rrf, weighted
 from shopclip.query.language import detect_language
 from shopclip.query.understand import Vocabulary, understand
 
@@ -50,6 +50,9 @@ def test_rrf_and_weighted_match_hand_computed_values():
     assert mixed["y"] == pytest.approx(0.25 * 0.5 + 0.75 * 1.0)
     assert mixed["w"] == pytest.approx(0.0) and mixed["x"] == pytest.approx(0.25)
     assert minmax([("p", 2.0), ("q", 2.0)]) == [("p", 1.0), ("q", 1.0)]
+    lifted = boost([("x", 0.9), ("y", 0.5), ("z", 0.1)], ["z", "v"], 0.5)
+    assert lifted == [("x", 0.9), ("z", pytest.approx(0.6)), ("v", 0.5), ("y", 0.5)]  # ties by id
+    assert boost(a, [], 1.0) == a and boost(a, ["z"], 0.0) == a
 
 
 @pytest.mark.parametrize("written, value", [("1,299", 1299.0), ("₹1,299.00", 1299.0), ("Rs. 499", 499.0),
@@ -186,8 +189,17 @@ def test_lexical_index_search_filters_and_writes(tmp_path, rows):
     assert ix.search("plo 166", 3)[0].id == "flipkart-009099b1f6e1e8f8"
     assert ix.search('boat: "rockerz (AND', 5) is not None  # query syntax is never parsed as syntax
     assert ix.search("!!!", 5) == []
-    hits = ix.search("shoes", 20, category="Footwear", filters=Filters({"color": ("red",), "gender": ("women",)}))
+    # every word, each in some field (stemmed): a subset of the any-word hits, each holding all of them
+    any_word = {h.id: h for h in ix.search("puma shoes", 500)}
+    every = ix.search("puma shoes", 500, all_words=True)
     by_id = {m["id"]: m for m in items}
+    assert every and len(every) < len(any_word) and {h.id for h in every} <= set(any_word)
+    for h in every:
+        text = " ".join([by_id[h.id]["title"], *map(str, (by_id[h.id].get("attributes") or {}).values()),
+                         by_id[h.id]["category"], str(by_id[h.id].get("description") or "")]).lower()
+        assert "puma" in text and "shoe" in text
+    assert ix.search("puma zzzqqq", 5, all_words=True) == [] and ix.search("puma zzzqqq", 5)
+    hits = ix.search("shoes", 20, category="Footwear", filters=Filters({"color": ("red",), "gender": ("women",)}))
     assert hits and all(by_id[h.id]["category"].startswith("Footwear") for h in hits)
     assert all(product_facets(by_id[h.id])["color"] == ("red",) for h in hits)
     # writes: upsert, change, delete; a reopened index keeps them; sync repairs what it missed
@@ -240,6 +252,35 @@ def test_engine_modes_and_filters(engine):
 
     with pytest.raises(SearchInputError):
         engine.search("shoes", 3, mode="bogus")
+
+
+def test_products_holding_every_word_lead_the_hybrid_ranking_in_their_fused_order(engine):
+    from shopclip.query.hybrid import HybridConfig, HybridSearcher
+
+    base = engine.searcher()
+
+    def ranking(query: str, lift: float, k: int) -> list[str]:
+        s = HybridSearcher(base.vector, base.lexical, base.products, base.encoders, base.vocabulary,
+                           HybridConfig(vector_weight=1.0, all_words_boost=lift, foreign_all_words_boost=None))
+        return [i for i, _ in s.search(query, k, mode="hybrid", fusion="weighted", understand_query=False).hits]
+
+    # brand/colour + type queries of the work folder where, unboosted, products lacking a word mix in
+    # among those holding every one
+    pairs = sorted({(f[facet][0], f["type"][0]) for m in engine.store.meta() for facet in ("brand", "color")
+                    if (f := product_facets(m)).get(facet) and f.get("type")})
+    cases = []
+    for word, kind in pairs:
+        query = f"{word} {kind}"
+        every = [h.id for h in base.lexical.search(query, 1000, all_words=True)]
+        plain = ranking(query, 0.0, 100)
+        if every and set(plain[: len(every)]) != set(every):
+            cases.append((query, every, plain))
+    assert cases, "no brand or colour + type query of the work folder is mixed by the vector side"
+    for query, every, plain in cases:
+        lifted = ranking(query, 1.0, len(every))
+        assert set(lifted) == set(every), query  # a boost of 1 puts them all ahead of every other product
+        assert lifted == [i for i in plain if i in set(every)], query  # in the order the mix gave them
+        assert ranking(query, 0.0, 10) == plain[:10]
 
 
 def test_cli_search_modes_and_bad_input(serve_workdir):

@@ -310,14 +310,20 @@ class LexicalIndex:
             out[d["id"][0]] = d["hash"][0]
         return out
 
-    def search(self, query: str, k: int = 10, *, category: Any = None, filters: Filters | None = None) -> list[Hit]:
-        """Top-k products by BM25, best first; filters restrict before ranking and never score."""
+    def search(self, query: str, k: int = 10, *, category: Any = None, filters: Filters | None = None,
+               all_words: bool = False) -> list[Hit]:
+        """Top-k products by BM25, best first; filters restrict before ranking and never score.
+
+        `all_words`: only products that hold every word of the query (each in any field, as
+        stemmed), the conjunction a shopper means by "puma sports shoes"; the joined code
+        variants are left out, since a title holds one spelling of its code, not all of them."""
         terms = query_terms(query)
         if not terms or k <= 0:
             return []
         t = _tantivy()
-        text = " ".join(dict.fromkeys([*terms, *code_tokens(" ".join(terms))]))
-        q, _errors = self._index.parse_query_lenient(text, list(FIELD_BOOSTS), field_boosts=FIELD_BOOSTS)
+        text = " ".join(dict.fromkeys(terms if all_words else [*terms, *code_tokens(" ".join(terms))]))
+        q, _errors = self._index.parse_query_lenient(text, list(FIELD_BOOSTS), field_boosts=FIELD_BOOSTS,
+                                                     conjunction_by_default=all_words)
         must = [self._filter_query(category, filters)]
         if must[0] is not None:
             q = t.Query.boolean_query([(t.Occur.Must, q), (t.Occur.Must, t.Query.const_score_query(must[0], 0.0))])
