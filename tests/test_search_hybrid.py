@@ -199,6 +199,9 @@ def test_lexical_index_search_filters_and_writes(tmp_path, rows):
                          by_id[h.id]["category"], str(by_id[h.id].get("description") or "")]).lower()
         assert "puma" in text and "shoe" in text
     assert ix.search("puma zzzqqq", 5, all_words=True) == [] and ix.search("puma zzzqqq", 5)
+    # stop words are not asked for: "shoes for" is "shoes", and a phrase of stop words holds nothing
+    assert {h.id for h in ix.search("puma shoes for the", 500, all_words=True)} == {h.id for h in every}
+    assert ix.search("for the with", 5, all_words=True) == [] and ix.search("for the with", 5)
     hits = ix.search("shoes", 20, category="Footwear", filters=Filters({"color": ("red",), "gender": ("women",)}))
     assert hits and all(by_id[h.id]["category"].startswith("Footwear") for h in hits)
     assert all(product_facets(by_id[h.id])["color"] == ("red",) for h in hits)

@@ -33,7 +33,7 @@ from typing import Any
 from shopclip.catalog.facets import Filters, facet_key, product_facets
 from shopclip.index.base import Hit, category_levels, data_folder, read_manifest, save_folder
 
-__all__ = ["FIELD_BOOSTS", "LexicalDoc", "LexicalIndex", "code_tokens", "lexical_doc", "query_terms"]
+__all__ = ["FIELD_BOOSTS", "STOP_WORDS", "LexicalDoc", "LexicalIndex", "code_tokens", "lexical_doc", "query_terms"]
 
 BACKEND = "tantivy"
 SCHEMA_VERSION = 1
@@ -44,6 +44,12 @@ _HAS_DIGIT = re.compile(r"\d")
 # Attributes that repeat the facets or carry no words a shopper types.
 _SKIP_ATTRS = frozenset({"year", "season"})
 MAX_QUERY_TERMS = 64
+# Words a shopper's phrase holds without meaning a product by them ("red kurtas for women"): left
+# out of `all_words`, or a kurta whose text lacks "for" would not count as holding the query.
+# The English stop set of Lucene (Elasticsearch's `_english_`).
+STOP_WORDS = frozenset({"a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into",
+                        "is", "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then",
+                        "there", "these", "they", "this", "to", "was", "will", "with"})
 
 
 def _tantivy() -> Any:
@@ -314,10 +320,12 @@ class LexicalIndex:
                all_words: bool = False) -> list[Hit]:
         """Top-k products by BM25, best first; filters restrict before ranking and never score.
 
-        `all_words`: only products that hold every word of the query (each in any field, as
-        stemmed), the conjunction a shopper means by "puma sports shoes"; the joined code
-        variants are left out, since a title holds one spelling of its code, not all of them."""
+        `all_words`: only products that hold every word of the query but stop words (each in
+        any field, as stemmed), the conjunction a shopper means by "puma sports shoes"; the
+        joined code variants are left out, since a title holds one spelling of its code."""
         terms = query_terms(query)
+        if all_words:
+            terms = [w for w in terms if w not in STOP_WORDS]
         if not terms or k <= 0:
             return []
         t = _tantivy()

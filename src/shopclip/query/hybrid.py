@@ -87,21 +87,22 @@ class SearchInputError(ValueError):
 @dataclass
 class HybridConfig:
     """Defaults chosen on the dev queries of bench/search_quality.py (sets a-d, built from
-    train/val products), weight and all-words boost together: the weighted mix at vector
-    weight 0.3 with boost 1 scored dev NDCG@10 0.989 against 0.987 for RRF, and 0.972 at
-    the best weight without the boost (0.4; bench/results/search_quality.json, "selection").
-    `candidates` is how deep each side is read before fusing."""
+    train/val products, and the English dev half of set e), weight and all-words boost
+    together: the weighted mix at vector weight 0.7 with boost 1 scored dev NDCG@10 0.971
+    against 0.969 for RRF, and 0.950 at the best weight without the boost (0.4;
+    bench/results/search_quality.json, "selection"). `candidates` is how deep each side is
+    read before fusing."""
 
     candidates: int = 100
     fusion: str = "weighted"
     rrf_k: int = RRF_K
-    vector_weight: float = 0.3
+    vector_weight: float = 0.7
     # The weighted mix for a query the multilingual encoder reads. Its lexical side is the catalog
     # terms the query names (its own words rarely match an English catalog), a different signal
     # from an English query's words, so it has its own weight and boost, chosen together on the
     # multilingual dev queries (bench/queries/multilingual_dev.jsonl): 0.7 with boost 0.25 scored
-    # dev NDCG@10 0.610, against 0.605 at 0.6 without it and 0.558 at the English 0.3
-    # (search_quality.json, "selection"). None: the same as `vector_weight`.
+    # dev NDCG@10 0.610, against 0.601 at 0.7 and 0.605 at 0.6 without it (search_quality.json,
+    # "selection"). None: the same as `vector_weight`.
     foreign_vector_weight: float | None = 0.7
     max_widen: int = 6  # vector side: at most 4^6 x the candidates before an exact scan
     # Added to the fused score of the products that hold every word of the lexical query (each in
